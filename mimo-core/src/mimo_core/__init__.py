@@ -1,0 +1,1 @@
+"""mimo-core: the shared library of mimo-pipeline."""
