@@ -1,0 +1,107 @@
+"""`mimo-core`: show and check the configuration, the hardware profiles and the shared engine."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from . import daemon
+from .client import LLMClient
+from .profiles import load_profile, shipped_profiles
+from .settings import Settings, SettingsError, load_settings
+
+app = typer.Typer(
+    help="Shared settings of mimo-pipeline: check the backend, list hardware profiles, manage the embedded engine.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+engine_app = typer.Typer(help="The shared embedded engine that serves every tool when MIMO_BASE_URL is unset.")
+app.add_typer(engine_app, name="engine")
+
+ConfigOption = typer.Option(None, "--config", help="YAML file of settings (lowest precedence after defaults).")
+
+
+def _print(data: Any) -> None:
+    print(json.dumps(data, indent=2))
+
+
+def _settings(config: Optional[Path]) -> Settings:
+    try:
+        return load_settings(config_file=config)
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from None
+
+
+async def _check(settings: Settings) -> dict[str, Any]:
+    client = LLMClient(settings)
+    try:
+        return {"reachable": True, "models": await client.list_models()}
+    finally:
+        await client.close()
+
+
+@app.command()
+def config(
+    check: bool = typer.Option(False, "--check", help="Also reach the backend (starting the embedded engine)."),
+    config: Optional[Path] = ConfigOption,
+) -> None:
+    """Print the resolved settings as JSON (the API key only as set / not set)."""
+    settings = _settings(config)
+    report = settings.to_dict()
+    if check:
+        try:
+            report["check"] = asyncio.run(_check(settings))
+        except Exception as exc:  # noqa: BLE001 - any failure to reach the backend is the answer to --check
+            report["check"] = {"reachable": False, "error": f"{type(exc).__name__}: {exc}"}
+            _print(report)
+            raise typer.Exit(1) from None
+    _print(report)
+
+
+@app.command()
+def profiles() -> None:
+    """List the hardware profile names."""
+    _print(shipped_profiles())
+
+
+@app.command()
+def profile(
+    name: str = typer.Argument(..., help="A profile name from `mimo-core profiles`."),
+    remeasure: bool = typer.Option(False, help="Measure this-machine again instead of using the kept figures."),
+    config: Optional[Path] = ConfigOption,
+) -> None:
+    """Print one hardware profile (bytes, bytes/s); `this-machine` is measured on first use."""
+    settings = _settings(config)
+    try:
+        _print(load_profile(name, settings.cache_dir, remeasure=remeasure).to_dict())
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from None
+
+
+@engine_app.command("status")
+def engine_status(config: Optional[Path] = ConfigOption) -> None:
+    """Print the shared engine's pid, port and health."""
+    settings = _settings(config)
+    state = daemon.read_state(settings)
+    if state is None:
+        _print({"running": False})
+        return
+    _print({"running": daemon.is_healthy(state), **state.to_dict(), "base_url": state.base_url})
+
+
+@engine_app.command("stop")
+def engine_stop(config: Optional[Path] = ConfigOption) -> None:
+    """Stop the shared engine (the next call that needs it starts it again)."""
+    _print({"stopped": daemon.stop_engine(_settings(config))})
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

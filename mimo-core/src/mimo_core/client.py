@@ -1,0 +1,261 @@
+"""One async client for every LLM call: an OpenAI-compatible endpoint, remote or the embedded engine."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import openai
+
+from .settings import Settings
+
+EMBEDDED_API_KEY = "embedded-engine"  # the local engine checks no key; the openai client insists on one
+
+
+@dataclass
+class Usage:
+    """Calls and tokens, summed over a record's requests."""
+
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def add(self, other: "Usage") -> None:
+        self.calls += other.calls
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+
+    def to_dict(self) -> dict[str, int]:
+        return {"calls": self.calls, "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
+
+
+@dataclass
+class TokenLogprob:
+    """One token of a choice or prompt with its logprob and the alternatives the server returned."""
+
+    token: str
+    logprob: float | None
+    top_logprobs: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Completion:
+    """What one call returned: the text of each choice, logprobs, usage, latency and the engine's `mimo` report."""
+
+    texts: list[str]
+    finish_reasons: list[str | None]
+    model: str
+    usage: Usage
+    latency_s: float
+    logprobs: list[list[TokenLogprob]] | None = None
+    engine: dict[str, Any] | None = None
+
+    @property
+    def text(self) -> str:
+        """The first choice's text."""
+        return self.texts[0] if self.texts else ""
+
+
+def _usage(raw: Any) -> Usage:
+    if raw is None:
+        return Usage(calls=1)
+    return Usage(calls=1, prompt_tokens=raw.prompt_tokens or 0, completion_tokens=raw.completion_tokens or 0)
+
+
+def _engine_report(response: Any) -> dict[str, Any] | None:
+    extra = getattr(response, "model_extra", None) or {}
+    return extra.get("mimo")
+
+
+def _chat_logprobs(choice: Any) -> list[TokenLogprob] | None:
+    if choice.logprobs is None or choice.logprobs.content is None:
+        return None
+    return [
+        TokenLogprob(t.token, t.logprob, {alt.token: alt.logprob for alt in (t.top_logprobs or [])})
+        for t in choice.logprobs.content
+    ]
+
+
+def _text_logprobs(choice: Any) -> list[TokenLogprob] | None:
+    lp = choice.logprobs
+    if lp is None or lp.tokens is None:
+        return None
+    tops = lp.top_logprobs or [None] * len(lp.tokens)
+    return [TokenLogprob(tok, p, dict(top or {})) for tok, p, top in zip(lp.tokens, lp.token_logprobs, tops)]
+
+
+class LLMClient:
+    """Chat and text completions over `openai.AsyncOpenAI`, bounded in concurrency, timed, retried by openai.
+
+    With `MIMO_BASE_URL` unset it finds or starts the shared embedded engine on first use."""
+
+    def __init__(self, settings: Settings, engine_starter: Callable[[Settings], str] | None = None):
+        self.settings = settings
+        self._engine_starter = engine_starter
+        self._client: openai.AsyncOpenAI | None = None
+        self._semaphore = asyncio.Semaphore(settings.concurrency)
+
+    def _base_url(self) -> str:
+        if not self.settings.embedded:
+            return self.settings.base_url  # type: ignore[return-value]
+        if self._engine_starter is None:
+            from .daemon import ensure_engine  # imported here: remote-only use never touches the daemon
+
+            self._engine_starter = ensure_engine
+        return self._engine_starter(self.settings)
+
+    async def _openai(self, restart: bool = False) -> openai.AsyncOpenAI:
+        if self._client is None or restart:
+            if self._client is not None:
+                await self._client.close()
+            base_url = await asyncio.to_thread(self._base_url)
+            self._client = openai.AsyncOpenAI(
+                base_url=base_url,
+                api_key=self.settings.api_key or EMBEDDED_API_KEY,
+                timeout=self.settings.timeout_s,
+                max_retries=self.settings.max_retries,
+            )
+        return self._client
+
+    def _extra_body(self, mimo: dict[str, Any] | None) -> dict[str, Any] | None:
+        return {"mimo": mimo} if mimo is not None and self.settings.send_extensions else None
+
+    async def _request(self, make_call: Callable[[openai.AsyncOpenAI], Any]) -> tuple[Any, float]:
+        async with self._semaphore:
+            client = await self._openai()
+            started = time.perf_counter()
+            try:
+                response = await make_call(client)
+            except openai.APIConnectionError:
+                if not self.settings.embedded:
+                    raise
+                # The shared engine may have exited (idle timeout, crash): find or start it once more.
+                client = await self._openai(restart=True)
+                started = time.perf_counter()
+                response = await make_call(client)
+            return response, time.perf_counter() - started
+
+    async def chat(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        model: str | None = None,
+        n: int = 1,
+        temperature: float = 0.0,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: list[str] | None = None,
+        max_tokens: int = 512,
+        logprobs: bool = False,
+        top_logprobs: int | None = None,
+        mimo: dict[str, Any] | None = None,
+        on_text: Callable[[str], None] | None = None,
+    ) -> Completion:
+        """A chat completion; with `on_text` the reply streams and each new piece of text is passed to it."""
+        model = model or self.settings.oracle_model
+        params: dict[str, Any] = dict(
+            model=model,
+            messages=messages,
+            n=n,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            extra_body=self._extra_body(mimo),
+        )
+        optional = {"top_p": top_p, "seed": seed, "stop": stop, "top_logprobs": top_logprobs}
+        params.update({k: v for k, v in optional.items() if v is not None})
+        if logprobs:
+            params["logprobs"] = True
+        if on_text is not None:
+            return await self._chat_stream(params, on_text)
+        response, latency = await self._request(lambda c: c.chat.completions.create(**params))
+        choices = sorted(response.choices, key=lambda ch: ch.index)
+        return Completion(
+            texts=[ch.message.content or "" for ch in choices],
+            finish_reasons=[ch.finish_reason for ch in choices],
+            model=response.model,
+            usage=_usage(response.usage),
+            latency_s=latency,
+            logprobs=[_chat_logprobs(ch) or [] for ch in choices] if logprobs else None,
+            engine=_engine_report(response),
+        )
+
+    async def _chat_stream(self, params: dict[str, Any], on_text: Callable[[str], None]) -> Completion:
+        params = dict(params, stream=True, stream_options={"include_usage": True})
+
+        async def consume(client: openai.AsyncOpenAI) -> dict[str, Any]:
+            texts: dict[int, list[str]] = {}
+            finish: dict[int, str | None] = {}
+            state: dict[str, Any] = {"usage": None, "model": params["model"], "engine": None}
+            stream = await client.chat.completions.create(**params)
+            async for chunk in stream:
+                state["model"] = chunk.model or state["model"]
+                state["usage"] = chunk.usage or state["usage"]
+                state["engine"] = _engine_report(chunk) or state["engine"]
+                for choice in chunk.choices:
+                    piece = choice.delta.content or ""
+                    texts.setdefault(choice.index, []).append(piece)
+                    finish[choice.index] = choice.finish_reason or finish.get(choice.index)
+                    if piece and choice.index == 0:
+                        on_text(piece)
+            state["texts"] = ["".join(texts[i]) for i in sorted(texts)]
+            state["finish"] = [finish.get(i) for i in sorted(texts)]
+            return state
+
+        state, latency = await self._request(consume)
+        return Completion(
+            texts=state["texts"],
+            finish_reasons=state["finish"],
+            model=state["model"],
+            usage=_usage(state["usage"]),
+            latency_s=latency,
+            engine=state["engine"],
+        )
+
+    async def complete(
+        self,
+        prompt: str,
+        *,
+        model: str | None = None,
+        max_tokens: int = 0,
+        echo: bool = True,
+        logprobs: int | None = 1,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        stop: list[str] | None = None,
+        mimo: dict[str, Any] | None = None,
+    ) -> Completion:
+        """A text completion; the defaults (echo, no new tokens, logprobs) score `prompt` token by token."""
+        params: dict[str, Any] = dict(
+            model=model or self.settings.oracle_model,
+            prompt=prompt,
+            max_tokens=max_tokens,
+            echo=echo,
+            temperature=temperature,
+            extra_body=self._extra_body(mimo),
+        )
+        optional = {"logprobs": logprobs, "seed": seed, "stop": stop}
+        params.update({k: v for k, v in optional.items() if v is not None})
+        response, latency = await self._request(lambda c: c.completions.create(**params))
+        choices = sorted(response.choices, key=lambda ch: ch.index)
+        return Completion(
+            texts=[ch.text for ch in choices],
+            finish_reasons=[ch.finish_reason for ch in choices],
+            model=response.model,
+            usage=_usage(response.usage),
+            latency_s=latency,
+            logprobs=[_text_logprobs(ch) or [] for ch in choices] if logprobs is not None else None,
+            engine=_engine_report(response),
+        )
+
+    async def list_models(self) -> list[str]:
+        """The model ids the endpoint serves."""
+        response, _ = await self._request(lambda c: c.models.list())
+        return [m.id for m in response.data]
+
+    async def close(self) -> None:
+        """Close the HTTP connections."""
+        if self._client is not None:
+            await self._client.close()
+            self._client = None

@@ -1,0 +1,127 @@
+"""Hardware profiles: memory tiers' capacities and bandwidths, shipped as YAML or measured on this machine."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+THIS_MACHINE = "this-machine"
+
+
+@dataclass(frozen=True)
+class HardwareProfile:
+    """Capacities (bytes) and bandwidths (bytes/s) of the tiers a KV block can live in: HBM, DRAM, NVMe.
+
+    `hbm_bytes` is None where there is no accelerator memory (this machine measured without a GPU)."""
+
+    name: str
+    description: str
+    gpus: int
+    hbm_bytes: float | None
+    hbm_bandwidth: float
+    dram_bytes: float
+    dram_bandwidth: float
+    host_link_bandwidth: float
+    nvme_bytes: float
+    nvme_bandwidth: float
+    nvlink_bandwidth: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "HardwareProfile":
+        names = {f.name for f in fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"profile {data.get('name')!r}: unknown fields {sorted(unknown)}")
+        numeric = names - {"name", "description", "gpus"}
+        values = {k: (float(v) if k in numeric and v is not None else v) for k, v in data.items()}
+        return cls(**values)
+
+
+def shipped_profiles() -> list[str]:
+    """Names of the profiles shipped with the package, plus `this-machine`."""
+    folder = resources.files("mimo_core") / "profiles"
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")) + [THIS_MACHINE]
+
+
+def load_profile(name: str, cache_dir: Path | None = None, remeasure: bool = False) -> HardwareProfile:
+    """A profile by name; `this-machine` is measured once and kept in `<cache_dir>/profiles/`."""
+    if name == THIS_MACHINE:
+        if cache_dir is None:
+            return measure_this_machine(Path(tempfile.gettempdir()))
+        cached = cache_dir / "profiles" / f"{THIS_MACHINE}.yaml"
+        if cached.is_file() and not remeasure:
+            return HardwareProfile.from_dict(yaml.safe_load(cached.read_text()))
+        profile = measure_this_machine(cache_dir)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        cached.write_text(yaml.safe_dump(profile.to_dict(), sort_keys=False))
+        return profile
+    resource = resources.files("mimo_core") / "profiles" / f"{name}.yaml"
+    if not resource.is_file():
+        raise ValueError(f"unknown hardware profile {name!r}; known: {', '.join(shipped_profiles())}")
+    return HardwareProfile.from_dict(yaml.safe_load(resource.read_text()))
+
+
+def _median_rate(nbytes: int, run, repeats: int = 5) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return nbytes / float(np.median(times))
+
+
+def measure_memory_bandwidth(size_bytes: int = 256 << 20) -> float:
+    """Main-memory bandwidth in bytes/s: median of array copies (each reads and writes `size_bytes`)."""
+    src = np.ones(size_bytes // 4, dtype=np.float32)
+    dst = np.empty_like(src)
+    return _median_rate(2 * src.nbytes, lambda: np.copyto(dst, src))
+
+
+def measure_disk_read_bandwidth(folder: Path, size_bytes: int = 128 << 20) -> float:
+    """Sequential read bandwidth of the disk under `folder` in bytes/s, with the page cache dropped first."""
+    folder.mkdir(parents=True, exist_ok=True)
+    block = os.urandom(1 << 20)
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=".bandwidth-") as handle:
+        for _ in range(size_bytes // len(block)):
+            handle.write(block)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+        def read_cold() -> None:
+            # Without dropping the cached pages this would measure DRAM again, not the disk.
+            os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+            with open(handle.name, "rb", buffering=0) as reader:
+                while reader.read(4 << 20):
+                    pass
+
+        return _median_rate(size_bytes, read_cold, repeats=3)
+
+
+def measure_this_machine(cache_dir: Path) -> HardwareProfile:
+    """Measure this machine: no accelerator memory; DRAM and disk measured; the host link is a memory copy."""
+    memory_bandwidth = measure_memory_bandwidth()
+    return HardwareProfile(
+        name=THIS_MACHINE,
+        description=f"{platform.node()}: {os.cpu_count()} CPUs, measured {time.strftime('%Y-%m-%d')}, no GPU",
+        gpus=0,
+        hbm_bytes=None,
+        hbm_bandwidth=memory_bandwidth,  # the engine's working set lives in RAM, so its "HBM" runs at RAM speed
+        dram_bytes=float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")),
+        dram_bandwidth=memory_bandwidth,
+        host_link_bandwidth=memory_bandwidth,
+        nvme_bytes=float(shutil.disk_usage(cache_dir if cache_dir.exists() else Path.home()).free),
+        nvme_bandwidth=measure_disk_read_bandwidth(cache_dir / "profiles"),
+    )
