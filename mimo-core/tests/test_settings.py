@@ -1,0 +1,74 @@
+from pathlib import Path
+
+import pytest
+
+from mimo_core.settings import ENGINE_ORACLE_MODEL, SettingsError, load_settings
+
+
+def test_defaults_use_the_embedded_engine(tmp_path):
+    s = load_settings(env={}, dotenv_path=tmp_path / "missing.env")
+    assert s.embedded and s.send_extensions
+    assert s.oracle_model == ENGINE_ORACLE_MODEL
+    assert s.drafter_model == "smollm2-135m"
+    assert s.cache_dir.name == "mimo-pipeline"
+
+
+def test_precedence_flag_env_dotenv_yaml_default(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("MIMO_MODEL: from-yaml\nconcurrency: 3\ntimeout_s: 9\nMIMO_MAX_RETRIES: 5\n")
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("MIMO_MODEL=from-dotenv\nMIMO_CONCURRENCY=6\nMIMO_TIMEOUT_S=11\n")
+    env = {"MIMO_MODEL": "from-env", "MIMO_CONCURRENCY": "8"}
+    s = load_settings(overrides={"model": "from-flag"}, config_file=config, env=env, dotenv_path=dotenv)
+    assert s.model == "from-flag"  # flag beats everything
+    assert s.concurrency == 8  # env beats .env and yaml
+    assert s.timeout_s == 11.0  # .env beats yaml
+    assert s.max_retries == 5  # yaml beats the default
+    assert load_settings(overrides={"model": None}, env=env, dotenv_path=dotenv).model == "from-env"
+
+
+@pytest.mark.parametrize(
+    "variable, value",
+    [
+        ("MIMO_CONCURRENCY", "many"),
+        ("MIMO_CONCURRENCY", "0"),
+        ("MIMO_TIMEOUT_S", "-1"),
+        ("MIMO_MAX_RETRIES", "1.5"),
+        ("MIMO_BASE_URL", "localhost:8000"),
+        ("MIMO_ENGINE_EXTENSIONS", "maybe"),
+    ],
+)
+def test_malformed_value_names_the_variable(variable, value, tmp_path):
+    with pytest.raises(SettingsError) as info:
+        load_settings(env={variable: value}, dotenv_path=tmp_path / "none")
+    message = str(info.value)
+    assert variable in message and "\n" not in message
+
+
+def test_remote_needs_a_model_and_masks_the_key(tmp_path):
+    env = {"MIMO_BASE_URL": "https://api.example.test/v1/", "MIMO_API_KEY": "sk-secret-123"}
+    s = load_settings(env=env, dotenv_path=tmp_path / "none")
+    assert not s.embedded and not s.send_extensions
+    assert s.base_url == "https://api.example.test/v1"
+    with pytest.raises(SettingsError, match="MIMO_MODEL"):
+        _ = s.oracle_model
+    shown = s.to_dict()
+    assert "sk-secret-123" not in repr(shown) and "sk-secret-123" not in repr(s)
+    assert shown["api_key_set"] is True and shown["backend"] == "remote"
+
+
+def test_yaml_errors_are_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("nonsense_key: 1\n")
+    with pytest.raises(SettingsError, match="unknown setting 'nonsense_key'"):
+        load_settings(config_file=bad, env={}, dotenv_path=None)
+    with pytest.raises(SettingsError, match="config file"):
+        load_settings(config_file=Path(tmp_path / "absent.yaml"), env={}, dotenv_path=None)
+
+
+def test_env_example_documents_every_variable():
+    from mimo_core.settings import VARIABLES
+
+    example = (Path(__file__).parents[2] / ".env.example").read_text()
+    for variable in VARIABLES:
+        assert f"# {variable}" in example or f"{variable}=" in example, variable

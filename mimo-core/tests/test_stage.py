@@ -1,0 +1,116 @@
+import asyncio
+import io
+import json
+import threading
+
+from mimo_core.client import Completion, Usage
+from mimo_core.settings import Settings
+from mimo_core.stage import StageContext, run_stage
+
+SETTINGS = Settings(concurrency=3)
+
+
+def _lines(n, **extra):
+    return "".join(
+        json.dumps({"id": f"r{i}", "domain": "math", "task": f"{i} + 1", **extra}) + "\n" for i in range(n)
+    )
+
+
+def _run(process, text, **kwargs):
+    out = io.StringIO()
+    code = run_stage("demo", process, source=io.StringIO(text), sink=out, settings=SETTINGS, **kwargs)
+    return code, [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def test_records_keep_input_order_and_concurrency_is_bounded():
+    running, peak = [0], [0]
+
+    async def process(record, ctx):
+        running[0] += 1
+        peak[0] = max(peak[0], running[0])
+        await asyncio.sleep(0.02 * (5 - int(record.id[1:]) % 5))  # later records finish first
+        running[0] -= 1
+        record.reasoning["answer"] = str(int(record.task.split()[0]) + 1)
+
+    code, out = _run(process, _lines(10))
+    assert code == 0
+    assert [r["id"] for r in out] == [f"r{i}" for i in range(10)]
+    assert [r["reasoning"]["answer"] for r in out] == [str(i + 1) for i in range(10)]
+    assert 1 < peak[0] <= SETTINGS.concurrency
+    assert all(r["trace"][-1]["stage"] == "demo" and r["trace"][-1]["status"] == "ok" for r in out)
+
+
+def test_sync_stage_runs_off_the_event_loop():
+    threads = set()
+
+    def process(record, ctx):
+        threads.add(threading.current_thread().name)
+        record.verdict["seen"] = True
+
+    code, out = _run(process, _lines(3))
+    assert code == 0 and all(r["verdict"]["seen"] for r in out)
+    assert threading.main_thread().name not in threads
+
+
+def test_a_failing_record_gets_an_error_and_the_stream_goes_on():
+    def process(record, ctx):
+        if record.id == "r1":
+            raise TimeoutError("backend down after retries")
+        record.consensus["answer"] = "ok"
+
+    code, out = _run(process, _lines(3))
+    assert code == 0 and len(out) == 3
+    assert out[1]["error"] == "demo: TimeoutError: backend down after retries"
+    assert out[1]["trace"][-1]["status"] == "error"
+    assert out[0]["error"] is None and out[2]["consensus"]["answer"] == "ok"
+
+
+def test_disabled_component_runs_the_baseline_with_status_baseline():
+    calls = []
+    code, out = _run(
+        lambda r, c: calls.append(("full", r.id)),
+        _lines(1) + _lines(1, config={"disabled": ["demo-component"]}).replace('"r0"', '"r9"'),
+        component="demo-component",
+        baseline=lambda r, c: calls.append(("baseline", r.id)),
+    )
+    assert code == 0
+    assert calls == [("full", "r0"), ("baseline", "r9")]
+    assert [r["trace"][-1]["status"] for r in out] == ["ok", "baseline"]
+
+
+def test_bad_input_stops_with_exit_2_after_writing_earlier_records(capsys):
+    text = _lines(2) + '{"id": "x", "domain": "math"}\n' + _lines(2)
+    code, out = _run(lambda r, c: None, text)
+    assert code == 2
+    assert [r["id"] for r in out] == ["r0", "r1"]
+    assert capsys.readouterr().err.strip() == "line 3: missing 'task'"
+
+
+def test_unknown_fields_pass_through_and_trace_appends():
+    line = json.dumps({"id": "a", "domain": "general", "task": "t", "extra_tool": {"k": [1, 2]},
+                       "trace": [{"stage": "before", "status": "ok", "started_at": 1, "ended_at": 2, "wall_s": 1}]})
+    code, out = _run(lambda r, c: None, line + "\n")
+    assert out[0]["extra_tool"] == {"k": [1, 2]}
+    assert [t["stage"] for t in out[0]["trace"]] == ["before", "demo"]
+
+
+class _CountingClient:
+    """Control-flow stand-in: only what StageContext needs to count usage."""
+
+    async def chat(self, messages, **kwargs):
+        return Completion(["96"], ["stop"], "m", Usage(1, 40, 2), 0.01)
+
+
+def test_context_counts_calls_and_tokens_into_the_trace():
+    async def process(record, ctx):
+        await ctx.chat([{"role": "user", "content": record.task}])
+        await ctx.chat([{"role": "user", "content": record.task}])
+
+    from mimo_core import stage
+
+    record = stage.TaskRecord(id="r", domain="math", task="t")
+    ctx = StageContext(SETTINGS, lambda: _CountingClient())
+    asyncio.run(stage.process_record("demo", record, process, ctx))
+    entry = record.trace[-1]
+    assert (entry.calls, entry.prompt_tokens, entry.completion_tokens) == (2, 80, 4)
+    assert entry.ended_at >= entry.started_at
