@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 RATE_WINDOW_S = 10.0  # tokens/s is measured over this trailing window
 IDLE_WAIT_S = 0.5  # how long an idle worker sleeps before looking at its flags again
+RETRY_AFTER_S = 1  # what a refused client is told: sequences finish every few tokens, so retry soon
 
 
 class KVCache(Protocol):
@@ -236,7 +237,7 @@ class ModelWorker:
             queued = sum(r.params.n for r in self._waiting) + len(self._running)
             if queued + request.params.n > self.capacity:
                 self.metrics.rejected += 1
-                raise QueueFull(self.model.name, self._retry_after_s(queued))
+                raise QueueFull(self.model.name, RETRY_AFTER_S)
             self._waiting.append(request)
             self.metrics.requests += 1
             self.metrics.waiting = len(self._waiting)
@@ -255,14 +256,9 @@ class ModelWorker:
         if not request.prompt:
             raise InvalidRequest("the prompt is empty", "prompt")
         if len(request.prompt) >= context:
-            raise InvalidRequest(f"the prompt has {len(request.prompt)} tokens; this model's context is {context}", "messages")
+            raise InvalidRequest(f"the prompt has {len(request.prompt)} tokens; this model's context is {context}")
         if request.params.n > self.max_batch_size:
             raise InvalidRequest(f"n may be at most the server's max batch size, {self.max_batch_size}", "n")
-
-    def _retry_after_s(self, queued: int) -> int:
-        """A guess at when a slot frees up: the queued sequences over the recent decode rate, at least 1 s."""
-        rate = self.metrics.tokens_per_s()
-        return max(1, min(60, round(queued / rate))) if rate else 1
 
     def _loop(self) -> None:
         while True:
@@ -289,10 +285,12 @@ class ModelWorker:
             with self._wakeup:
                 if not self._waiting or len(self._running) + self._waiting[0].params.n > self.max_batch_size:
                     return
-                request = self._waiting.popleft()
-                self.metrics.waiting = len(self._waiting)
+                request = self._waiting[0]
             if not request.cancelled:
                 self._start(request)
+            with self._wakeup:  # popped only now, so that submit counts it against capacity while it prefills
+                self._waiting.popleft()
+                self.metrics.waiting = len(self._waiting)
 
     def _start(self, request: Request) -> None:
         """Prefill the prompt once, then fork its cache into one sequence per choice and sample each first token."""

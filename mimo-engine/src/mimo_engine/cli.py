@@ -1,0 +1,108 @@
+"""`mimo-engine`: a thin command line over the engine library; parses, calls one function, prints JSON."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from mimo_core.settings import SettingsError, load_settings
+
+app = typer.Typer(
+    help="Run real small GGUF models in numpy and serve them over the OpenAI API "
+    "(the embedded backend of mimo-pipeline). Models are cached in MIMO_CACHE_DIR and pulled on first use.",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback(invoke_without_command=True)
+def _root(ctx: typer.Context) -> None:
+    if ctx.invoked_subcommand is None:  # bare `mimo-engine`: show what it can do
+        typer.echo(ctx.get_help())
+
+
+def _cache_dir() -> Path:
+    return load_settings().cache_dir
+
+
+def _known_model(name: str) -> str:
+    """Typer callback: a registry model name, or a usage error listing the known ones."""
+    from mimo_engine.registry import MODELS
+
+    if name not in MODELS:
+        raise typer.BadParameter(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
+    return name
+
+
+def _known_models(names: list[str]) -> list[str]:
+    return [_known_model(name) for name in names]
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    sys.stdout.flush()
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8000, min=1, max=65535, help="Port to listen on."),
+    model: list[str] = typer.Option(
+        [], "--model", "-m", callback=_known_models,
+        help="A model to load at start (repeatable). Other registry models load on their first request.",
+    ),  # fmt: skip
+    max_batch_size: int = typer.Option(8, min=1, help="Most sequences decoded together per model."),
+    max_queue: int = typer.Option(32, min=0, help="Sequences that may wait beyond the batch; past it: 429."),
+    idle_timeout: float = typer.Option(0.0, min=0.0, help="Exit after this many seconds without requests (0: never)."),
+) -> None:
+    """Serve /v1/chat/completions, /v1/completions, /v1/models, /health and /metrics."""
+    from mimo_engine.server import ServerOptions, serve as run_server
+
+    run_server(host, port, model, ServerOptions(max_batch_size, max_queue, idle_timeout, _cache_dir()))
+
+
+@app.command()
+def pull(name: str = typer.Argument(..., callback=_known_model, help="Registry model name.")) -> None:
+    """Download a model into the cache (checked against its pinned sha256) and print its path."""
+    from mimo_engine.pull import pull as pull_model
+
+    path = pull_model(name, _cache_dir(), progress=True)
+    _print_json({"name": name, "path": str(path)})
+
+
+@app.command()
+def models() -> None:
+    """List the registry's models as JSON: name, size, whether pulled, and path."""
+    from mimo_engine.registry import model_status
+
+    _print_json(model_status(_cache_dir()))
+
+
+@app.command()
+def bench(
+    model: str = typer.Option(..., "--model", "-m", callback=_known_model, help="Registry model name."),
+    out: Path | None = typer.Option(None, help="Also write the JSON to this file."),
+) -> None:
+    """Measure prefill and decode tokens/s at batch 1, 4 and 8 against the memory-bandwidth roofline."""
+    from mimo_engine.bench import run_bench
+
+    result = run_bench(model, cache_dir=_cache_dir())
+    if out:
+        out.write_text(json.dumps(result, indent=2) + "\n")
+    _print_json(result)
+
+
+def main() -> None:
+    """Entry point: bad input ends with one line on stderr and exit code 2."""
+    try:
+        code = app(standalone_mode=False)
+    except (typer.TyperException, SettingsError) as exc:  # typer's usage errors, bad settings
+        typer.echo(f"mimo-engine: error: {exc.format_message() if isinstance(exc, typer.TyperException) else exc}", err=True)
+        sys.exit(2)
+    except typer.Abort:
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,560 @@
+"""The OpenAI-compatible HTTP server over the continuous-batching engine."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable, Literal
+
+import uvicorn
+from fastapi import FastAPI, Request as HttpRequest
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from mimo_engine.sampling import (
+    InvalidRequest,
+    SamplingParams,
+    Utf8Stream,
+    chat_logprobs,
+    completion_logprobs,
+    text_offsets,
+)
+from mimo_engine.scheduler import (
+    ChoiceResult,
+    Delta,
+    Done,
+    Engine,
+    Failed,
+    Model,
+    ModelWorker,
+    QueueFull,
+    Request,
+    RequestStats,
+    UnknownModel,
+)
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = ("precision", "cache", "speculation")  # the `mimo` request fields of DESIGN.md
+
+
+# ---------------------------------------------------------------- request bodies
+
+
+class OpenAIBody(BaseModel):
+    """Fields common to both endpoints; an explicit null means "the default", as OpenAI's API treats it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # not OpenAI's, but vLLM and llama.cpp accept it
+    n: int = 1
+    stop: str | list[str] = []
+    seed: int | None = None
+    stream: bool = False
+    mimo: dict[str, Any] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_nulls(cls, data: Any) -> Any:
+        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
+
+    def sampling(self, max_tokens: int | None, logprobs: bool, top_logprobs: int) -> SamplingParams:
+        """The validated sampling parameters of this body."""
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        return SamplingParams(
+            max_tokens=max_tokens, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+            seed=self.seed, stop=stop, n=self.n, logprobs=logprobs, top_logprobs=top_logprobs,
+        )  # fmt: skip
+
+
+class ChatMessage(BaseModel):
+    """One chat message; content may be a string or a list of text parts."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+
+    def text(self) -> str:
+        """The message's text, its text parts joined."""
+        if isinstance(self.content, list):
+            if any(part.get("type") != "text" for part in self.content):
+                raise InvalidRequest("only text content parts are supported", "messages")
+            return "".join(str(part.get("text", "")) for part in self.content)
+        return self.content or ""
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatBody(OpenAIBody):
+    """The body of POST /v1/chat/completions."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    logprobs: bool = False
+    top_logprobs: int = 0
+    stream_options: StreamOptions = StreamOptions()
+
+
+class CompletionBody(OpenAIBody):
+    """The body of POST /v1/completions."""
+
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int = 16  # OpenAI's default for this endpoint
+    logprobs: int | None = None  # legacy: how many alternatives per token; 0 = the sampled token only
+    echo: bool = False
+    stream_options: StreamOptions = StreamOptions()
+
+
+# ---------------------------------------------------------------- errors
+
+
+def error_response(status: int, message: str, param: str | None = None, code: str | None = None,
+                   kind: str = "invalid_request_error", headers: dict[str, str] | None = None) -> JSONResponse:  # fmt: skip
+    """A response in OpenAI's error shape."""
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_body(_: HttpRequest, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0]
+        where = [str(p) for p in first.get("loc", ()) if p != "body"]
+        return error_response(400, f"{'.'.join(where) or 'body'}: {first.get('msg')}", where[0] if where else None)
+
+    @app.exception_handler(InvalidRequest)
+    async def _invalid(_: HttpRequest, exc: InvalidRequest) -> JSONResponse:
+        return error_response(400, str(exc), exc.param)
+
+    @app.exception_handler(UnknownModel)
+    async def _unknown(_: HttpRequest, exc: UnknownModel) -> JSONResponse:
+        return error_response(404, str(exc), "model", "model_not_found")
+
+    @app.exception_handler(QueueFull)
+    async def _full(_: HttpRequest, exc: QueueFull) -> JSONResponse:
+        headers = {"Retry-After": str(exc.retry_after_s)}
+        return error_response(429, str(exc), None, "queue_full", "rate_limit_error", headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: HttpRequest, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail), kind="invalid_request_error")
+
+    @app.exception_handler(Exception)
+    async def _crash(_: HttpRequest, exc: Exception) -> JSONResponse:
+        log.exception("request failed")
+        return error_response(500, f"{type(exc).__name__}: {exc}", kind="server_error")
+
+
+# ---------------------------------------------------------------- the `mimo` response field
+
+
+def mimo_report(model: str, stats: list[RequestStats], extensions: dict[str, Any]) -> dict[str, Any]:
+    """What the engine did for a request (summed over its prompts), and the extensions it did not apply yet."""
+    report: dict[str, Any] = {
+        "model": model,
+        "prompt_tokens": sum(s.prompt_tokens for s in stats),
+        "completion_tokens": sum(s.completion_tokens for s in stats),
+        "queued_s": round(max(s.queued_s for s in stats), 4),
+        "prefill_s": round(sum(s.prefill_s for s in stats), 4),
+        "decode_s": round(max(s.decode_s for s in stats), 4),
+        "decode_steps": max(s.decode_steps for s in stats),
+        "batch_sizes": sorted(set().union(*(s.batch_sizes for s in stats))),
+    }
+    for name in EXTENSIONS:  # not implemented yet: said so, with what was asked
+        report[name] = {"applied": False, "requested": extensions.get(name)}
+    return report
+
+
+def usage(stats: list[RequestStats]) -> dict[str, int]:
+    """OpenAI's usage object over a request's prompts."""
+    prompt = sum(s.prompt_tokens for s in stats)
+    completion = sum(s.completion_tokens for s in stats)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+# ---------------------------------------------------------------- submitting and streaming
+
+
+def submit_all(worker: ModelWorker, prompts: list[list[int]], params: SamplingParams,
+               prompt_logprobs: int | None = None) -> list[Request]:  # fmt: skip
+    """Submit one request per prompt; if any is refused, cancel those already queued and re-raise."""
+    requests: list[Request] = []
+    try:
+        for prompt in prompts:
+            request = Request(prompt, params, prompt_logprobs)
+            worker.submit(request)
+            requests.append(request)
+    except Exception:
+        for request in requests:
+            request.cancel()
+        raise
+    return requests
+
+
+async def merged_events(requests: list[Request]) -> AsyncIterator[tuple[int, Delta | Done | Failed]]:
+    """Events of several requests as they come, tagged with the request's position; cancels them if left early."""
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(position: int, request: Request) -> None:
+        async for event in request.events():
+            await queue.put((position, event))
+
+    tasks = [asyncio.create_task(pump(i, r)) for i, r in enumerate(requests)]
+    remaining = len(requests)
+    try:
+        while remaining:
+            position, event = await queue.get()
+            remaining -= not isinstance(event, Delta)
+            yield position, event
+    finally:
+        for request, task in zip(requests, tasks):
+            request.cancel()
+            task.cancel()
+
+
+async def gather_results(requests: list[Request], http: HttpRequest) -> list[Done]:
+    """Wait for every request; a failure of any becomes a 500 (or nothing, if the client is gone)."""
+    results = await asyncio.gather(*(r.result(http.is_disconnected) for r in requests))
+    for result in results:
+        if isinstance(result, Failed):
+            for request in requests:
+                request.cancel()
+            raise RuntimeError(result.message)
+    return results
+
+
+def sse(payload: dict[str, Any] | str) -> str:
+    """One server-sent event line."""
+    return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
+
+
+def _failure_event(message: str) -> str:
+    return sse({"error": {"message": message, "type": "server_error", "param": None, "code": None}})
+
+
+# ---------------------------------------------------------------- the app
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """How the server runs: batch and queue limits, idle exit, where models are cached."""
+
+    max_batch_size: int = 8
+    max_queue: int = 32
+    idle_timeout_s: float = 0.0  # 0: never exit when idle
+    cache_dir: Path | None = None
+
+
+def _registry_names() -> list[str]:
+    from mimo_engine.registry import MODELS
+
+    return list(MODELS)
+
+
+def _runtime_loader(cache_dir: Path | None) -> Callable[[str], Model]:
+    def load(name: str) -> Model:
+        from mimo_engine.runtime import LoadedModel  # numpy model code loads only when a model is needed
+
+        return LoadedModel.load(name, cache_dir)
+
+    return load
+
+
+def create_app(
+    models: list[str],
+    options: ServerOptions = ServerOptions(),
+    *,
+    load: Callable[[str], Model] | None = None,
+    available: list[str] | None = None,
+    on_idle: Callable[[], None] | None = None,
+) -> FastAPI:
+    """The FastAPI app: preloads `models`, serves any other known model lazily, calls `on_idle` after the idle timeout.
+
+    `load` and `available` replace the registry and the numpy runtime (tests); `on_idle` is how the app stops its server.
+    """
+    engine = Engine(
+        available if available is not None else _registry_names(),
+        load or _runtime_loader(options.cache_dir),
+        max_batch_size=options.max_batch_size,
+        max_queue=options.max_queue,
+    )
+    idle_timeout_s = options.idle_timeout_s
+    clock = {"last_request": time.monotonic()}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        for name in models:
+            await asyncio.to_thread(engine.worker, name)
+        watcher = asyncio.create_task(_watch_idle(engine, clock, idle_timeout_s, on_idle)) if idle_timeout_s else None
+        try:
+            yield
+        finally:
+            if watcher:
+                watcher.cancel()
+            await asyncio.to_thread(engine.close)
+
+    app = FastAPI(title="mimo-engine", lifespan=lifespan)
+    app.state.engine = engine
+    _install_error_handlers(app)
+
+    @app.middleware("http")
+    async def _touch(request: HttpRequest, call_next: Callable) -> Any:
+        clock["last_request"] = time.monotonic()
+        return await call_next(request)
+
+    _add_info_routes(app, engine)
+    _add_chat_route(app, engine)
+    _add_completion_route(app, engine)
+    return app
+
+
+async def _watch_idle(engine: Engine, clock: dict[str, float], timeout_s: float, on_idle: Callable[[], None] | None) -> None:
+    """Call `on_idle` once nothing has arrived or run for `timeout_s` seconds."""
+    while True:
+        await asyncio.sleep(min(1.0, timeout_s / 4))
+        idle_since = max(clock["last_request"], engine.last_active())
+        if not engine.busy() and time.monotonic() - idle_since >= timeout_s:
+            log.warning("idle for %.0f s: exiting", timeout_s)
+            if on_idle:
+                on_idle()
+            return
+
+
+async def resolve(engine: Engine, name: str) -> ModelWorker:
+    """The worker of a model; a model not yet loaded loads in a thread, so the server keeps serving the others."""
+    return engine.workers().get(name) or await asyncio.to_thread(engine.worker, name)
+
+
+def _add_info_routes(app: FastAPI, engine: Engine) -> None:
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "models_loaded": engine.loaded(), "pid": os.getpid()}
+
+    @app.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        loaded = set(engine.loaded())
+        return {
+            "object": "list",
+            "data": [
+                {"id": name, "object": "model", "created": 0, "owned_by": "mimo-engine", "loaded": name in loaded}
+                for name in sorted(engine.available)
+            ],
+        }
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics() -> PlainTextResponse:
+        return PlainTextResponse(prometheus_text(engine), media_type="text/plain; version=0.0.4")
+
+
+# (name, type, help, value of a worker)
+METRICS: list[tuple[str, str, str, Callable[[ModelWorker], float]]] = [
+    ("requests_total", "counter", "Requests accepted.", lambda w: w.metrics.requests),
+    ("requests_rejected_total", "counter", "Requests refused with 429 (queue full).", lambda w: w.metrics.rejected),
+    ("prompt_tokens_total", "counter", "Prompt tokens prefilled.", lambda w: w.metrics.prompt_tokens),
+    ("completion_tokens_total", "counter", "Tokens generated.", lambda w: w.metrics.completion_tokens),
+    ("decode_steps_total", "counter", "Batched decode steps run.", lambda w: w.metrics.decode_steps),
+    ("queue_depth", "gauge", "Requests waiting to start.", lambda w: w.metrics.waiting),
+    ("batch_size", "gauge", "Sequences in the current decode batch.", lambda w: w.metrics.running),
+    ("batch_size_max", "gauge", "Largest decode batch so far.", lambda w: w.metrics.max_batch_size_seen),
+    ("tokens_per_second", "gauge", "Tokens generated per second, last 10 s.", lambda w: w.metrics.tokens_per_s()),
+]
+
+
+def prometheus_text(engine: Engine) -> str:
+    """Every worker's counters and gauges in the Prometheus text exposition format, labelled by model."""
+    lines = []
+    workers = engine.workers()
+    for name, kind, help_text, value in METRICS:
+        lines += [f"# HELP mimo_engine_{name} {help_text}", f"# TYPE mimo_engine_{name} {kind}"]
+        lines += [f'mimo_engine_{name}{{model="{model}"}} {float(value(w)):g}' for model, w in sorted(workers.items())]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- /v1/chat/completions
+
+
+def _add_chat_route(app: FastAPI, engine: Engine) -> None:
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatBody, http: HttpRequest) -> Any:
+        max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+        if max_tokens is not None and max_tokens < 1:
+            raise InvalidRequest("max_tokens must be at least 1", "max_tokens")
+        params = body.sampling(max_tokens, body.logprobs, body.top_logprobs)
+        worker = await resolve(engine, body.model)
+        tokenizer = worker.model.tokenizer
+        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        try:
+            rendered = tokenizer.render_chat(messages, add_generation_prompt=True)
+        except Exception as exc:  # the model's own template rejects the conversation (e.g. role order)
+            raise InvalidRequest(f"the chat template rejected the messages: {exc}", "messages") from None
+        requests = submit_all(worker, [tokenizer.encode(rendered, allow_special=True)], params)
+        head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": body.model}
+        if body.stream:
+            return StreamingResponse(_chat_stream(head, requests, tokenizer, body), media_type="text/event-stream")
+        (done,) = await gather_results(requests, http)
+        return {
+            **head,
+            "object": "chat.completion",
+            "choices": [
+                {
+                    "index": c.index,
+                    "message": {"role": "assistant", "content": c.text},
+                    "logprobs": chat_logprobs(c.logprobs, tokenizer) if body.logprobs else None,
+                    "finish_reason": c.finish_reason,
+                }
+                for c in done.choices
+            ],
+            "usage": usage([done.stats]),
+            "mimo": mimo_report(body.model, [done.stats], body.mimo),
+        }
+
+
+async def _chat_stream(head: dict, requests: list[Request], tokenizer: Any, body: ChatBody) -> AsyncIterator[str]:
+    """SSE chunks: the role per choice, then text deltas, then a final chunk with usage and `mimo`, then [DONE]."""
+    head = {**head, "object": "chat.completion.chunk"}
+
+    def chunk(index: int, delta: dict, logprobs: dict | None = None, finish_reason: str | None = None) -> str:
+        choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
+        return sse({**head, "choices": [choice]})
+
+    for index in range(body.n):
+        yield chunk(index, {"role": "assistant", "content": ""})
+    async for _, event in merged_events(requests):
+        if isinstance(event, Failed):
+            yield _failure_event(event.message)
+        elif isinstance(event, Done):
+            final = {**head, "choices": [], "mimo": mimo_report(body.model, [event.stats], body.mimo)}
+            if body.stream_options.include_usage:
+                final["usage"] = usage([event.stats])
+            yield sse(final)
+        elif event.text or event.logprob or event.finish_reason:
+            logprobs = chat_logprobs([event.logprob], tokenizer) if event.logprob else None
+            yield chunk(event.index, {"content": event.text} if event.text else {}, logprobs, event.finish_reason)
+    yield sse("[DONE]")
+
+
+# ---------------------------------------------------------------- /v1/completions
+
+
+def _completion_prompts(body: CompletionBody, tokenizer: Any) -> tuple[list[str], list[list[int]]]:
+    """The prompts as texts and as token ids, from a string, strings, token ids or lists of token ids."""
+    prompt = body.prompt
+    if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
+        prompt = [prompt]
+    if not prompt:
+        raise InvalidRequest("prompt must not be empty", "prompt")
+    texts = [p if isinstance(p, str) else tokenizer.decode(p) for p in prompt]
+    ids = [tokenizer.encode(p, allow_special=True) if isinstance(p, str) else list(p) for p in prompt]
+    return texts, ids
+
+
+def _add_completion_route(app: FastAPI, engine: Engine) -> None:
+    @app.post("/v1/completions")
+    async def completions(body: CompletionBody, http: HttpRequest) -> Any:
+        if body.max_tokens < (0 if body.echo else 1):
+            raise InvalidRequest("max_tokens must be at least 1 (0 only with echo)", "max_tokens")
+        params = body.sampling(body.max_tokens, body.logprobs is not None, body.logprobs or 0)
+        worker = await resolve(engine, body.model)
+        tokenizer = worker.model.tokenizer
+        texts, prompts = _completion_prompts(body, tokenizer)
+        scoring = body.logprobs if body.echo and body.logprobs is not None else None
+        requests = submit_all(worker, prompts, params, scoring)
+        head = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": body.model}
+        if body.stream:
+            stream = _completion_stream(head, requests, texts, tokenizer, body)
+            return StreamingResponse(stream, media_type="text/event-stream")
+        results = await gather_results(requests, http)
+        choices = [
+            _completion_choice(position * body.n + c.index, texts[position], prompts[position], done, c, tokenizer, body)
+            for position, done in enumerate(results)
+            for c in done.choices
+        ]
+        stats = [done.stats for done in results]
+        return {
+            **head,
+            "object": "text_completion",
+            "choices": choices,
+            "usage": usage(stats),
+            "mimo": mimo_report(body.model, stats, body.mimo),
+        }
+
+
+def _completion_choice(index: int, prompt_text: str, prompt: list[int], done: Done, choice: ChoiceResult,
+                       tokenizer: Any, body: CompletionBody) -> dict[str, Any]:  # fmt: skip
+    """One legacy choice; with echo the text and the logprobs start with the prompt's."""
+    prefix = prompt_text if body.echo else ""
+    logprobs = None
+    if body.logprobs is not None:
+        tokens, entries = choice.tokens, choice.logprobs
+        offsets = text_offsets(tokenizer, tokens, len(prefix))
+        if body.echo:
+            tokens, entries = prompt + tokens, done.prompt_scores + entries
+            offsets = text_offsets(tokenizer, prompt) + offsets
+        logprobs = completion_logprobs(tokens, entries, offsets, tokenizer)
+    return {"index": index, "text": prefix + choice.text, "logprobs": logprobs, "finish_reason": choice.finish_reason}
+
+
+async def _completion_stream(head: dict, requests: list[Request], texts: list[str], tokenizer: Any,
+                             body: CompletionBody) -> AsyncIterator[str]:  # fmt: skip
+    """SSE chunks of text (with per-token legacy logprobs), a final chunk with usage and `mimo`, then [DONE]."""
+    head = {**head, "object": "text_completion"}
+    streams: dict[int, Utf8Stream] = {}
+    offsets: dict[int, int] = {}
+    stats: list[RequestStats] = []
+    if body.echo:  # the prompt comes first, as its own chunk per choice
+        for position, text in enumerate(texts):
+            for j in range(body.n):
+                choice = {"index": position * body.n + j, "text": text, "logprobs": None, "finish_reason": None}
+                yield sse({**head, "choices": [choice]})
+    async for position, event in merged_events(requests):
+        if isinstance(event, Failed):
+            yield _failure_event(event.message)
+        elif isinstance(event, Done):
+            stats.append(event.stats)
+        else:
+            index = position * body.n + event.index
+            logprobs = None
+            if event.logprob:
+                stream = streams.setdefault(index, Utf8Stream(tokenizer))
+                offset = offsets.setdefault(index, len(texts[position]) if body.echo else 0)
+                offsets[index] += len(stream.push(event.logprob.token))
+                logprobs = completion_logprobs([event.logprob.token], [event.logprob], [offset], tokenizer)
+            choice = {"index": index, "text": event.text, "logprobs": logprobs, "finish_reason": event.finish_reason}
+            yield sse({**head, "choices": [choice]})
+    if len(stats) == len(requests):
+        final = {**head, "choices": [], "mimo": mimo_report(body.model, stats, body.mimo)}
+        if body.stream_options.include_usage:
+            final["usage"] = usage(stats)
+        yield sse(final)
+    yield sse("[DONE]")
+
+
+# ---------------------------------------------------------------- running it
+
+
+def serve(host: str, port: int, models: list[str], options: ServerOptions = ServerOptions()) -> None:
+    """Run the server until interrupted or, with an idle timeout, until idle that long."""
+    server: uvicorn.Server | None = None
+
+    def stop() -> None:
+        server.should_exit = True
+
+    app = create_app(models, options, on_idle=stop)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
+    server.run()
