@@ -1,0 +1,93 @@
+"""Arithmetic word problems: a chain of 1-5 operations told as a short story, with an exact integer answer.
+
+Also GSM8K's JSONL (`question`, `answer` ending in `#### N`) where a user has the file."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+from typing import Iterator
+
+from mimo_core.answers import canonical_number, parse_number
+
+NAMES = (("Ava", "she"), ("Ben", "he"), ("Chloe", "she"), ("Diego", "he"), ("Emma", "she"), ("Farid", "he"),
+         ("Grace", "she"), ("Hiro", "he"), ("Ines", "she"), ("Jonas", "he"), ("Keiko", "she"), ("Liam", "he"))
+# (things, the verb of getting more, the verb of losing some)
+THINGS = (("marbles", "wins", "loses"), ("stickers", "buys", "gives away"), ("books", "buys", "donates"),
+          ("stamps", "is given", "trades away"), ("dollars", "earns", "spends"), ("seashells", "finds", "drops"),
+          ("trading cards", "gets", "sells"), ("apples", "picks", "eats"), ("pencils", "buys", "lends out"))
+TIMES = {2: "twice", 3: "three times", 4: "four times", 5: "five times"}
+PARTS = {2: "half", 3: "a third", 4: "a quarter", 5: "a fifth"}
+MAX_VALUE = 10_000
+
+
+def _problem(ops: int, rng: random.Random) -> tuple[str, int]:
+    """A story of `ops` operations and its answer."""
+    people = rng.sample(NAMES, len(NAMES))
+    things, gain, lose = rng.choice(THINGS)
+    name, he = people.pop()
+    value = rng.randint(10, 99)
+    sentences = [f"{name} has {value} {things}."]
+    for _ in range(ops):
+        # Multiplying and dividing hand the count to a new person, which keeps every sentence natural.
+        choices = ["add"]
+        if value > 2:
+            choices.append("sub")
+        if value * 2 <= MAX_VALUE:
+            choices.append("mul")
+        if any(value % d == 0 for d in PARTS):
+            choices.append("div")
+        op = rng.choice(choices)
+        if op == "add":
+            amount = rng.randint(5, 60)
+            value += amount
+            sentences.append(f"Then {he} {gain} {amount} more.")
+        elif op == "sub":
+            amount = rng.randint(1, min(value - 1, 60))
+            value -= amount
+            sentences.append(f"{he.capitalize()} {lose} {amount} of them.")
+        else:
+            other, other_he = people.pop()
+            if op == "mul":
+                factor = rng.choice([f for f in TIMES if value * f <= MAX_VALUE])
+                value *= factor
+                sentences.append(f"{other} has {TIMES[factor]} as many {things} as {name}.")
+            else:
+                divisor = rng.choice([d for d in PARTS if value % d == 0])
+                value //= divisor
+                sentences.append(f"{other} has {PARTS[divisor]} as many {things} as {name}.")
+            name, he = other, other_he
+    sentences.append(f"How many {things} does {name} have now?")
+    return " ".join(sentences), value
+
+
+def generate(n: int, rng: random.Random) -> Iterator[tuple[str, dict, float]]:
+    """`n` template problems; the difficulty is the number of operations, 1-5, drawn uniformly."""
+    for _ in range(n):
+        ops = rng.randint(1, 5)
+        task, answer = _problem(ops, rng)
+        yield task, {"answer": str(answer)}, float(ops)
+
+
+def generate_gsm8k(path: Path, n: int, rng: random.Random) -> Iterator[tuple[str, dict, float]]:
+    """`n` problems sampled from a GSM8K JSONL file; difficulty = the solution's <<calculator>> steps, 1-5."""
+    rows = []
+    with open(path, encoding="utf-8") as stream:
+        for line_no, line in enumerate(stream, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                final = parse_number(row["answer"].rsplit("####", 1)[1])
+            except (json.JSONDecodeError, KeyError, IndexError, AttributeError, TypeError):
+                raise ValueError(f"{path}: line {line_no}: not a GSM8K row (question, answer ending in '#### N')")
+            if final is None:
+                raise ValueError(f"{path}: line {line_no}: no number after '####'")
+            rows.append((row["question"], row["answer"], final))
+    if n > len(rows):
+        raise ValueError(f"{path} has {len(rows)} problems; {n} math tasks were asked for")
+    for question, solution, final in rng.sample(rows, n):
+        steps = len(re.findall(r"<<", solution)) or solution.count("\n")
+        yield question, {"answer": canonical_number(final)}, float(min(max(steps, 1), 5))
