@@ -80,3 +80,9 @@ def test_esi_levels(text, level):
 @pytest.mark.parametrize("text", [None, "", "ESI 7", "urgent", "pain 8/10", "12"])
 def test_no_esi_level(text):
     assert extract_esi(text) is None
+
+
+def test_general_answer_line():
+    assert extract_answer("general", "Thinking...\nAnswer: Paris") == "Paris"
+    assert extract_answer("general", "  Paris  ") == "Paris"
+    assert extract_answer("general", "   ") is None

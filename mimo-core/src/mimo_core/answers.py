@@ -20,6 +20,7 @@ _MARKED_RE = [
 ]
 _FENCE_RE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)```", re.DOTALL)
 _CODE_LINE_RE = re.compile(r"^\s*(?:def|class|return|import|from|for|while|if)\b", re.MULTILINE)
+_FINAL_LINE_RE = re.compile(r"^\s*answer\s*:\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE)
 _ESI_RE = [
     re.compile(r"\bESI\b\s*(?:level|category)?\s*[:=\-#]?\s*([1-5])\b", re.IGNORECASE),
     re.compile(r"\b(?:triage\s+)?level\s*[:=\-#]?\s*([1-5])\b", re.IGNORECASE),
@@ -79,7 +80,9 @@ def canonical_number(value: Fraction) -> str:
 
 
 def extract_answer(domain: str, text: str | None) -> str | None:
-    """The answer of `text` in its domain's canonical form (a number, a program, an ESI level), or None if there is none."""
+    """The answer of `text` in its domain's canonical form, or None if there is none.
+
+    math: the number; coding: the program; triage: the ESI level; general: the last "Answer: ..." line, else the text."""
     if domain == "math":
         value = extract_number(text)
         return None if value is None else canonical_number(value)
@@ -88,5 +91,6 @@ def extract_answer(domain: str, text: str | None) -> str | None:
     if domain == "triage":
         level = extract_esi(text)
         return None if level is None else str(level)
-    stripped = (text or "").strip()
+    final = _FINAL_LINE_RE.findall(text or "")
+    stripped = final[-1] if final else (text or "").strip()
     return stripped or None

@@ -25,6 +25,7 @@ def generate(n: int, rng: random.Random) -> Iterator[tuple[str, dict, float]]:
     for problem in rng.sample(problems, n):
         reference = {
             "task_id": problem["task_id"],
+            "prompt": problem["prompt"],  # the verifier builds the program from it, whatever a stage did to `task`
             "entry_point": problem["entry_point"],
             "tests": problem["test"],
             "canonical_solution": problem["canonical_solution"],

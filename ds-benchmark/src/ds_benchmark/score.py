@@ -1,0 +1,74 @@
+"""The D/s score and the figures around it: accuracy, tokens, latency, bootstrap intervals."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import numpy as np
+
+from .results import Figures, Outcome
+
+PENALTY = 2.0  # a confident wrong answer scores 1 - PENALTY = -1
+CONFIDENT = 0.8  # "overconfident" is a wrong answer with confidence above this
+FORMULAS = ("design", "seed")
+BOOTSTRAP_ROUNDS = 2000
+
+
+def record_score(correct: bool, confidence: float | None, formula: str = "design") -> float:
+    """s_i of DESIGN.md: 1 if correct, 1 - PENALTY if wrong with confidence above 0.8, else 0.
+
+    `formula="seed"` is the seed's snippet as printed: its penalty term is also multiplied by `correct`, which is 0
+    exactly when the penalty should apply, so a confident wrong answer scores 0 instead of -1."""
+    c = float(correct)
+    confident = float(confidence is not None and confidence > CONFIDENT)
+    if formula == "design":
+        return c + (1 - c) * confident * (1 - PENALTY)
+    if formula == "seed":
+        return c + (1 - c) * confident * (1 - PENALTY) * c
+    raise ValueError(f"unknown formula {formula!r} (one of {', '.join(FORMULAS)})")
+
+
+def bootstrap_ci(columns: np.ndarray, statistic: Callable[[np.ndarray], np.ndarray], seed: int,
+                 rounds: int = BOOTSTRAP_ROUNDS) -> list[float] | None:
+    """The 95% percentile interval of `statistic` over resamples of the rows of `columns` (n x k), seeded.
+
+    `statistic` maps resamples (rounds x n x k) to one value per round."""
+    if len(columns) == 0:
+        return None
+    rows = np.random.default_rng(seed).integers(0, len(columns), size=(rounds, len(columns)))
+    low, high = np.percentile(statistic(columns[rows]), [2.5, 97.5])
+    return [round(float(low), 6), round(float(high), 6)]
+
+
+def percentiles(values: Iterable[float | None]) -> dict[str, float | None]:
+    """p50, p90 and p99 of the values that are known."""
+    known = [v for v in values if v is not None]
+    if not known:
+        return {"p50": None, "p90": None, "p99": None}
+    p50, p90, p99 = np.percentile(known, [50, 90, 99])
+    return {"p50": round(float(p50), 6), "p90": round(float(p90), 6), "p99": round(float(p99), 6)}
+
+
+def figures(outcomes: list[Outcome], wall_s: float, seed: int = 0) -> Figures:
+    """D/s = sum(difficulty_i * s_i) / wall_s, with accuracy, tokens, latency and 95% bootstrap intervals."""
+    # columns: difficulty, s_i, correct
+    table = np.array([[o.difficulty, o.score, float(o.correct)] for o in outcomes], dtype=float).reshape(-1, 3)
+    difficulty, score, correct = table.T
+    completion = sum(o.completion_tokens for o in outcomes)
+    n = len(outcomes)
+    return Figures(
+        n=n,
+        correct=int(correct.sum()),
+        accuracy=round(float(correct.mean()), 6) if n else None,
+        accuracy_ci95=bootstrap_ci(table, lambda t: t[..., 2].mean(axis=-1), seed),
+        weighted_accuracy=round(float((difficulty * correct).sum() / difficulty.sum()), 6) if difficulty.sum() else None,
+        ds=round(float((difficulty * score).sum() / wall_s), 6),
+        ds_ci95=bootstrap_ci(table, lambda t: (t[..., 0] * t[..., 1]).sum(axis=-1) / wall_s, seed),
+        overconfident_wrong=sum(o.overconfident_wrong for o in outcomes),
+        errors=sum(o.error is not None for o in outcomes),
+        prompt_tokens=sum(o.prompt_tokens for o in outcomes),
+        completion_tokens=completion,
+        tokens_per_s=round(completion / wall_s, 6),
+        latency_s=percentiles(o.latency_s for o in outcomes),
+        wall_s=round(wall_s, 6),
+    )
