@@ -37,7 +37,7 @@ def bootstrap_ci(columns: np.ndarray, statistic: Callable[[np.ndarray], np.ndarr
         return None
     rows = np.random.default_rng(seed).integers(0, len(columns), size=(rounds, len(columns)))
     low, high = np.percentile(statistic(columns[rows]), [2.5, 97.5])
-    return [round(float(low), 6), round(float(high), 6)]
+    return [round(float(low), 6) + 0.0, round(float(high), 6) + 0.0]  # + 0.0 turns -0.0 into 0.0
 
 
 def percentiles(values: Iterable[float | None]) -> dict[str, float | None]:

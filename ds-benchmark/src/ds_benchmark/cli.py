@@ -1,0 +1,108 @@
+"""`ds-benchmark`: suite, score, report, compare."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, NoReturn, Optional
+
+import typer
+from rich.console import Console
+
+from mimo_core.record import RecordError, read_records, write_record
+
+from .compare import compare as compare_results
+from .compare import table
+from .report import build_results
+from .results import ResultsError, load_results
+from .score import FORMULAS
+from .suites import DOMAINS, build_suite
+from .verify import score_stream
+
+app = typer.Typer(help="Verified task suites, sandboxed checks and the decisions-per-second score.",
+                  no_args_is_help=True, add_completion=False)
+FormulaOption = typer.Option("design", "--formula", help=f"D/s formula: {' or '.join(FORMULAS)} (the seed's snippet).")
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    raise typer.Exit(2)
+
+
+@app.command(context_settings={"allow_extra_args": True})
+def suite(
+    ctx: typer.Context,
+    n: int = typer.Option(..., "--n", help="Number of tasks in all, split evenly over the domains."),
+    domains: List[str] = typer.Option(list(DOMAINS), "--domains", help="Domains: --domains math coding triage."),
+    seed: int = typer.Option(0, "--seed", help="The suite is the same for the same seed."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="gsm8k:PATH takes math from GSM8K's JSONL."),
+) -> None:
+    """Write N task records (JSONL, with `reference`) to stdout."""
+    gsm8k = None
+    if dataset:
+        kind, _, path = dataset.partition(":")
+        if kind != "gsm8k" or not path:
+            _fail(f"--dataset {dataset!r}: expected gsm8k:PATH")
+        gsm8k = Path(path)
+    try:
+        records = build_suite(n, [*domains, *ctx.args], seed, gsm8k)
+    except (ValueError, OSError) as exc:
+        _fail(str(exc))
+    for record in records:
+        write_record(record, sys.stdout)
+
+
+@app.command()
+def score(
+    file: Optional[Path] = typer.Argument(None, help="Records (JSONL); stdin when absent."),
+    concurrency: Optional[int] = typer.Option(None, "--concurrency", min=1, help="Records checked at once."),
+) -> None:
+    """Check each record's answer against its reference and write it on with `verdict`."""
+    try:
+        source = open(file, encoding="utf-8") if file else sys.stdin
+    except OSError as exc:
+        _fail(str(exc))
+    with source:
+        raise typer.Exit(score_stream(source=source, concurrency=concurrency))
+
+
+@app.command()
+def report(
+    file: Path = typer.Argument(..., help="Scored records (JSONL); - for stdin."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the results JSON here instead of stdout."),
+    wall_s: Optional[float] = typer.Option(None, "--wall-s", min=0.000001, help="Wall time instead of the trace's."),
+    formula: str = FormulaOption,
+) -> None:
+    """Write the mimo.results/1 JSON of a scored run."""
+    if formula not in FORMULAS:
+        _fail(f"--formula {formula!r}: one of {', '.join(FORMULAS)}")
+    try:
+        with (sys.stdin if str(file) == "-" else open(file, encoding="utf-8")) as stream:
+            results = build_results(list(read_records(stream)), wall_s, formula)
+    except (RecordError, ValueError, OSError) as exc:
+        _fail(f"{file}: {exc}")
+    text = json.dumps(results.to_dict(), indent=2)
+    if out:
+        out.write_text(text + "\n", encoding="utf-8")
+    else:
+        print(text)
+
+
+@app.command()
+def compare(
+    a: Path = typer.Argument(..., help="Results JSON of the baseline run."),
+    b: Path = typer.Argument(..., help="Results JSON of the run compared with it."),
+) -> None:
+    """Compare two results files: JSON on stdout, a table on stderr."""
+    try:
+        comparison = compare_results(load_results(a), load_results(b))
+    except ResultsError as exc:
+        _fail(str(exc))
+    Console(stderr=True).print(table(comparison))
+    print(json.dumps(comparison, indent=2))
+
+
+def main() -> None:
+    """The console script."""
+    app()

