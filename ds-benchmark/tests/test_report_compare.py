@@ -1,0 +1,127 @@
+"""report -> results file -> compare, through the CLI, and the refusals on bad input."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from mimo_core.record import TraceEntry
+from ds_benchmark.cli import app
+from ds_benchmark.results import Results
+from ds_benchmark.suites import build_suite
+from ds_benchmark.verify import score_record
+
+runner = CliRunner()
+
+
+def answered_run(seed=4, disabled=(), right_every=2, t0=1000.0):
+    """Triage and math records answered (every `right_every`-th wrongly), traced, and scored."""
+    records = build_suite(8, ["math", "triage"], seed)
+    for i, r in enumerate(records):
+        truth = r.reference.get("answer") or f"ESI {r.reference.get('level')}"
+        r.consensus = {"answer": truth if i % right_every else "ESI 0 / 0", "confidence": 0.9}
+        r.config["disabled"] = list(disabled)
+        start = t0 + i
+        r.trace.append(TraceEntry("multi-agent-orchestrator", "ok", start, start + 2.0, 2.0, 2, 100, 40))
+        score_record(r)
+    return records
+
+
+def write(path, records):
+    path.write_text("".join(json.dumps(r.to_dict()) + "\n" for r in records))
+    return path
+
+
+def report(tmp_path, name, records, *args):
+    out = tmp_path / f"{name}.json"
+    result = runner.invoke(app, ["report", str(write(tmp_path / f"{name}.jsonl", records)), "--out", str(out), *args])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_report_round_trip(tmp_path):
+    path = report(tmp_path, "a", answered_run())
+    data = json.loads(path.read_text())
+    results = Results.from_dict(data)
+    assert results.to_dict() == data
+    assert results.schema == "mimo.results/1" and results.seed == 4 and len(results.task_ids) == 8
+    (config,) = results.configurations
+    assert config.name == "full" and config.figures.n == 8 and config.figures.correct == 4
+    assert config.figures.wall_s == pytest.approx(9.0)  # first start 1000, last end 1007 + 2
+    assert set(config.domains) == {"math", "triage"} and "multi-agent-orchestrator" in config.stages
+    assert config.figures.overconfident_wrong == 4 and len(config.outcomes) == 8
+
+
+def test_wall_s_and_formula_flags(tmp_path):
+    records = answered_run()
+    design = json.loads(report(tmp_path, "d", records, "--wall-s", "10").read_text())
+    seed = json.loads(report(tmp_path, "s", records, "--wall-s", "10", "--formula", "seed").read_text())
+    d, s = design["configurations"][0]["figures"], seed["configurations"][0]["figures"]
+    assert d["wall_s"] == s["wall_s"] == 10
+    assert d["ds"] < s["ds"]  # the seed's formula never applies the penalty
+
+
+def test_ablation_run_holds_one_configuration_per_disabled_set(tmp_path):
+    records = answered_run() + answered_run(disabled=["spec-reasoner"], t0=2000.0)
+    results = Results.from_dict(json.loads(report(tmp_path, "ab", records).read_text()))
+    assert [c.name for c in results.configurations] == ["full", "without spec-reasoner"]
+    assert all(c.figures.wall_s == pytest.approx(9.0) for c in results.configurations)
+
+
+def test_compare_pairs_tasks_and_reports_deltas(tmp_path):
+    a = report(tmp_path, "a", answered_run(right_every=2))
+    b = report(tmp_path, "b", answered_run(right_every=8))
+    result = runner.invoke(app, ["compare", str(a), str(b)])
+    assert result.exit_code == 0, result.output
+    comparison = json.loads(result.stdout)
+    assert comparison["comparable"] is True
+    (c,) = comparison["configurations"]
+    assert c["paired_tasks"] == 8 and c["delta"]["accuracy"] == pytest.approx(3 / 8)
+    low, high = c["delta_ci95"]["ds"]
+    assert low <= c["delta"]["ds"] <= high
+    assert "accuracy" in result.stderr
+
+
+def test_compare_says_when_runs_are_not_comparable(tmp_path):
+    a = report(tmp_path, "a", answered_run(seed=4))
+    b = report(tmp_path, "b", answered_run(seed=5))
+    comparison = json.loads(runner.invoke(app, ["compare", str(a), str(b)]).stdout)
+    assert comparison["comparable"] is False
+    assert any(r.startswith("different suites") for r in comparison["reasons"])
+    assert "different seeds (4 vs 5)" in comparison["reasons"]
+
+
+def test_unknown_results_schema_is_refused(tmp_path):
+    a = report(tmp_path, "a", answered_run())
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"schema": "mimo.results/9"}))
+    result = runner.invoke(app, ["compare", str(a), str(other)])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == f"error: {other}: unknown results schema 'mimo.results/9' (expected 'mimo.results/1')"
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps({"schema": "mimo.results/1", "suite": {}}))
+    result = runner.invoke(app, ["compare", str(a), str(broken)])
+    assert result.exit_code == 2 and "is missing" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_report_refuses_bad_records_and_untimed_runs(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"schema": "mimo.task/1", "id": "x", "domain": "math"}\n')
+    result = runner.invoke(app, ["report", str(bad)])
+    assert result.exit_code == 2 and result.stderr.strip() == f"error: {bad}: line 1: missing 'task'"
+    untimed = answered_run()
+    for r in untimed:
+        r.trace.clear()
+    result = runner.invoke(app, ["report", str(write(tmp_path / "untimed.jsonl", untimed))])
+    assert result.exit_code == 2 and "--wall-s" in result.stderr
+
+
+def test_suite_command(tmp_path):
+    result = runner.invoke(app, ["suite", "--n", "6", "--domains", "math", "triage", "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["domain"] for r in lines] == ["math", "triage"] * 3
+    result = runner.invoke(app, ["suite", "--n", "3", "--domains", "math", "poetry"])
+    assert result.exit_code == 2 and "poetry" in result.stderr
+    result = runner.invoke(app, ["suite", "--n", "3", "--dataset", "squad:x"])
+    assert result.exit_code == 2 and "gsm8k:PATH" in result.stderr
