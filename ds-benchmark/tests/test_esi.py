@@ -19,7 +19,7 @@ def patient(**facts) -> Patient:
         (dict(lifesaving="bag-mask ventilation and intubation", rr=6, spo2=82), 1, "A"),
         (dict(lifesaving="naloxone", mental="lethargic", high_risk=True), 1, "A"),  # A is asked before B
         # B: high risk, new confusion / lethargy / disorientation, severe pain or distress
-        (dict(age_years=55, complaint="crushing chest pain", high_risk=True, pain=5, resources=("labs", "x-ray")), 2, "B"),
+        (dict(age_years=55, complaint="chest pain", high_risk=True, pain=5, resources=("labs", "x-ray")), 2, "B"),
         (dict(age_years=85, mental="confused", resources=("labs",)), 2, "B"),
         (dict(pain=8, resources=("urine test", "CT", "IV medication")), 2, "B"),
         (dict(pain=7), 2, "B"),  # 7/10 is where severe pain starts

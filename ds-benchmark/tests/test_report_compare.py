@@ -97,7 +97,8 @@ def test_unknown_results_schema_is_refused(tmp_path):
     other.write_text(json.dumps({"schema": "mimo.results/9"}))
     result = runner.invoke(app, ["compare", str(a), str(other)])
     assert result.exit_code == 2
-    assert result.stderr.strip() == f"error: {other}: unknown results schema 'mimo.results/9' (expected 'mimo.results/1')"
+    expected = f"error: {other}: unknown results schema 'mimo.results/9' (expected 'mimo.results/1')"
+    assert result.stderr.strip() == expected
     broken = tmp_path / "broken.json"
     broken.write_text(json.dumps({"schema": "mimo.results/1", "suite": {}}))
     result = runner.invoke(app, ["compare", str(a), str(broken)])

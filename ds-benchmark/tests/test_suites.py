@@ -21,7 +21,8 @@ def test_reproducible_from_the_seed():
 
 def test_a_domain_does_not_depend_on_the_others():
     alone = [(r.id, r.task, r.reference) for r in build_suite(5, ["triage"], 7)]
-    mixed = [(r.id, r.task, r.reference) for r in build_suite(15, ["math", "coding", "triage"], 7) if r.domain == "triage"]
+    mixed = [(r.id, r.task, r.reference) for r in build_suite(15, ["math", "coding", "triage"], 7)
+             if r.domain == "triage"]
     assert alone == mixed
 
 

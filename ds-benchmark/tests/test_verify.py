@@ -75,7 +75,8 @@ def test_no_answer_is_wrong_with_the_reason():
 
 def test_unusable_reference_is_wrong_with_the_reason():
     assert verdict(record(reference={}))["detail"] == "no reference to check against"
-    assert verdict(record(domain="triage", reference={"answer": "2"}))["detail"] == "cannot check: the reference has no level"
+    wrong_kind = verdict(record(domain="triage", reference={"answer": "2"}))
+    assert wrong_kind["detail"] == "cannot check: the reference has no level"
 
 
 def test_confident_wrong_answer_is_penalised():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import List, NoReturn, Optional
+from typing import NoReturn
 
 import typer
 from rich.console import Console
@@ -34,9 +34,9 @@ def _fail(message: str) -> NoReturn:
 def suite(
     ctx: typer.Context,
     n: int = typer.Option(..., "--n", help="Number of tasks in all, split evenly over the domains."),
-    domains: List[str] = typer.Option(list(DOMAINS), "--domains", help="Domains: --domains math coding triage."),
+    domains: list[str] = typer.Option(list(DOMAINS), "--domains", help="Domains: --domains math coding triage."),
     seed: int = typer.Option(0, "--seed", help="The suite is the same for the same seed."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="gsm8k:PATH takes math from GSM8K's JSONL."),
+    dataset: str | None = typer.Option(None, "--dataset", help="gsm8k:PATH takes math from GSM8K's JSONL."),
 ) -> None:
     """Write N task records (JSONL, with `reference`) to stdout."""
     gsm8k = None
@@ -55,8 +55,8 @@ def suite(
 
 @app.command()
 def score(
-    file: Optional[Path] = typer.Argument(None, help="Records (JSONL); stdin when absent."),
-    concurrency: Optional[int] = typer.Option(None, "--concurrency", min=1, help="Records checked at once."),
+    file: Path | None = typer.Argument(None, help="Records (JSONL); stdin when absent."),
+    concurrency: int | None = typer.Option(None, "--concurrency", min=1, help="Records checked at once."),
 ) -> None:
     """Check each record's answer against its reference and write it on with `verdict`."""
     try:
@@ -70,8 +70,8 @@ def score(
 @app.command()
 def report(
     file: Path = typer.Argument(..., help="Scored records (JSONL); - for stdin."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Write the results JSON here instead of stdout."),
-    wall_s: Optional[float] = typer.Option(None, "--wall-s", min=0.000001, help="Wall time instead of the trace's."),
+    out: Path | None = typer.Option(None, "--out", help="Write the results JSON here instead of stdout."),
+    wall_s: float | None = typer.Option(None, "--wall-s", min=0.000001, help="Wall time instead of the trace's."),
     formula: str = FormulaOption,
 ) -> None:
     """Write the mimo.results/1 JSON of a scored run."""

@@ -86,7 +86,7 @@ class Configuration(_Contract):
     outcomes: list[Outcome]
 
     @classmethod
-    def from_dict(cls, data: Any, where: str = "configuration") -> "Configuration":
+    def from_dict(cls, data: Any, where: str = "configuration") -> Configuration:
         """A configuration with its nested figures and outcomes."""
         values = cls._values(data, where)
         values["figures"] = Figures.from_dict(values["figures"], f"{where}.figures")
@@ -109,7 +109,7 @@ class Results(_Contract):
     schema: str = field(default=SCHEMA)
 
     @classmethod
-    def from_dict(cls, data: Any, where: str = "results") -> "Results":
+    def from_dict(cls, data: Any, where: str = "results") -> Results:
         """Results from their dict; an unknown schema is refused."""
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
             schema = data.get("schema") if isinstance(data, dict) else None

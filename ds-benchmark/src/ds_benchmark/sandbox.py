@@ -14,6 +14,7 @@ some builtins disabled. Here every run gets, whatever the machine allows beyond 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -145,10 +146,8 @@ def run_python(source: str, limits: Limits = Limits(), isolation: str | None = N
             exit_code = None
         finally:
             # Also reaps what the program left running in the background after it exited.
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             proc.wait()
         wall_s = time.monotonic() - started
         output.seek(max(0, output.seek(0, os.SEEK_END) - 4 * OUTPUT_TAIL))

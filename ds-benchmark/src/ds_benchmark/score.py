@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -61,7 +61,7 @@ def figures(outcomes: list[Outcome], wall_s: float, seed: int = 0) -> Figures:
         correct=int(correct.sum()),
         accuracy=round(float(correct.mean()), 6) if n else None,
         accuracy_ci95=bootstrap_ci(table, lambda t: t[..., 2].mean(axis=-1), seed),
-        weighted_accuracy=round(float((difficulty * correct).sum() / difficulty.sum()), 6) if difficulty.sum() else None,
+        weighted_accuracy=round(float((difficulty * correct).sum() / difficulty.sum()), 6) if n else None,
         ds=round(float((difficulty * score).sum() / wall_s), 6),
         ds_ci95=bootstrap_ci(table, lambda t: (t[..., 0] * t[..., 1]).sum(axis=-1) / wall_s, seed),
         overconfident_wrong=sum(o.overconfident_wrong for o in outcomes),

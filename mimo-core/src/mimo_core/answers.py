@@ -1,4 +1,4 @@
-"""Answer extraction per domain: the one place that turns a model's free text into the answer that is voted on and scored.
+"""Answer extraction per domain: where a model's free text becomes the answer that is voted on and scored.
 
 Ideas from lm-evaluation-harness's GSM8K filters (a strict "#### N" match first, then a flexible last-number match);
 the code is ours.
@@ -37,7 +37,7 @@ def parse_number(token: str) -> Fraction | None:
 
 
 def extract_number(text: str | None) -> Fraction | None:
-    """The final numeric answer in `text`: a marked one ("#### 96", \\boxed{96}, "the answer is 96") wins, else the last number."""
+    """The final number in `text`: a marked one ("#### 96", \\boxed{96}, "the answer is 96") wins, else the last one."""
     if not text:
         return None
     for pattern in _MARKED_RE:
@@ -49,7 +49,7 @@ def extract_number(text: str | None) -> Fraction | None:
 
 
 def extract_code(text: str | None) -> str | None:
-    """The program in `text`: the last ```python block, else the last unlabelled block, else the whole text if it reads as code."""
+    """The program in `text`: the last ```python block, else the last bare ``` one, else all of it if it is code."""
     if not text:
         return None
     blocks = _FENCE_RE.findall(text)
@@ -82,7 +82,7 @@ def canonical_number(value: Fraction) -> str:
 def extract_answer(domain: str, text: str | None) -> str | None:
     """The answer of `text` in its domain's canonical form, or None if there is none.
 
-    math: the number; coding: the program; triage: the ESI level; general: the last "Answer: ..." line, else the text."""
+    math: the number; coding: the program; triage: the ESI level; general: the last "Answer: ..." line or the text."""
     if domain == "math":
         value = extract_number(text)
         return None if value is None else canonical_number(value)

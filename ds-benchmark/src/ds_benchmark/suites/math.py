@@ -8,7 +8,7 @@ import json
 import random
 import re
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 from mimo_core.answers import canonical_number, parse_number
 
@@ -82,7 +82,8 @@ def generate_gsm8k(path: Path, n: int, rng: random.Random) -> Iterator[tuple[str
                 row = json.loads(line)
                 final = parse_number(row["answer"].rsplit("####", 1)[1])
             except (json.JSONDecodeError, KeyError, IndexError, AttributeError, TypeError):
-                raise ValueError(f"{path}: line {line_no}: not a GSM8K row (question, answer ending in '#### N')")
+                raise ValueError(f"{path}: line {line_no}: not a GSM8K row (question, answer ending in '#### N')") \
+                    from None
             if final is None:
                 raise ValueError(f"{path}: line {line_no}: no number after '####'")
             rows.append((row["question"], row["answer"], final))

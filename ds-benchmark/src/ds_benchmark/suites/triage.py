@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass
-from typing import Iterator
+from collections.abc import Iterator
 
 from ..esi import DANGER_SPO2, DANGER_ZONE, DIFFICULTY, Patient, esi_level
 
