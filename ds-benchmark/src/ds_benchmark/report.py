@@ -86,7 +86,7 @@ def configuration(disabled: list[str], records: list[TaskRecord], wall_s: float 
 
 
 def environment(records: list[TaskRecord]) -> dict[str, Any]:
-    """Where the run happened: backend, models named in the records, machine, package versions (never a key)."""
+    """Where the run happened: backend, models named in the records, sandbox, machine, versions (never a key)."""
     models = {value for r in records for section in (r.config, *(getattr(r, s) for s in SECTIONS))
               for key, value in section.items() if key.endswith("model") and isinstance(value, str)}
     backends = {r.precision.get("backend") for r in records} | {r.kv.get("backend") for r in records}
@@ -100,9 +100,11 @@ def environment(records: list[TaskRecord]) -> dict[str, Any]:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             continue
+    isolation = {r.verdict["isolation"] for r in records if r.verdict.get("isolation")}
     return {
         "backend": backend,
         "stage_backends": sorted(b for b in backends if isinstance(b, str)),
+        "sandbox_isolation": sorted(isolation),  # as the coding verdicts recorded it
         "models": sorted(models),
         "machine": {"platform": platform.platform(), "machine": platform.machine(), "cpus": os.cpu_count(),
                     "python": platform.python_version()},
