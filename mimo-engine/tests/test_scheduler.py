@@ -58,11 +58,11 @@ class FakeModel:
         logits[self.script[written] if written < len(self.script) else EOS] = 20.0
         return logits
 
-    def prefill(self, tokens: list[int], cache: FakeCache) -> np.ndarray:
+    def prefill(self, tokens: list[int], cache: FakeCache, last_only: bool = False) -> np.ndarray:
         self.prefills += 1
         cache.num_tokens += len(tokens)
         self.prompt_length = len(tokens)
-        return np.stack([self._logits(0)] * len(tokens))  # [P, V]
+        return np.stack([self._logits(0)] * (1 if last_only else len(tokens)))  # [P or 1, V]
 
     def decode(self, tokens: list[int], caches: list[FakeCache]) -> np.ndarray:
         if self.fail_decode:

@@ -10,6 +10,7 @@ from typing import Any
 import typer
 
 from mimo_core.settings import SettingsError, load_settings
+from mimo_engine.registry import UnknownModelError, get_spec, model_status
 
 app = typer.Typer(
     help="Run real small GGUF models in numpy and serve them over the OpenAI API "
@@ -31,11 +32,10 @@ def _cache_dir() -> Path:
 
 def _known_model(name: str) -> str:
     """Typer callback: a registry model name, or a usage error listing the known ones."""
-    from mimo_engine.registry import MODELS
-
-    if name not in MODELS:
-        raise typer.BadParameter(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
-    return name
+    try:
+        return get_spec(name).name
+    except UnknownModelError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def _known_models(names: list[str]) -> list[str]:
@@ -68,17 +68,19 @@ def serve(
 @app.command()
 def pull(name: str = typer.Argument(..., callback=_known_model, help="Registry model name.")) -> None:
     """Download a model into the cache (checked against its pinned sha256) and print its path."""
-    from mimo_engine.pull import pull as pull_model
+    from mimo_engine.pull import PullError, pull as pull_model
 
-    path = pull_model(name, _cache_dir(), progress=True)
+    try:
+        path = pull_model(name, _cache_dir(), progress=True)
+    except PullError as exc:
+        typer.echo(f"mimo-engine: error: {exc}", err=True)
+        raise typer.Exit(1) from None
     _print_json({"name": name, "path": str(path)})
 
 
 @app.command()
 def models() -> None:
     """List the registry's models as JSON: name, size, whether pulled, and path."""
-    from mimo_engine.registry import model_status
-
     _print_json(model_status(_cache_dir()))
 
 

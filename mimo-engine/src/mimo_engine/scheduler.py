@@ -48,7 +48,7 @@ class Model(Protocol):
 
     def new_cache(self) -> KVCache: ...
 
-    def prefill(self, tokens: list[int], cache: KVCache) -> np.ndarray: ...
+    def prefill(self, tokens: list[int], cache: KVCache, last_only: bool = False) -> np.ndarray: ...
 
     def decode(self, tokens: list[int], caches: list[KVCache]) -> np.ndarray: ...
 
@@ -298,7 +298,8 @@ class ModelWorker:
         started = time.perf_counter()
         cache = self.model.new_cache()
         try:
-            logits = self.model.prefill(request.prompt, cache)  # [P, V]
+            # [P, V] when the prompt is scored, else [1, V]: the lm_head of one row, not of the whole prompt
+            logits = self.model.prefill(request.prompt, cache, last_only=request.prompt_logprobs is None)
         except Exception as exc:
             log.exception("prefill failed on model %s", self.model.name)
             request.emit(Failed(f"{type(exc).__name__}: {exc}"))

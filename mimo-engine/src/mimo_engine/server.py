@@ -229,13 +229,11 @@ async def merged_events(requests: list[Request]) -> AsyncIterator[tuple[int, Del
 
 
 async def gather_results(requests: list[Request], http: HttpRequest) -> list[Done]:
-    """Wait for every request; a failure of any becomes a 500 (or nothing, if the client is gone)."""
+    """Wait for every request; a failure of any becomes a 500 (nobody reads it if the client is gone)."""
     results = await asyncio.gather(*(r.result(http.is_disconnected) for r in requests))
-    for result in results:
-        if isinstance(result, Failed):
-            for request in requests:
-                request.cancel()
-            raise RuntimeError(result.message)
+    failed = [r.message for r in results if isinstance(r, Failed)]
+    if failed:
+        raise RuntimeError(failed[0])
     return results
 
 

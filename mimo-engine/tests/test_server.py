@@ -1,0 +1,178 @@
+"""End to end: the official `openai` client against a live `mimo-engine serve` running the real smollm2-135m."""
+
+import concurrent.futures
+
+import httpx
+import openai
+import pytest
+
+pytestmark = pytest.mark.model
+
+MODEL = "smollm2-135m"
+MAX_BATCH, MAX_QUEUE = 3, 1  # small, so that the overload test fills the queue with few requests
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def server(start_server):
+    """(base URL, process) of a live server with the model preloaded and a small queue; stopped after this module."""
+    url, process = start_server("--model", MODEL, "--max-batch-size", str(MAX_BATCH), "--max-queue", str(MAX_QUEUE))
+    yield url, process
+    process.terminate()
+    process.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=f"{server[0]}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def chat(client, **kwargs):
+    return client.chat.completions.create(model=MODEL, messages=kwargs.pop("messages", QUESTION), **kwargs)
+
+
+@pytest.fixture(scope="module")
+def greedy(client):
+    """One greedy reply that several tests compare against (each request costs a prefill on 2 cores)."""
+    return chat(client, max_tokens=8, temperature=0, extra_body={"mimo": {"precision": {"policy": "auto"}}})
+
+
+def test_chat_answers_with_usage_and_mimo_figures(greedy):
+    reply = greedy
+    choice = reply.choices[0]
+    assert "Paris" in choice.message.content and choice.finish_reason in {"stop", "length"}
+    assert reply.usage.prompt_tokens > 5 and 0 < reply.usage.completion_tokens <= 8
+    mimo = reply.model_extra["mimo"]
+    assert mimo["model"] == MODEL and mimo["prompt_tokens"] == reply.usage.prompt_tokens
+    assert mimo["prefill_s"] > 0 and mimo["decode_s"] > 0 and mimo["batch_sizes"]
+    assert mimo["precision"] == {"applied": False, "requested": {"policy": "auto"}}
+    assert mimo["cache"]["applied"] is False and mimo["speculation"]["applied"] is False
+
+
+def test_seed_repeats_and_stop_cuts(client, greedy):
+    first, second = (chat(client, max_tokens=5, temperature=1.0, seed=11) for _ in range(2))
+    assert first.choices[0].message.content == second.choices[0].message.content
+    cut = chat(client, max_tokens=8, temperature=0, stop=["Paris"]).choices[0]
+    assert cut.finish_reason == "stop" and cut.message.content == greedy.choices[0].message.content.split("Paris")[0]
+
+
+def test_streaming_matches_the_plain_reply(client, greedy):
+    plain = greedy.choices[0].message.content
+    chunks = list(chat(client, max_tokens=8, temperature=0, stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == plain
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in {"stop", "length"}
+    assert chunks[-1].usage.completion_tokens > 0 and chunks[-1].model_extra["mimo"]["model"] == MODEL
+
+
+def test_n_choices_decode_together(client):
+    reply = chat(client, max_tokens=4, temperature=1.0, seed=5, n=3)
+    assert sorted(c.index for c in reply.choices) == [0, 1, 2]
+    assert all(c.message.content for c in reply.choices)
+    assert 3 in reply.model_extra["mimo"]["batch_sizes"]
+
+
+def test_chat_logprobs_and_top_logprobs(client):
+    reply = chat(client, max_tokens=4, temperature=0, logprobs=True, top_logprobs=3)
+    content = reply.choices[0].logprobs.content
+    assert len(content) in {reply.usage.completion_tokens, reply.usage.completion_tokens - 1}  # an EOS has no entry
+    for entry in content:
+        assert entry.logprob <= 0 and len(entry.top_logprobs) == 3
+        assert entry.top_logprobs[0].token == entry.token  # greedy picks the most likely token
+    assert "".join(e.token for e in content).startswith(reply.choices[0].message.content[:3])
+
+
+def score(client, text: str):
+    return client.completions.create(model=MODEL, prompt=text, max_tokens=0, echo=True, logprobs=1)
+
+
+def test_completions_echo_scores_the_prompt(client):
+    right, wrong = score(client, "The capital of France is Paris."), score(client, "The capital of France is Berlin.")
+    choice = right.choices[0]
+    assert choice.text == "The capital of France is Paris."
+    logprobs = choice.logprobs
+    assert logprobs.token_logprobs[0] is None and logprobs.top_logprobs[0] is None
+    assert all(lp <= 0 for lp in logprobs.token_logprobs[1:])
+    assert "".join(logprobs.tokens) == choice.text and logprobs.text_offset[0] == 0
+    assert logprobs.text_offset == sorted(logprobs.text_offset)
+    assert sum(right.choices[0].logprobs.token_logprobs[1:]) > sum(wrong.choices[0].logprobs.token_logprobs[1:])
+    assert right.usage.completion_tokens == 0
+
+
+def test_completions_continue_a_list_of_prompts(client):
+    reply = client.completions.create(
+        model=MODEL, prompt=["The capital of France is", "1, 2, 3,"], max_tokens=2, temperature=0
+    )
+    assert [c.index for c in reply.choices] == [0, 1]
+    assert "Paris" in reply.choices[0].text and reply.choices[1].text.strip().startswith("4")
+
+
+def test_concurrent_requests_are_batched(client, server):
+    with concurrent.futures.ThreadPoolExecutor(MAX_BATCH) as pool:
+        replies = list(pool.map(lambda _: chat(client, max_tokens=6, temperature=0), range(MAX_BATCH)))
+    assert max(max(r.model_extra["mimo"]["batch_sizes"]) for r in replies) > 1
+    metrics = httpx.get(f"{server[0]}/metrics").text
+    assert float(_metric(metrics, "mimo_engine_batch_size_max")) > 1
+
+
+def _metric(text: str, name: str) -> str:
+    return next(line.split()[-1] for line in text.splitlines() if line.startswith(f'{name}{{model="{MODEL}"}}'))
+
+
+def test_overload_gets_429_with_retry_after(client):
+    def attempt(_):
+        try:
+            return chat(client, max_tokens=4, temperature=0)
+        except openai.RateLimitError as exc:
+            return exc
+
+    attempts = MAX_BATCH + MAX_QUEUE + 3
+    with concurrent.futures.ThreadPoolExecutor(attempts) as pool:
+        outcomes = list(pool.map(attempt, range(attempts)))
+    refused = [o for o in outcomes if isinstance(o, openai.RateLimitError)]
+    served = [o for o in outcomes if not isinstance(o, Exception)]
+    assert refused and len(served) >= MAX_BATCH
+    assert int(refused[0].response.headers["retry-after"]) >= 1
+    assert refused[0].body["type"] == "rate_limit_error"
+
+
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({"messages": QUESTION, "temperature": -1}, "temperature"),
+        ({"messages": []}, "messages"),
+        ({}, "messages"),
+        ({"messages": QUESTION, "top_logprobs": 2}, "top_logprobs"),
+        ({"messages": QUESTION, "mimo": "fast"}, "mimo"),
+    ],
+)
+def test_bad_input_is_400_in_openai_shape(server, body, param):
+    response = httpx.post(f"{server[0]}/v1/chat/completions", json={"model": MODEL, **body})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == param and error["message"]
+
+
+def test_bad_input_through_the_client(client):
+    with pytest.raises(openai.BadRequestError):
+        chat(client, temperature=-1)
+
+
+def test_unknown_model_is_404(client):
+    with pytest.raises(openai.NotFoundError) as info:
+        client.chat.completions.create(model="no-such-model", messages=QUESTION)
+    assert info.value.body["code"] == "model_not_found"
+
+
+def test_models_health_and_metrics(client, server):
+    url, process = server
+    assert MODEL in {m.id for m in client.models.list()}
+    health = httpx.get(f"{url}/health").json()
+    assert health == {"status": "ok", "models_loaded": [MODEL], "pid": process.pid}
+    metrics = httpx.get(f"{url}/metrics")
+    assert metrics.headers["content-type"].startswith("text/plain")
+    assert float(_metric(metrics.text, "mimo_engine_requests_total")) >= 1
+    assert float(_metric(metrics.text, "mimo_engine_completion_tokens_total")) >= 1
+    for name in ("queue_depth", "batch_size", "tokens_per_second", "prompt_tokens_total"):
+        assert f"# TYPE mimo_engine_{name} " in metrics.text
