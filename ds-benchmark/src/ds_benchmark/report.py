@@ -8,9 +8,9 @@ import os
 import platform
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from importlib import metadata
 from typing import Any
-from collections.abc import Iterable
 
 from mimo_core.record import SECTIONS, TaskRecord
 from mimo_core.settings import SettingsError, load_settings

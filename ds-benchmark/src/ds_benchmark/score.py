@@ -55,13 +55,13 @@ def figures(outcomes: list[Outcome], wall_s: float, seed: int = 0) -> Figures:
     table = np.array([[o.difficulty, o.score, float(o.correct)] for o in outcomes], dtype=float).reshape(-1, 3)
     difficulty, score, correct = table.T
     completion = sum(o.completion_tokens for o in outcomes)
-    n = len(outcomes)
+    n, weight = len(outcomes), difficulty.sum()
     return Figures(
         n=n,
         correct=int(correct.sum()),
         accuracy=round(float(correct.mean()), 6) if n else None,
         accuracy_ci95=bootstrap_ci(table, lambda t: t[..., 2].mean(axis=-1), seed),
-        weighted_accuracy=round(float((difficulty * correct).sum() / difficulty.sum()), 6) if n else None,
+        weighted_accuracy=round(float((difficulty * correct).sum() / weight), 6) if weight > 0 else None,
         ds=round(float((difficulty * score).sum() / wall_s), 6),
         ds_ci95=bootstrap_ci(table, lambda t: (t[..., 0] * t[..., 1]).sum(axis=-1) / wall_s, seed),
         overconfident_wrong=sum(o.overconfident_wrong for o in outcomes),

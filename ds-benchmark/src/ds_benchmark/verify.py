@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from fractions import Fraction
 from typing import Any
-from collections.abc import Callable
 
 from mimo_core.answers import canonical_number, extract_answer, extract_code, extract_esi, extract_number
 from mimo_core.record import TaskRecord

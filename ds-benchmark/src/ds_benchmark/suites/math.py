@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 import random
 import re
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 
 from mimo_core.answers import canonical_number, parse_number
 

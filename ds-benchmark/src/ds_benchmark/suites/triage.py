@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 
 from ..esi import DANGER_SPO2, DANGER_ZONE, DIFFICULTY, Patient, esi_level
 
