@@ -35,17 +35,17 @@ OUTPUT_TAIL = 2000  # characters of the program's output kept for the verdict
 # kills its parent kills this runner and never the harness.
 RUNNER = """\
 import json, os, resource, sys
-limits, drop = json.loads(sys.argv[1]), sys.argv[2] == "drop"
+limits, become = json.loads(sys.argv[1]), sys.argv[2]
 for name, value in limits.items():
     resource.setrlimit(getattr(resource, name), (value, value))
-if drop:
-    os.setgroups([]); os.setgid(%(nobody)d); os.setuid(%(nobody)d)
+if become:
+    os.setgroups([]); os.setgid(int(become)); os.setuid(int(become))
 pid = os.fork()
 if pid == 0:
     os.execv(sys.executable, [sys.executable, "-I", "-S", "program.py"])
 status = os.waitpid(pid, 0)[1]
 sys.exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
-""" % {"nobody": NOBODY}
+"""
 
 # Proves a mode works: the interpreter starts and imports a module from disk; the isolating modes add no network.
 PROBE = "import fractions, socket, sys\n"
@@ -128,7 +128,7 @@ def _command(isolation: str, work: Path, limits: Limits, root: bool) -> list[str
     else:
         prefix = []
     return prefix + [str(_interpreter()), "-I", "-S", "-c", RUNNER, json.dumps(limits.rlimits()),
-                     "drop" if root else "keep"]
+                     str(NOBODY) if root else ""]
 
 
 def run_python(source: str, limits: Limits = Limits(), isolation: str | None = None) -> RunResult:
