@@ -1,0 +1,166 @@
+"""The transformer forward pass of llama and qwen2 models, as small pure functions over arrays (picoGPT style).
+
+Shapes: N rows of a batch (the new tokens of all sequences, packed), d = n_embd, H = n_head, Hkv = n_kv_head,
+hd = head_dim, S = cached positions of one sequence, V = vocab_size. Every product with a weight goes through
+`linear`, so that a quantized weight type can slot in there. Everything stays float32.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from mimo_engine.kv import KVCache
+from mimo_engine.xp import xp
+
+Array = Any  # an xp.ndarray (numpy or CuPy)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture hyper-parameters, as the GGUF metadata gives them."""
+
+    arch: str  # "llama" or "qwen2"
+    n_layer: int
+    n_embd: int
+    n_head: int
+    n_kv_head: int
+    head_dim: int
+    n_ff: int
+    vocab_size: int
+    context_length: int
+    rope_theta: float
+    rope_style: str  # "interleaved": pairs (2i, 2i+1), as llama GGUFs permute q/k; "neox": pairs (i, i + hd/2)
+    norm_eps: float
+
+
+@dataclass
+class LayerWeights:
+    """One transformer block's weights; matrices are stored [in, out] so that `linear` is a plain x @ w."""
+
+    attn_norm: Array  # [d]
+    wqkv: Array  # [d, (H + 2 Hkv) hd]: q, k and v fused into one product
+    bqkv: Array | None  # [(H + 2 Hkv) hd]: qwen2's q/k/v biases; None for llama
+    wo: Array  # [H hd, d]
+    ffn_norm: Array  # [d]
+    w_gate_up: Array  # [d, 2 ff]: SwiGLU's gate and up fused into one product
+    w_down: Array  # [ff, d]
+
+
+@dataclass
+class ModelWeights:
+    """All weights: embeddings, one `LayerWeights` per block, the final norm and the output head."""
+
+    token_embd: Array  # [V, d]
+    layers: list[LayerWeights]
+    output_norm: Array  # [d]
+    lm_head: Array  # [d, V]; with tied embeddings token_embd is its transposed view
+
+
+def linear(x: Array, w: Array) -> Array:
+    """The product of activations with a weight stored [in, out]: the one place every weight is read."""
+    return x @ w  # [N, in] @ [in, out] -> [N, out]
+
+
+def rms_norm(x: Array, g: Array, eps: float) -> Array:
+    """Root-mean-square normalisation with gain `g`."""
+    scale = 1.0 / xp.sqrt(xp.mean(xp.square(x), axis=-1, keepdims=True) + eps)  # [N, 1]
+    return x * scale * g  # [N, d]
+
+
+def silu(x: Array) -> Array:
+    """x * sigmoid(x), with sigmoid written through tanh so that no exp overflows."""
+    return x * (0.5 + 0.5 * xp.tanh(0.5 * x))  # [N, ff]
+
+
+def rope_angles(positions: Array, head_dim: int, theta: float) -> tuple[Array, Array]:
+    """cos and sin of the rotary angles of each position, [N, hd/2] each."""
+    # float64 for the angle itself: position * frequency loses digits in float32 at long context; the table is tiny
+    inv_freq = theta ** (-xp.arange(0, head_dim, 2, dtype=xp.float64) / head_dim)  # [hd/2]
+    angles = positions.astype(xp.float64)[:, None] * inv_freq[None, :]  # [N, hd/2]
+    return xp.cos(angles).astype(xp.float32), xp.sin(angles).astype(xp.float32)  # [N, hd/2], [N, hd/2]
+
+
+def _rotary_pairs(x: Array, style: str) -> tuple[Array, Array]:
+    """The two halves of every rotated pair, as views of x."""
+    if style == "neox":
+        half = x.shape[-1] // 2
+        return x[..., :half], x[..., half:]  # [N, h, hd/2], [N, h, hd/2]
+    return x[..., 0::2], x[..., 1::2]  # [N, h, hd/2], [N, h, hd/2]
+
+
+def apply_rope(x: Array, cos: Array, sin: Array, style: str) -> Array:
+    """Rotate each head's pairs of x ([N, h, hd]) by its position's angles."""
+    cos, sin = cos[:, None, :], sin[:, None, :]  # [N, 1, hd/2]
+    x1, x2 = _rotary_pairs(x, style)  # [N, h, hd/2] each
+    out = xp.empty_like(x)  # [N, h, hd]
+    o1, o2 = _rotary_pairs(out, style)  # views of out
+    o1[...] = x1 * cos - x2 * sin  # [N, h, hd/2]
+    o2[...] = x2 * cos + x1 * sin  # [N, h, hd/2]
+    return out
+
+
+def attention(q: Array, k: Array, v: Array) -> Array:
+    """Causal grouped-query attention of T new queries over all S cached positions of one sequence (S >= T)."""
+    T, n_head, hd = q.shape  # q: [T, H, hd]
+    S, n_kv, _ = k.shape  # k, v: [S, Hkv, hd]; the queries are the last T positions
+    group = n_head // n_kv  # query heads per kv head; head h reads kv head h // group
+    q = (q * (1.0 / math.sqrt(hd))).reshape(T, n_kv, group, hd).transpose(1, 2, 0, 3)  # [Hkv, g, T, hd]
+    scores = q @ k.transpose(1, 2, 0)[:, None]  # [Hkv, g, T, S]
+    if T > 1:
+        scores += xp.triu(xp.full((T, S), -xp.inf, dtype=xp.float32), k=S - T + 1)  # query t sees keys <= S-T+t
+    scores -= scores.max(axis=-1, keepdims=True)  # [Hkv, g, T, S]
+    xp.exp(scores, out=scores)  # [Hkv, g, T, S]
+    scores /= scores.sum(axis=-1, keepdims=True)  # [Hkv, g, T, S]: softmax over the keys
+    out = scores @ v.transpose(1, 0, 2)[:, None]  # [Hkv, g, T, hd]
+    return out.transpose(2, 0, 1, 3).reshape(T, n_head * hd)  # [T, H hd]
+
+
+def mlp(x: Array, layer: LayerWeights) -> Array:
+    """SwiGLU feed-forward."""
+    gate, up = xp.split(linear(x, layer.w_gate_up), 2, axis=-1)  # [N, ff], [N, ff]
+    return linear(silu(gate) * up, layer.w_down)  # [N, d]
+
+
+def block(
+    x: Array, index: int, layer: LayerWeights, config: ModelConfig, rope: tuple[Array, Array],
+    caches: list[KVCache], rows: list[slice],
+) -> Array:  # fmt: skip
+    """One pre-norm transformer block; sequence i owns rows[i] of x and appends its new keys/values to caches[i]."""
+    N = x.shape[0]
+    H, Hkv, hd = config.n_head, config.n_kv_head, config.head_dim
+    qkv = linear(rms_norm(x, layer.attn_norm, config.norm_eps), layer.wqkv)  # [N, (H + 2 Hkv) hd]
+    if layer.bqkv is not None:
+        qkv += layer.bqkv  # [N, (H + 2 Hkv) hd]
+    q, k, v = xp.split(qkv, [H * hd, (H + Hkv) * hd], axis=-1)  # [N, H hd], [N, Hkv hd], [N, Hkv hd]
+    q = apply_rope(q.reshape(N, H, hd), *rope, config.rope_style)  # [N, H, hd]
+    k = apply_rope(k.reshape(N, Hkv, hd), *rope, config.rope_style)  # [N, Hkv, hd]
+    v = v.reshape(N, Hkv, hd)  # [N, Hkv, hd]
+    heads = xp.empty((N, H * hd), dtype=x.dtype)  # [N, H hd]
+    for cache, r in zip(caches, rows):  # attention is per sequence: each reads only its own cache
+        cache.append(index, k[r], v[r])
+        heads[r] = attention(q[r], *cache.read(index))  # [T_i, H hd]
+    x = x + linear(heads, layer.wo)  # [N, d]
+    return x + mlp(rms_norm(x, layer.ffn_norm, config.norm_eps), layer)  # [N, d]
+
+
+def hidden_states(
+    weights: ModelWeights, config: ModelConfig, tokens: Array, caches: list[KVCache], seq_lens: list[int]
+) -> Array:
+    """Final-normed hidden states of new tokens packed from several sequences: sequence i owns the next seq_lens[i]."""
+    starts = [0]
+    for n in seq_lens:
+        starts.append(starts[-1] + n)
+    rows = [slice(a, b) for a, b in zip(starts, starts[1:])]
+    positions = xp.concatenate([xp.arange(c.num_tokens, c.num_tokens + n) for c, n in zip(caches, seq_lens)])  # [N]
+    rope = rope_angles(positions, config.head_dim, config.rope_theta)  # [N, hd/2] x 2
+    x = weights.token_embd[tokens]  # [N, d]
+    for index, layer in enumerate(weights.layers):
+        x = block(x, index, layer, config, rope, caches, rows)  # [N, d]
+    return rms_norm(x, weights.output_norm, config.norm_eps)  # [N, d]
+
+
+def logits(h: Array, weights: ModelWeights) -> Array:
+    """Next-token logits of hidden states."""
+    return linear(h, weights.lm_head)  # [N, V]
