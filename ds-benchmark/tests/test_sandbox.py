@@ -6,6 +6,7 @@ import socket
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -143,3 +144,21 @@ def test_killing_the_parent_kills_neither_pytest_nor_the_harness(run):
     assert result.status in ("failed", "passed")
     os.kill(os.getpid(), 0)  # still here
     assert run("print('still works')").status == "passed"
+
+
+def test_a_fork_bomb_does_not_starve_a_run_beside_it(mode):
+    bomb = "import os, time\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        time.sleep(0.01)\n"
+    with ThreadPoolExecutor(2) as pool:
+        bombing = pool.submit(run_python, bomb, LIMITS, mode)
+        time.sleep(1.0)
+        beside = run_python("import subprocess, sys\nsubprocess.run([sys.executable, '-c', 'pass'], check=True)\n",
+                            LIMITS, mode)
+        assert bombing.result().status == "timed out"
+    assert beside.status == "passed", beside.output
+
+
+def test_disk_is_bounded_under_bwrap(run, mode):
+    if mode != "bwrap":
+        pytest.skip("only bwrap gives the program a size-limited filesystem")
+    result = run("for i in range(100):\n    open(f'f{i}', 'wb').write(bytes(15 << 20))\n")
+    assert result.status == "failed" and "No space left on device" in result.output

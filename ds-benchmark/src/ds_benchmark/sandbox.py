@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 ISOLATIONS = ("bwrap", "unshare", "rlimits-only")
@@ -85,10 +85,6 @@ class RunResult:
     output: str
     wall_s: float
     isolation: str
-
-    def to_dict(self) -> dict:
-        """The result as JSON-safe values."""
-        return asdict(self)
 
 
 def _interpreter() -> Path:
