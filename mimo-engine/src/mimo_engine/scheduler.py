@@ -423,7 +423,7 @@ class Engine:
         self._workers: dict[str, ModelWorker] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
-        self.started_at = time.monotonic()
+        self._touched = time.monotonic()
 
     def loaded(self) -> list[str]:
         """Names of the models loaded so far."""
@@ -446,9 +446,13 @@ class Engine:
                 self._workers[name] = ModelWorker(self._load(name), self._max_batch_size, self._max_queue)
         return self._workers[name]
 
+    def touch(self) -> None:
+        """Note activity that is not a generation (a health check, a model listing)."""
+        self._touched = time.monotonic()
+
     def last_active(self) -> float:
-        """Monotonic time of the latest submit or step of any worker."""
-        return max([self.started_at, *(w.last_active for w in self._workers.values())])
+        """Monotonic time of the latest activity: a touch, a submit or a decode step."""
+        return max([self._touched, *(w.last_active for w in self._workers.values())])
 
     def busy(self) -> bool:
         """Whether any model has requests waiting or running."""

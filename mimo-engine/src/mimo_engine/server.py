@@ -20,6 +20,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from mimo_engine.registry import MODELS
+from mimo_engine.runtime import LoadedModel
 from mimo_engine.sampling import (
     InvalidRequest,
     SamplingParams,
@@ -50,6 +52,12 @@ EXTENSIONS = ("precision", "cache", "speculation")  # the `mimo` request fields 
 # ---------------------------------------------------------------- request bodies
 
 
+class StreamOptions(BaseModel):
+    """OpenAI's `stream_options`: whether the last chunk carries usage."""
+
+    include_usage: bool = False
+
+
 class OpenAIBody(BaseModel):
     """Fields common to both endpoints; an explicit null means "the default", as OpenAI's API treats it."""
 
@@ -63,6 +71,7 @@ class OpenAIBody(BaseModel):
     stop: str | list[str] = []
     seed: int | None = None
     stream: bool = False
+    stream_options: StreamOptions = StreamOptions()
     mimo: dict[str, Any] = {}
 
     @model_validator(mode="before")
@@ -96,10 +105,6 @@ class ChatMessage(BaseModel):
         return self.content or ""
 
 
-class StreamOptions(BaseModel):
-    include_usage: bool = False
-
-
 class ChatBody(OpenAIBody):
     """The body of POST /v1/chat/completions."""
 
@@ -108,7 +113,6 @@ class ChatBody(OpenAIBody):
     max_completion_tokens: int | None = None
     logprobs: bool = False
     top_logprobs: int = 0
-    stream_options: StreamOptions = StreamOptions()
 
 
 class CompletionBody(OpenAIBody):
@@ -118,7 +122,6 @@ class CompletionBody(OpenAIBody):
     max_tokens: int = 16  # OpenAI's default for this endpoint
     logprobs: int | None = None  # legacy: how many alternatives per token; 0 = the sampled token only
     echo: bool = False
-    stream_options: StreamOptions = StreamOptions()
 
 
 # ---------------------------------------------------------------- errors
@@ -259,21 +262,6 @@ class ServerOptions:
     cache_dir: Path | None = None
 
 
-def _registry_names() -> list[str]:
-    from mimo_engine.registry import MODELS
-
-    return list(MODELS)
-
-
-def _runtime_loader(cache_dir: Path | None) -> Callable[[str], Model]:
-    def load(name: str) -> Model:
-        from mimo_engine.runtime import LoadedModel  # numpy model code loads only when a model is needed
-
-        return LoadedModel.load(name, cache_dir)
-
-    return load
-
-
 def create_app(
     models: list[str],
     options: ServerOptions = ServerOptions(),
@@ -287,19 +275,18 @@ def create_app(
     `load` and `available` replace the registry and the numpy runtime (tests); `on_idle` is how the app stops its server.
     """
     engine = Engine(
-        available if available is not None else _registry_names(),
-        load or _runtime_loader(options.cache_dir),
+        MODELS if available is None else available,
+        load or (lambda name: LoadedModel.load(name, options.cache_dir)),
         max_batch_size=options.max_batch_size,
         max_queue=options.max_queue,
     )
-    idle_timeout_s = options.idle_timeout_s
-    clock = {"last_request": time.monotonic()}
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         for name in models:
             await asyncio.to_thread(engine.worker, name)
-        watcher = asyncio.create_task(_watch_idle(engine, clock, idle_timeout_s, on_idle)) if idle_timeout_s else None
+        timeout_s = options.idle_timeout_s
+        watcher = asyncio.create_task(_watch_idle(engine, timeout_s, on_idle)) if timeout_s else None
         try:
             yield
         finally:
@@ -313,7 +300,7 @@ def create_app(
 
     @app.middleware("http")
     async def _touch(request: HttpRequest, call_next: Callable) -> Any:
-        clock["last_request"] = time.monotonic()
+        engine.touch()  # any request, /health included, keeps an idle-timeout server alive
         return await call_next(request)
 
     _add_info_routes(app, engine)
@@ -322,12 +309,11 @@ def create_app(
     return app
 
 
-async def _watch_idle(engine: Engine, clock: dict[str, float], timeout_s: float, on_idle: Callable[[], None] | None) -> None:
+async def _watch_idle(engine: Engine, timeout_s: float, on_idle: Callable[[], None] | None) -> None:
     """Call `on_idle` once nothing has arrived or run for `timeout_s` seconds."""
     while True:
         await asyncio.sleep(min(1.0, timeout_s / 4))
-        idle_since = max(clock["last_request"], engine.last_active())
-        if not engine.busy() and time.monotonic() - idle_since >= timeout_s:
+        if not engine.busy() and time.monotonic() - engine.last_active() >= timeout_s:
             log.warning("idle for %.0f s: exiting", timeout_s)
             if on_idle:
                 on_idle()
