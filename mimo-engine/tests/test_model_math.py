@@ -1,0 +1,67 @@
+"""The model functions on small random arrays, and the GGUF loader's refusal of unsupported architectures."""
+
+import numpy as np
+import pytest
+from gguf import GGUFReader, GGUFWriter
+
+from mimo_engine.gguf_model import UnsupportedModelError, read_config
+from mimo_engine.model import apply_rope, attention, rope_angles
+
+rng = np.random.default_rng(0)
+
+
+def test_interleaved_rope_on_gguf_rows_equals_neox_rope_on_hf_rows():
+    # llama GGUFs store q/k rows permuted (row 2i <- HF row i, row 2i+1 <- HF row i + hd/2) for the interleaved rope
+    n, heads, hd = 5, 3, 8
+    hf = rng.standard_normal((n, heads, hd), dtype=np.float32)
+    gguf_order = np.stack([np.arange(hd // 2), np.arange(hd // 2) + hd // 2], axis=1).reshape(-1)  # [0, 4, 1, 5, ...]
+    cos, sin = rope_angles(np.arange(7, 7 + n), hd, 10000.0)
+    neox = apply_rope(hf, cos, sin, "neox")
+    interleaved = apply_rope(hf[..., gguf_order], cos, sin, "interleaved")
+    np.testing.assert_allclose(interleaved, neox[..., gguf_order], atol=1e-6)
+
+
+def test_rope_preserves_relative_positions():
+    hd = 16
+    q, k = rng.standard_normal((2, 1, 1, hd), dtype=np.float32)
+
+    def score(pq: int, pk: int) -> float:
+        rq = apply_rope(q, *rope_angles(np.array([pq]), hd, 10000.0), "neox")
+        rk = apply_rope(k, *rope_angles(np.array([pk]), hd, 10000.0), "neox")
+        return float((rq * rk).sum())
+
+    assert score(10, 3) == pytest.approx(score(107, 100), abs=1e-4)
+
+
+def test_causal_attention_over_a_prefix_equals_one_query_at_a_time():
+    prefix, new, heads, kv_heads, hd = 4, 3, 6, 2, 8  # grouped-query: 3 query heads per kv head
+    q = rng.standard_normal((new, heads, hd), dtype=np.float32)
+    k, v = rng.standard_normal((2, prefix + new, kv_heads, hd), dtype=np.float32)
+    together = attention(q, k, v)  # [new, heads * hd]
+    for t in range(new):
+        visible = prefix + t + 1
+        alone = attention(q[t : t + 1], k[:visible], v[:visible])
+        np.testing.assert_allclose(together[t : t + 1], alone, atol=1e-5)
+
+
+def test_attention_head_h_reads_kv_head_h_over_group():
+    heads, kv_heads, hd = 4, 2, 8
+    q = rng.standard_normal((1, heads, hd), dtype=np.float32)
+    k, v = rng.standard_normal((2, 5, kv_heads, hd), dtype=np.float32)
+    out = attention(q, k, v).reshape(heads, hd)
+    for h in range(heads):
+        kv = h // (heads // kv_heads)
+        weights = np.exp(k[:, kv] @ q[0, h] / np.sqrt(hd))
+        np.testing.assert_allclose(out[h], weights @ v[:, kv] / weights.sum(), atol=1e-5)
+
+
+def test_unsupported_architecture_is_a_clear_error(tmp_path):
+    path = tmp_path / "gpt2.gguf"
+    writer = GGUFWriter(path, "gpt2")
+    writer.add_block_count(1)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(UnsupportedModelError, match="'gpt2' is not supported"):
+        read_config(GGUFReader(path))
