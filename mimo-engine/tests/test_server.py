@@ -1,6 +1,7 @@
 """End to end: the official `openai` client against a live `mimo-engine serve` running the real smollm2-135m."""
 
 import concurrent.futures
+import time
 
 import httpx
 import openai
@@ -64,6 +65,16 @@ def test_streaming_matches_the_plain_reply(client, greedy):
     assert chunks[0].choices[0].delta.role == "assistant"
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in {"stop", "length"}
     assert chunks[-1].usage.completion_tokens > 0 and chunks[-1].model_extra["mimo"]["model"] == MODEL
+
+
+def test_a_client_that_leaves_frees_its_sequence(client, server):
+    stream = client.completions.create(model=MODEL, prompt="1, 2, 3, 4,", max_tokens=2000, temperature=0, stream=True)
+    next(iter(stream))
+    stream.close()
+    deadline = time.monotonic() + 5  # far less than 2000 tokens take
+    while _metric(httpx.get(f"{server[0]}/metrics").text, "mimo_engine_batch_size") != "0":
+        assert time.monotonic() < deadline, "the abandoned sequence is still decoding"
+        time.sleep(0.2)
 
 
 def test_n_choices_decode_together(client):
