@@ -98,13 +98,19 @@ def bench(
     _print_json(result)
 
 
+def _fail(message: str) -> None:
+    typer.echo(f"mimo-engine: error: {message}", err=True)
+    sys.exit(2)
+
+
 def main() -> None:
     """Entry point: bad input ends with one line on stderr and exit code 2."""
     try:
         code = app(standalone_mode=False)
-    except (typer.TyperException, SettingsError) as exc:  # typer's usage errors, bad settings
-        typer.echo(f"mimo-engine: error: {exc.format_message() if isinstance(exc, typer.TyperException) else exc}", err=True)
-        sys.exit(2)
+    except typer.TyperException as exc:  # a usage error: bad option value, unknown command or model
+        _fail(exc.format_message())
+    except SettingsError as exc:
+        _fail(str(exc))
     except typer.Abort:
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)

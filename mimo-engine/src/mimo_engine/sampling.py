@@ -14,7 +14,7 @@ MAX_N = 16
 
 
 class InvalidRequest(ValueError):
-    """A request asks for something the engine cannot serve; `param` names the offending field (OpenAI's error shape)."""
+    """A request asks for something the engine cannot serve; `param` names the field (OpenAI's error shape)."""
 
     def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)
@@ -80,7 +80,7 @@ def filter_top_k_top_p(logprobs: np.ndarray, top_k: int, top_p: float) -> np.nda
 
 
 def sample_token(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
-    """One token from one row of logits: argmax at temperature 0, else a draw from the filtered, tempered distribution."""
+    """One token from a row of logits: argmax at temperature 0, else a draw from the tempered, filtered distribution."""
     if params.temperature == 0.0:
         return int(np.argmax(logits))
     logprobs = log_softmax(logits.astype(np.float32) / np.float32(params.temperature))  # [V]

@@ -1,4 +1,4 @@
-"""Continuous batching: one worker thread per model prefills new requests and decodes every running sequence together."""
+"""Continuous batching: a worker thread per model prefills new requests and decodes all running sequences together."""
 
 from __future__ import annotations
 
@@ -295,35 +295,41 @@ class ModelWorker:
     def _start(self, request: Request) -> None:
         """Prefill the prompt once, then fork its cache into one sequence per choice and sample each first token."""
         request.stats.queued_s = time.monotonic() - request.submitted_at
-        started = time.perf_counter()
         cache = self.model.new_cache()
+        started = time.perf_counter()
         try:
             # [P, V] when the prompt is scored, else [1, V]: the lm_head of one row, not of the whole prompt
             logits = self.model.prefill(request.prompt, cache, last_only=request.prompt_logprobs is None)
-        except Exception as exc:
+        except Exception as exc:  # this request's failure only; the running ones go on
             log.exception("prefill failed on model %s", self.model.name)
             request.emit(Failed(f"{type(exc).__name__}: {exc}"))
             return
         request.stats.prefill_s = time.perf_counter() - started
         self.metrics.prompt_tokens += len(request.prompt)
-        params = request.params
-        max_tokens = self.model.config.context_length - len(request.prompt)
-        if params.max_tokens is not None:
-            max_tokens = min(max_tokens, params.max_tokens)
-        caches = [cache] + [cache.fork() for _ in range(params.n - 1)]
-        choices = [
-            Choice(request, ChoiceResult(i), caches[i], rng, Utf8Stream(self.model.tokenizer), StopMatcher(params.stop), max_tokens)
-            for i, rng in enumerate(choice_rngs(params.seed, params.n))
-        ]
-        request.choices = choices
         request.prompt_scores = self._prompt_logprobs(request, logits)
-        for choice in choices:
-            if max_tokens == 0:
+        request.choices = self._choices(request, cache)
+        for choice in request.choices:
+            if choice.max_tokens == 0:
                 self._finish(choice, "length", "")
             else:
                 self._running.append(choice)
                 self._advance(choice, logits[-1])
         self._update_running()
+
+    def _choices(self, request: Request, cache: KVCache) -> list[Choice]:
+        """One sequence per choice, each with its own fork of the prefilled cache and its own generator."""
+        params = request.params
+        room = self.model.config.context_length - len(request.prompt)
+        max_tokens = room if params.max_tokens is None else min(room, params.max_tokens)
+        caches = [cache] + [cache.fork() for _ in range(params.n - 1)]
+        rngs = choice_rngs(params.seed, params.n)
+        return [
+            Choice(
+                request, ChoiceResult(i), caches[i], rngs[i],
+                Utf8Stream(self.model.tokenizer), StopMatcher(params.stop), max_tokens,
+            )  # fmt: skip
+            for i in range(params.n)
+        ]
 
     @staticmethod
     def _prompt_logprobs(request: Request, logits: np.ndarray) -> list[TokenLogprob | None] | None:
@@ -331,8 +337,8 @@ class ModelWorker:
         if request.prompt_logprobs is None:
             return None
         logprobs = log_softmax(logits[:-1])  # [P-1, V]: row i predicts prompt token i+1
-        scored = [token_logprob(row, token, request.prompt_logprobs) for row, token in zip(logprobs, request.prompt[1:])]
-        return [None, *scored]
+        top_n = request.prompt_logprobs
+        return [None, *(token_logprob(row, token, top_n) for row, token in zip(logprobs, request.prompt[1:]))]
 
     def _decode_step(self) -> None:
         """One batched decode over every running sequence, then sample and advance each of them."""
@@ -340,7 +346,7 @@ class ModelWorker:
         started = time.perf_counter()
         logits = self.model.decode([c.last_token for c in batch], [c.cache for c in batch])  # [B, V]
         elapsed = time.perf_counter() - started
-        for request in {id(c.request): c.request for c in batch}.values():
+        for request in self._requests_of(batch):
             request.stats.decode_s += elapsed
             request.stats.decode_steps += 1
             request.stats.batch_sizes.add(len(batch))
@@ -395,8 +401,13 @@ class ModelWorker:
             self._running = [c for c in self._running if not c.request.cancelled]
             self._update_running()
 
+    @staticmethod
+    def _requests_of(choices: list[Choice]) -> list[Request]:
+        """The distinct requests that `choices` belong to."""
+        return list({id(c.request): c.request for c in choices}.values())
+
     def _fail_running(self, message: str) -> None:
-        for request in {id(c.request): c.request for c in self._running}.values():
+        for request in self._requests_of(self._running):
             request.emit(Failed(message))
         self._running = []
         self._update_running()

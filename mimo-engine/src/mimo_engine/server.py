@@ -127,8 +127,14 @@ class CompletionBody(OpenAIBody):
 # ---------------------------------------------------------------- errors
 
 
-def error_response(status: int, message: str, param: str | None = None, code: str | None = None,
-                   kind: str = "invalid_request_error", headers: dict[str, str] | None = None) -> JSONResponse:  # fmt: skip
+def error_response(
+    status: int,
+    message: str,
+    param: str | None = None,
+    code: str | None = None,
+    kind: str = "invalid_request_error",
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     """A response in OpenAI's error shape."""
     body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return JSONResponse(body, status_code=status, headers=headers)
@@ -194,8 +200,9 @@ def usage(stats: list[RequestStats]) -> dict[str, int]:
 # ---------------------------------------------------------------- submitting and streaming
 
 
-def submit_all(worker: ModelWorker, prompts: list[list[int]], params: SamplingParams,
-               prompt_logprobs: int | None = None) -> list[Request]:  # fmt: skip
+def submit_all(
+    worker: ModelWorker, prompts: list[list[int]], params: SamplingParams, prompt_logprobs: int | None = None
+) -> list[Request]:
     """Submit one request per prompt; if any is refused, cancel those already queued and re-raise."""
     requests: list[Request] = []
     try:
@@ -272,7 +279,7 @@ def create_app(
 ) -> FastAPI:
     """The FastAPI app: preloads `models`, serves any other known model lazily, calls `on_idle` after the idle timeout.
 
-    `load` and `available` replace the registry and the numpy runtime (tests); `on_idle` is how the app stops its server.
+    `load` and `available` stand in for the runtime and the registry (tests); `on_idle` stops the app's server.
     """
     engine = Engine(
         MODELS if available is None else available,
@@ -436,16 +443,25 @@ async def _chat_stream(head: dict, requests: list[Request], tokenizer: Any, body
 # ---------------------------------------------------------------- /v1/completions
 
 
-def _completion_prompts(body: CompletionBody, tokenizer: Any) -> tuple[list[str], list[list[int]]]:
-    """The prompts as texts and as token ids, from a string, strings, token ids or lists of token ids."""
-    prompt = body.prompt
-    if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
-        prompt = [prompt]
-    if not prompt:
+@dataclass(frozen=True)
+class Prompt:
+    """One prompt of a completions request, as text (what echo returns) and as token ids (what the model reads)."""
+
+    text: str
+    tokens: list[int]
+
+
+def _completion_prompts(body: CompletionBody, tokenizer: Any) -> list[Prompt]:
+    """The prompts of a body: a string, strings, token ids or lists of token ids."""
+    prompts = body.prompt
+    if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+        prompts = [prompts]
+    if not prompts:
         raise InvalidRequest("prompt must not be empty", "prompt")
-    texts = [p if isinstance(p, str) else tokenizer.decode(p) for p in prompt]
-    ids = [tokenizer.encode(p, allow_special=True) if isinstance(p, str) else list(p) for p in prompt]
-    return texts, ids
+    return [
+        Prompt(p, tokenizer.encode(p, allow_special=True)) if isinstance(p, str) else Prompt(tokenizer.decode(p), p)
+        for p in prompts
+    ]
 
 
 def _add_completion_route(app: FastAPI, engine: Engine) -> None:
@@ -456,17 +472,17 @@ def _add_completion_route(app: FastAPI, engine: Engine) -> None:
         params = body.sampling(body.max_tokens, body.logprobs is not None, body.logprobs or 0)
         worker = await resolve(engine, body.model)
         tokenizer = worker.model.tokenizer
-        texts, prompts = _completion_prompts(body, tokenizer)
+        prompts = _completion_prompts(body, tokenizer)
         scoring = body.logprobs if body.echo and body.logprobs is not None else None
-        requests = submit_all(worker, prompts, params, scoring)
+        requests = submit_all(worker, [p.tokens for p in prompts], params, scoring)
         head = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": body.model}
         if body.stream:
-            stream = _completion_stream(head, requests, texts, tokenizer, body)
+            stream = _completion_stream(head, requests, prompts, tokenizer, body)
             return StreamingResponse(stream, media_type="text/event-stream")
         results = await gather_results(requests, http)
         choices = [
-            _completion_choice(position * body.n + c.index, texts[position], prompts[position], done, c, tokenizer, body)
-            for position, done in enumerate(results)
+            _completion_choice(position * body.n + c.index, prompt, done, c, tokenizer, body)
+            for position, (prompt, done) in enumerate(zip(prompts, results))
             for c in done.choices
         ]
         stats = [done.stats for done in results]
@@ -479,32 +495,34 @@ def _add_completion_route(app: FastAPI, engine: Engine) -> None:
         }
 
 
-def _completion_choice(index: int, prompt_text: str, prompt: list[int], done: Done, choice: ChoiceResult,
-                       tokenizer: Any, body: CompletionBody) -> dict[str, Any]:  # fmt: skip
+def _completion_choice(
+    index: int, prompt: Prompt, done: Done, choice: ChoiceResult, tokenizer: Any, body: CompletionBody
+) -> dict[str, Any]:
     """One legacy choice; with echo the text and the logprobs start with the prompt's."""
-    prefix = prompt_text if body.echo else ""
+    prefix = prompt.text if body.echo else ""
     logprobs = None
     if body.logprobs is not None:
         tokens, entries = choice.tokens, choice.logprobs
         offsets = text_offsets(tokenizer, tokens, len(prefix))
         if body.echo:
-            tokens, entries = prompt + tokens, done.prompt_scores + entries
-            offsets = text_offsets(tokenizer, prompt) + offsets
+            tokens, entries = prompt.tokens + tokens, done.prompt_scores + entries
+            offsets = text_offsets(tokenizer, prompt.tokens) + offsets
         logprobs = completion_logprobs(tokens, entries, offsets, tokenizer)
     return {"index": index, "text": prefix + choice.text, "logprobs": logprobs, "finish_reason": choice.finish_reason}
 
 
-async def _completion_stream(head: dict, requests: list[Request], texts: list[str], tokenizer: Any,
-                             body: CompletionBody) -> AsyncIterator[str]:  # fmt: skip
+async def _completion_stream(
+    head: dict, requests: list[Request], prompts: list[Prompt], tokenizer: Any, body: CompletionBody
+) -> AsyncIterator[str]:
     """SSE chunks of text (with per-token legacy logprobs), a final chunk with usage and `mimo`, then [DONE]."""
     head = {**head, "object": "text_completion"}
     streams: dict[int, Utf8Stream] = {}
     offsets: dict[int, int] = {}
     stats: list[RequestStats] = []
     if body.echo:  # the prompt comes first, as its own chunk per choice
-        for position, text in enumerate(texts):
+        for position, prompt in enumerate(prompts):
             for j in range(body.n):
-                choice = {"index": position * body.n + j, "text": text, "logprobs": None, "finish_reason": None}
+                choice = {"index": position * body.n + j, "text": prompt.text, "logprobs": None, "finish_reason": None}
                 yield sse({**head, "choices": [choice]})
     async for position, event in merged_events(requests):
         if isinstance(event, Failed):
@@ -516,7 +534,7 @@ async def _completion_stream(head: dict, requests: list[Request], texts: list[st
             logprobs = None
             if event.logprob:
                 stream = streams.setdefault(index, Utf8Stream(tokenizer))
-                offset = offsets.setdefault(index, len(texts[position]) if body.echo else 0)
+                offset = offsets.setdefault(index, len(prompts[position].text) if body.echo else 0)
                 offsets[index] += len(stream.push(event.logprob.token))
                 logprobs = completion_logprobs([event.logprob.token], [event.logprob], [offset], tokenizer)
             choice = {"index": index, "text": event.text, "logprobs": logprobs, "finish_reason": event.finish_reason}
