@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 
 from mimo_core.settings import SettingsError, load_settings
+from mimo_engine.pull import PullError, pull as pull_model
 from mimo_engine.registry import UnknownModelError, get_spec, model_status
 
 app = typer.Typer(
@@ -60,7 +61,7 @@ def serve(
     idle_timeout: float = typer.Option(0.0, min=0.0, help="Exit after this many seconds without requests (0: never)."),
 ) -> None:
     """Serve /v1/chat/completions, /v1/completions, /v1/models, /health and /metrics."""
-    from mimo_engine.server import ServerOptions, serve as run_server
+    from mimo_engine.server import ServerOptions, serve as run_server  # the web and model stack: not for --help
 
     run_server(host, port, model, ServerOptions(max_batch_size, max_queue, idle_timeout, _cache_dir()))
 
@@ -68,13 +69,10 @@ def serve(
 @app.command()
 def pull(name: str = typer.Argument(..., callback=_known_model, help="Registry model name.")) -> None:
     """Download a model into the cache (checked against its pinned sha256) and print its path."""
-    from mimo_engine.pull import PullError, pull as pull_model
-
     try:
         path = pull_model(name, _cache_dir(), progress=True)
     except PullError as exc:
-        typer.echo(f"mimo-engine: error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        _fail(str(exc), code=1)
     _print_json({"name": name, "path": str(path)})
 
 
@@ -90,7 +88,7 @@ def bench(
     out: Path | None = typer.Option(None, help="Also write the JSON to this file."),
 ) -> None:
     """Measure prefill and decode tokens/s at batch 1, 4 and 8 against the memory-bandwidth roofline."""
-    from mimo_engine.bench import run_bench
+    from mimo_engine.bench import run_bench  # the model stack: not for --help
 
     result = run_bench(model, cache_dir=_cache_dir())
     if out:
@@ -98,9 +96,10 @@ def bench(
     _print_json(result)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = 2) -> NoReturn:
+    """One line on stderr, then exit (2: bad input)."""
     typer.echo(f"mimo-engine: error: {message}", err=True)
-    sys.exit(2)
+    sys.exit(code)
 
 
 def main() -> None:
@@ -111,6 +110,4 @@ def main() -> None:
         _fail(exc.format_message())
     except SettingsError as exc:
         _fail(str(exc))
-    except typer.Abort:
-        sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
