@@ -58,7 +58,7 @@ def read_state(settings: Settings) -> EngineState | None:
         return None
 
 
-def _is_engine_process(pid: int) -> bool:
+def is_engine_process(pid: int) -> bool:
     """Alive, not a zombie, and running mimo_engine (a recycled pid must never be signalled)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -70,7 +70,7 @@ def _is_engine_process(pid: int) -> bool:
 
 def is_healthy(state: EngineState, timeout_s: float = 2.0) -> bool:
     """Whether the recorded process is alive and answers its health check."""
-    if not _is_engine_process(state.pid):
+    if not is_engine_process(state.pid):
         return False
     try:
         return httpx.get(f"http://127.0.0.1:{state.port}/health", timeout=timeout_s).status_code == 200
@@ -135,13 +135,13 @@ def ensure_engine(settings: Settings) -> str:
 
 
 def _stop_pid(pid: int) -> bool:
-    if not _is_engine_process(pid):
+    if not is_engine_process(pid):
         return False
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and _is_engine_process(pid):
+    while time.monotonic() < deadline and is_engine_process(pid):
         time.sleep(0.1)
-    if _is_engine_process(pid):
+    if is_engine_process(pid):
         os.kill(pid, signal.SIGKILL)
     return True
 

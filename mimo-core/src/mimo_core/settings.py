@@ -34,6 +34,9 @@ class Settings:
     engine_extensions: bool = False
     engine_idle_timeout_s: float = 600.0
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cache_dir", Path(self.cache_dir).expanduser())  # flags may pass a str
+
     @property
     def embedded(self) -> bool:
         """True when no remote endpoint is configured and the embedded engine serves every call."""
