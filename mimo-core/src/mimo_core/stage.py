@@ -10,6 +10,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import IO, Any, Awaitable, Callable, Iterable
 
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
 from .client import LLMClient, Usage
 from .record import RecordError, TaskRecord, TraceEntry, parse_record, write_record
 from .settings import Settings, load_settings
@@ -116,14 +119,22 @@ async def run_stage_async(
         return client[0]
 
     in_flight: deque[asyncio.Task[TaskRecord]] = deque()
+    progress = _progress(stage)
+    counter = progress.add_task(stage, total=None, errors=0)
+    errors = 0
 
     async def flush(keep: int) -> None:
         # Output keeps input order: a window of `limit` records is processed while the oldest is awaited.
+        nonlocal errors
         while len(in_flight) > keep:
-            write_record(await in_flight.popleft(), sink)
+            record = await in_flight.popleft()
+            write_record(record, sink)
+            errors += record.trace[-1].status == "error"
+            progress.update(counter, advance=1, errors=errors)
 
     lines = iter(source)
     line_no = 0
+    progress.start()
     try:
         while (line := await asyncio.to_thread(next, lines, None)) is not None:
             line_no += 1
@@ -141,9 +152,22 @@ async def run_stage_async(
             await flush(limit - 1)
         await flush(0)
     finally:
+        progress.stop()
         if client:
             await client[0].close()
     return 0
+
+
+def _progress(stage: str) -> Progress:
+    """A records-done counter on stderr (stdout carries the records), drawn only on a terminal."""
+    console = Console(stderr=True)
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}: {task.completed} records, {task.fields[errors]} errors"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not console.is_terminal,
+    )
 
 
 def run_stage(stage: str, process: StageFn, **kwargs: Any) -> int:
