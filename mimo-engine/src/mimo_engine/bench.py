@@ -44,7 +44,7 @@ def measure_bandwidth(repeats: int = 5) -> dict[str, float]:
     decoding does with its weights; it is the roofline's bandwidth. `copy`: np.copyto, bytes read plus written.
     """
     buffer = np.ones(BANDWIDTH_BUFFER_BYTES // 4, dtype=np.float32)
-    matrix, vector = buffer.reshape(-1, 1024), np.ones(1024, dtype=np.float32)
+    matrix, vector = buffer.reshape(-1, 4096), np.ones(4096, dtype=np.float32)  # the fastest row length measured
     target = np.empty_like(buffer)
     read_s = _median_seconds(lambda: matrix @ vector, repeats)
     copy_s = _median_seconds(lambda: np.copyto(target, buffer), repeats)
@@ -71,18 +71,19 @@ def run_bench(
     prefilled = model.new_cache()
     first = int(model.prefill(prompt, prefilled, last_only=True)[-1].argmax())
 
-    decode = {}
-    for batch in BATCH_SIZES:
-        steps = []
-        for _ in range(repeats):
+    steps: dict[int, list[float]] = {batch: [] for batch in BATCH_SIZES}
+    for _ in range(repeats):  # batch sizes interleaved, so that a noisy moment does not skew their ratio
+        for batch in BATCH_SIZES:
             caches = [prefilled.fork() for _ in range(batch)]
             tokens = [first] * batch
             model.decode(tokens, caches)  # warm-up step, untimed
             for _ in range(decode_steps):
                 t0 = time.perf_counter()
                 tokens = model.decode(tokens, caches).argmax(axis=-1).tolist()
-                steps.append(time.perf_counter() - t0)
-        step_s = statistics.median(steps)
+                steps[batch].append(time.perf_counter() - t0)
+    decode = {}
+    for batch, times in steps.items():
+        step_s = statistics.median(times)
         decode[str(batch)] = {"step_ms": round(step_s * 1e3, 2), "tokens_per_s": round(batch / step_s, 2)}
 
     bandwidth = measure_bandwidth()

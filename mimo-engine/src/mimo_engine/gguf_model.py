@@ -70,8 +70,11 @@ def load_weights(reader: GGUFReader, config: ModelConfig) -> ModelWeights:
     def vector(name: str) -> Any:
         return xp.array(array(name))  # a copy, so that nothing keeps the file's memory map alive
 
-    def matrix(*names: str) -> Any:  # [in, sum of outs]: the named matrices side by side, C-contiguous
-        return xp.asarray(np.concatenate([array(n).T for n in names], axis=1))
+    def matrix(*names: str) -> Any:  # [in, sum of outs]: the named matrices side by side
+        stacked = np.concatenate([array(n) for n in names])  # [out, in], as GGUF stores it
+        # BLAS streams a matrix fastest along its longer side (measured: ~25 vs ~18 GB/s for ffn_down at batch 1
+        # and 8), so keep GGUF's [out, in] rows under the [in, out] view when the input side is the longer one
+        return xp.asarray(stacked.T if stacked.shape[1] > stacked.shape[0] else np.ascontiguousarray(stacked.T))
 
     layers = []
     for i in range(config.n_layer):

@@ -37,7 +37,8 @@ class ModelConfig:
 
 @dataclass
 class LayerWeights:
-    """One transformer block's weights; matrices are stored [in, out] so that `linear` is a plain x @ w."""
+    """One transformer block's weights. Matrices are [in, out] arrays, so `linear` is a plain x @ w; their memory
+    order (C, or F when in > out) is whichever BLAS reads faster."""
 
     attn_norm: Array  # [d]
     wqkv: Array  # [d, (H + 2 Hkv) hd]: q, k and v fused into one product
@@ -65,13 +66,14 @@ def linear(x: Array, w: Array) -> Array:
 
 def rms_norm(x: Array, g: Array, eps: float) -> Array:
     """Root-mean-square normalisation with gain `g`."""
-    scale = 1.0 / xp.sqrt(xp.mean(xp.square(x), axis=-1, keepdims=True) + eps)  # [N, 1]
-    return x * scale * g  # [N, d]
+    ms = xp.square(x).sum(axis=-1, keepdims=True) / x.shape[-1]  # [N, 1]; .sum, not xp.mean: less Python per call
+    return x / xp.sqrt(ms + eps) * g  # [N, d]
 
 
 def silu(x: Array) -> Array:
-    """x * sigmoid(x), with sigmoid written through tanh so that no exp overflows."""
-    return x * (0.5 + 0.5 * xp.tanh(0.5 * x))  # [N, ff]
+    """x * sigmoid(x). Written with exp, which numpy computes ~2x faster than tanh; below x = -88, exp(-x) overflows
+    to inf and the result is the correct limit, -0."""
+    return x / (1.0 + xp.exp(-x))  # [N, ff]
 
 
 def rope_angles(positions: Array, head_dim: int, theta: float) -> tuple[Array, Array]:
@@ -119,8 +121,9 @@ def attention(q: Array, k: Array, v: Array) -> Array:
 
 def mlp(x: Array, layer: LayerWeights) -> Array:
     """SwiGLU feed-forward."""
-    gate, up = xp.split(linear(x, layer.w_gate_up), 2, axis=-1)  # [N, ff], [N, ff]
-    return linear(silu(gate) * up, layer.w_down)  # [N, d]
+    gate_up = linear(x, layer.w_gate_up)  # [N, 2 ff]
+    ff = gate_up.shape[-1] // 2
+    return linear(silu(gate_up[:, :ff]) * gate_up[:, ff:], layer.w_down)  # [N, d]
 
 
 def block(
@@ -133,10 +136,9 @@ def block(
     qkv = linear(rms_norm(x, layer.attn_norm, config.norm_eps), layer.wqkv)  # [N, (H + 2 Hkv) hd]
     if layer.bqkv is not None:
         qkv += layer.bqkv  # [N, (H + 2 Hkv) hd]
-    q, k, v = xp.split(qkv, [H * hd, (H + Hkv) * hd], axis=-1)  # [N, H hd], [N, Hkv hd], [N, Hkv hd]
-    q = apply_rope(q.reshape(N, H, hd), *rope, config.rope_style)  # [N, H, hd]
-    k = apply_rope(k.reshape(N, Hkv, hd), *rope, config.rope_style)  # [N, Hkv, hd]
-    v = v.reshape(N, Hkv, hd)  # [N, Hkv, hd]
+    qk = apply_rope(qkv[:, : (H + Hkv) * hd].reshape(N, H + Hkv, hd), *rope, config.rope_style)  # [N, H + Hkv, hd]
+    q, k = qk[:, :H], qk[:, H:]  # [N, H, hd], [N, Hkv, hd]: one rope call rotates both
+    v = qkv[:, (H + Hkv) * hd :].reshape(N, Hkv, hd)  # [N, Hkv, hd]
     heads = xp.empty((N, H * hd), dtype=x.dtype)  # [N, H hd]
     for cache, r in zip(caches, rows):  # attention is per sequence: each reads only its own cache
         cache.append(index, k[r], v[r])
