@@ -5,9 +5,14 @@ import pytest
 from gguf import GGUFReader, GGUFWriter
 
 from mimo_engine.gguf_model import UnsupportedModelError, read_config
-from mimo_engine.model import apply_rope, attention, rope_angles
+from mimo_engine.model import ModelConfig, apply_rope, attention, rope_tables
 
 rng = np.random.default_rng(0)
+
+
+def _rope(positions, head_dim: int, style: str):
+    config = ModelConfig("llama", 1, 8, 1, 1, head_dim, 8, 8, 4096, 10000.0, style, 1e-5)
+    return rope_tables(np.asarray(positions), config)
 
 
 def test_interleaved_rope_on_gguf_rows_equals_neox_rope_on_hf_rows():
@@ -15,22 +20,21 @@ def test_interleaved_rope_on_gguf_rows_equals_neox_rope_on_hf_rows():
     n, heads, hd = 5, 3, 8
     hf = rng.standard_normal((n, heads, hd), dtype=np.float32)
     gguf_order = np.stack([np.arange(hd // 2), np.arange(hd // 2) + hd // 2], axis=1).reshape(-1)  # [0, 4, 1, 5, ...]
-    cos, sin = rope_angles(np.arange(7, 7 + n), hd, 10000.0)
-    neox = apply_rope(hf, cos, sin, "neox")
-    interleaved = apply_rope(hf[..., gguf_order], cos, sin, "interleaved")
+    neox = apply_rope(hf, _rope(np.arange(7, 7 + n), hd, "neox"))
+    interleaved = apply_rope(hf[..., gguf_order], _rope(np.arange(7, 7 + n), hd, "interleaved"))
     np.testing.assert_allclose(interleaved, neox[..., gguf_order], atol=1e-6)
 
 
-def test_rope_preserves_relative_positions():
+@pytest.mark.parametrize("style", ["neox", "interleaved"])
+def test_rope_rotates_pairs_and_preserves_relative_positions(style):
     hd = 16
     q, k = rng.standard_normal((2, 1, 1, hd), dtype=np.float32)
 
     def score(pq: int, pk: int) -> float:
-        rq = apply_rope(q, *rope_angles(np.array([pq]), hd, 10000.0), "neox")
-        rk = apply_rope(k, *rope_angles(np.array([pk]), hd, 10000.0), "neox")
-        return float((rq * rk).sum())
+        return float((apply_rope(q, _rope([pq], hd, style)) * apply_rope(k, _rope([pk], hd, style))).sum())
 
     assert score(10, 3) == pytest.approx(score(107, 100), abs=1e-4)
+    assert np.linalg.norm(apply_rope(q, _rope([5], hd, style))) == pytest.approx(np.linalg.norm(q), rel=1e-5)
 
 
 def test_causal_attention_over_a_prefix_equals_one_query_at_a_time():

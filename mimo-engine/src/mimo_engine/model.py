@@ -78,31 +78,38 @@ def silu(x: Array) -> Array:
     return x / (1.0 + xp.exp(-x))  # [N, ff]
 
 
-def rope_angles(positions: Array, head_dim: int, theta: float) -> tuple[Array, Array]:
-    """cos and sin of the rotary angles of each position, [N, hd/2] each."""
+@dataclass(frozen=True)
+class Rope:
+    """Rotary tables of N positions; rotating x is then x * cos + x[..., rotate] * sin for either pair layout."""
+
+    cos: Array  # [N, 1, hd]: cos of each pair's angle, at both members of the pair
+    sin: Array  # [N, 1, hd]: sin of each pair's angle, negated at the first member of the pair
+    rotate: Array  # [hd]: the index of each member's partner
+
+
+def rope_tables(positions: Array, config: ModelConfig) -> Rope:
+    """The rotary tables of `positions` ([N]) in the model's pair layout."""
+    hd = config.head_dim
     # float64 for the angle itself: position * frequency loses digits in float32 at long context; the table is tiny
-    inv_freq = theta ** (-xp.arange(0, head_dim, 2, dtype=xp.float64) / head_dim)  # [hd/2]
-    angles = positions.astype(xp.float64)[:, None] * inv_freq[None, :]  # [N, hd/2]
-    return xp.cos(angles).astype(xp.float32), xp.sin(angles).astype(xp.float32)  # [N, hd/2], [N, hd/2]
+    inv_freq = config.rope_theta ** (-xp.arange(0, hd, 2, dtype=xp.float64) / hd)  # [hd/2]
+    angles = positions.astype(xp.float64)[:, None, None] * inv_freq  # [N, 1, hd/2]
+    cos, sin = xp.cos(angles).astype(xp.float32), xp.sin(angles).astype(xp.float32)  # [N, 1, hd/2] each
+    if config.rope_style == "neox":  # pairs (i, i + hd/2)
+        return Rope(
+            cos=xp.concatenate([cos, cos], axis=-1),  # [N, 1, hd]
+            sin=xp.concatenate([-sin, sin], axis=-1),  # [N, 1, hd]
+            rotate=xp.concatenate([xp.arange(hd // 2, hd), xp.arange(hd // 2)]),  # [hd]
+        )
+    return Rope(  # interleaved pairs (2i, 2i + 1)
+        cos=xp.repeat(cos, 2, axis=-1),  # [N, 1, hd]
+        sin=xp.stack([-sin, sin], axis=-1).reshape(*sin.shape[:2], hd),  # [N, 1, hd]
+        rotate=xp.arange(hd) ^ 1,  # [hd]
+    )
 
 
-def _rotary_pairs(x: Array, style: str) -> tuple[Array, Array]:
-    """The two halves of every rotated pair, as views of x."""
-    if style == "neox":
-        half = x.shape[-1] // 2
-        return x[..., :half], x[..., half:]  # [N, h, hd/2], [N, h, hd/2]
-    return x[..., 0::2], x[..., 1::2]  # [N, h, hd/2], [N, h, hd/2]
-
-
-def apply_rope(x: Array, cos: Array, sin: Array, style: str) -> Array:
+def apply_rope(x: Array, rope: Rope) -> Array:
     """Rotate each head's pairs of x ([N, h, hd]) by its position's angles."""
-    cos, sin = cos[:, None, :], sin[:, None, :]  # [N, 1, hd/2]
-    x1, x2 = _rotary_pairs(x, style)  # [N, h, hd/2] each
-    out = xp.empty_like(x)  # [N, h, hd]
-    o1, o2 = _rotary_pairs(out, style)  # views of out
-    o1[...] = x1 * cos - x2 * sin  # [N, h, hd/2]
-    o2[...] = x2 * cos + x1 * sin  # [N, h, hd/2]
-    return out
+    return x * rope.cos + x[..., rope.rotate] * rope.sin  # [N, h, hd]
 
 
 def attention(q: Array, k: Array, v: Array) -> Array:
@@ -129,7 +136,7 @@ def mlp(x: Array, layer: LayerWeights) -> Array:
 
 
 def block(
-    x: Array, index: int, layer: LayerWeights, config: ModelConfig, rope: tuple[Array, Array],
+    x: Array, index: int, layer: LayerWeights, config: ModelConfig, rope: Rope,
     caches: list[KVCache], rows: list[slice],
 ) -> Array:  # fmt: skip
     """One pre-norm transformer block; sequence i owns rows[i] of x and appends its new keys/values to caches[i]."""
@@ -138,7 +145,7 @@ def block(
     qkv = linear(rms_norm(x, layer.attn_norm, config.norm_eps), layer.wqkv)  # [N, (H + 2 Hkv) hd]
     if layer.bqkv is not None:
         qkv += layer.bqkv  # [N, (H + 2 Hkv) hd]
-    qk = apply_rope(qkv[:, : (H + Hkv) * hd].reshape(N, H + Hkv, hd), *rope, config.rope_style)  # [N, H + Hkv, hd]
+    qk = apply_rope(qkv[:, : (H + Hkv) * hd].reshape(N, H + Hkv, hd), rope)  # [N, H + Hkv, hd]
     q, k = qk[:, :H], qk[:, H:]  # [N, H, hd], [N, Hkv, hd]: one rope call rotates both
     v = qkv[:, (H + Hkv) * hd :].reshape(N, Hkv, hd)  # [N, Hkv, hd]
     heads = xp.empty((N, H * hd), dtype=x.dtype)  # [N, H hd]
@@ -155,7 +162,7 @@ def hidden_states(
     """Final-normed hidden states of new tokens packed from several sequences: sequence i owns the next seq_lens[i]."""
     rows = [slice(end - n, end) for end, n in zip(accumulate(seq_lens), seq_lens)]
     positions = xp.concatenate([xp.arange(c.num_tokens, c.num_tokens + n) for c, n in zip(caches, seq_lens)])  # [N]
-    rope = rope_angles(positions, config.head_dim, config.rope_theta)  # [N, hd/2] x 2
+    rope = rope_tables(positions, config)  # [N, 1, hd] tables
     x = weights.token_embd[tokens]  # [N, d]
     for index, layer in enumerate(weights.layers):
         x = block(x, index, layer, config, rope, caches, rows)  # [N, d]
