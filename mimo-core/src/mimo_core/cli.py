@@ -41,9 +41,11 @@ def _settings(config: Optional[Path]) -> Settings:
 async def _check(settings: Settings) -> dict[str, Any]:
     client = LLMClient(settings)
     try:
-        return {"reachable": True, "models": await client.list_models()}
+        served = await client.list_models()
     finally:
         await client.close()
+    wanted = {settings.oracle_model, settings.drafter_model}
+    return {"reachable": True, "models": served, "missing": sorted(wanted - set(served))}
 
 
 @app.command()
@@ -54,6 +56,11 @@ def config(
     """Print the resolved settings as JSON (the API key only as set / not set)."""
     settings = _settings(config)
     report = settings.to_dict()
+    try:
+        report["resolved"] = {"oracle_model": settings.oracle_model, "draft_model": settings.drafter_model}
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from None
     if check:
         try:
             report["check"] = asyncio.run(_check(settings))
@@ -62,6 +69,9 @@ def config(
             _print(report)
             raise typer.Exit(1) from None
     _print(report)
+    if check and report["check"]["missing"]:
+        print(f"error: the endpoint does not serve {', '.join(report['check']['missing'])}", file=sys.stderr)
+        raise typer.Exit(1)
 
 
 @app.command()
