@@ -43,6 +43,14 @@ def test_read_returns_every_position_in_order():
     np.testing.assert_array_equal(v, -k)
 
 
+def test_read_heads_is_read_head_major():
+    cache = InMemoryKVCache(N_LAYER, N_KV, HD)
+    _forward(cache, 5)
+    for token_major, head_major in zip(cache.read(1), cache.read_heads(1)):
+        assert head_major.shape == (N_KV, 5, HD)
+        np.testing.assert_array_equal(head_major, token_major.transpose(1, 0, 2))
+
+
 def test_growth_is_amortised_and_keeps_contents():
     cache = InMemoryKVCache(N_LAYER, N_KV, HD, block_size=16)
     capacities = set()

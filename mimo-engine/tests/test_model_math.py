@@ -40,23 +40,23 @@ def test_rope_rotates_pairs_and_preserves_relative_positions(style):
 def test_causal_attention_over_a_prefix_equals_one_query_at_a_time():
     prefix, new, heads, kv_heads, hd = 4, 3, 6, 2, 8  # grouped-query: 3 query heads per kv head
     q = rng.standard_normal((new, heads, hd), dtype=np.float32)
-    k, v = rng.standard_normal((2, prefix + new, kv_heads, hd), dtype=np.float32)
+    k, v = rng.standard_normal((2, kv_heads, prefix + new, hd), dtype=np.float32)  # head-major, as read_heads
     together = attention(q, k, v)  # [new, heads * hd]
     for t in range(new):
         visible = prefix + t + 1
-        alone = attention(q[t : t + 1], k[:visible], v[:visible])
+        alone = attention(q[t : t + 1], k[:, :visible], v[:, :visible])
         np.testing.assert_allclose(together[t : t + 1], alone, atol=1e-5)
 
 
 def test_attention_head_h_reads_kv_head_h_over_group():
     heads, kv_heads, hd = 4, 2, 8
     q = rng.standard_normal((1, heads, hd), dtype=np.float32)
-    k, v = rng.standard_normal((2, 5, kv_heads, hd), dtype=np.float32)
+    k, v = rng.standard_normal((2, kv_heads, 5, hd), dtype=np.float32)  # head-major, as read_heads
     out = attention(q, k, v).reshape(heads, hd)
     for h in range(heads):
         kv = h // (heads // kv_heads)
-        weights = np.exp(k[:, kv] @ q[0, h] / np.sqrt(hd))
-        np.testing.assert_allclose(out[h], weights @ v[:, kv] / weights.sum(), atol=1e-5)
+        weights = np.exp(k[kv] @ q[0, h])  # q is already scaled, as block scales it
+        np.testing.assert_allclose(out[h], weights @ v[kv] / weights.sum(), atol=1e-5)
 
 
 def test_unsupported_architecture_is_a_clear_error(tmp_path):

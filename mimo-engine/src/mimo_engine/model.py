@@ -114,17 +114,19 @@ def apply_rope(x: Array, rope: Rope) -> Array:
 
 def attention(q: Array, k: Array, v: Array) -> Array:
     """Causal grouped-query attention of T new queries over all S cached positions of one sequence (S >= T)."""
-    T, n_head, hd = q.shape  # q: [T, H, hd]
-    S, n_kv, _ = k.shape  # k, v: [S, Hkv, hd]; the queries are the last T positions
+    T, n_head, hd = q.shape  # q: [T, H, hd], already scaled by 1/sqrt(hd)
+    n_kv, S, _ = k.shape  # k, v: [Hkv, S, hd], head-major as `read_heads` gives them; the queries are the last T
     group = n_head // n_kv  # query heads per kv head; head h reads kv head h // group
-    q = (q * (1.0 / math.sqrt(hd))).reshape(T, n_kv, group, hd).transpose(1, 2, 0, 3)  # [Hkv, g, T, hd]
-    scores = q @ k.transpose(1, 2, 0)[:, None]  # [Hkv, g, T, S]
+    q = q.reshape(T, n_kv, group, hd).transpose(1, 2, 0, 3)  # [Hkv, g, T, hd]
+    # one [T, hd] @ [hd, S] product per query head: at T = 1 a matrix-vector product, which BLAS starts far faster
+    # than the matrix product of a kv head's whole query group (measured), and k^T is a transposed view, not a copy
+    scores = q @ k.transpose(0, 2, 1)[:, None]  # [Hkv, g, T, S]
     if T > 1:
         scores += xp.triu(xp.full((T, S), -xp.inf, dtype=xp.float32), k=S - T + 1)  # query t sees keys <= S-T+t
     scores -= scores.max(axis=-1, keepdims=True)  # [Hkv, g, T, S]
     xp.exp(scores, out=scores)  # [Hkv, g, T, S]
     scores /= scores.sum(axis=-1, keepdims=True)  # [Hkv, g, T, S]: softmax over the keys
-    out = scores @ v.transpose(1, 0, 2)[:, None]  # [Hkv, g, T, hd]
+    out = scores @ v[:, None]  # [Hkv, g, T, hd]
     return out.transpose(2, 0, 1, 3).reshape(T, n_head * hd)  # [T, H hd]
 
 
@@ -147,11 +149,12 @@ def block(
         qkv += layer.bqkv  # [N, (H + 2 Hkv) hd]
     qk = apply_rope(qkv[:, : (H + Hkv) * hd].reshape(N, H + Hkv, hd), rope)  # [N, H + Hkv, hd]
     q, k = qk[:, :H], qk[:, H:]  # [N, H, hd], [N, Hkv, hd]: one rope call rotates both
+    q *= 1.0 / math.sqrt(hd)  # [N, H, hd]: attention's scale, once for every sequence of the batch
     v = qkv[:, (H + Hkv) * hd :].reshape(N, Hkv, hd)  # [N, Hkv, hd]
     heads = xp.empty((N, H * hd), dtype=x.dtype)  # [N, H hd]
     for cache, r in zip(caches, rows):  # attention is per sequence: each reads only its own cache
         cache.append(index, k[r], v[r])
-        heads[r] = attention(q[r], *cache.read(index))  # [T_i, H hd]
+        heads[r] = attention(q[r], *cache.read_heads(index))  # [T_i, H hd]
     x = x + linear(heads, layer.wo)  # [N, d]
     return x + mlp(rms_norm(x, layer.ffn_norm, config.norm_eps), layer)  # [N, d]
 
