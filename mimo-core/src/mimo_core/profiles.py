@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import yaml
@@ -74,20 +74,30 @@ def load_profile(name: str, cache_dir: Path | None = None, remeasure: bool = Fal
     return HardwareProfile.from_dict(yaml.safe_load(resource.read_text()))
 
 
-def _median_rate(nbytes: int, run, repeats: int = 5) -> float:
+def median_seconds(run: Callable[[], object], repeats: int = 5) -> float:
+    """Median wall time of `run` over `repeats` calls, after one untimed warm-up (page faults, BLAS threads)."""
+    run()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         run()
         times.append(time.perf_counter() - start)
-    return nbytes / float(np.median(times))
+    return float(np.median(times))
 
 
 def measure_memory_bandwidth(size_bytes: int = 256 << 20) -> float:
     """Main-memory bandwidth in bytes/s: median of array copies (each reads and writes `size_bytes`)."""
     src = np.ones(size_bytes // 4, dtype=np.float32)
     dst = np.empty_like(src)
-    return _median_rate(2 * src.nbytes, lambda: np.copyto(dst, src))
+    return 2 * src.nbytes / median_seconds(lambda: np.copyto(dst, src))
+
+
+def measure_read_bandwidth(size_bytes: int = 512 << 20) -> float:
+    """Streaming-read bandwidth in bytes/s: a matrix-vector product over `size_bytes` of float32, the same read on
+    every core (through BLAS) that decoding does with its weights."""
+    matrix = np.ones((size_bytes // 4 // 4096, 4096), dtype=np.float32)  # 4096: the fastest row length measured
+    vector = np.ones(4096, dtype=np.float32)
+    return matrix.nbytes / median_seconds(lambda: matrix @ vector)
 
 
 def measure_disk_read_bandwidth(folder: Path, size_bytes: int = 128 << 20) -> float:
@@ -107,7 +117,7 @@ def measure_disk_read_bandwidth(folder: Path, size_bytes: int = 128 << 20) -> fl
                 while reader.read(4 << 20):
                     pass
 
-        return _median_rate(size_bytes, read_cold, repeats=3)
+        return size_bytes / median_seconds(read_cold, repeats=3)
 
 
 def measure_this_machine(cache_dir: Path) -> HardwareProfile:

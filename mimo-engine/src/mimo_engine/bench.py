@@ -11,10 +11,8 @@ import os
 import statistics
 import time
 from pathlib import Path
-from typing import Callable
 
-import numpy as np
-
+from mimo_core.profiles import measure_memory_bandwidth, measure_read_bandwidth, median_seconds
 from mimo_engine.runtime import LoadedModel
 
 BENCH_TEXT = (
@@ -27,28 +25,13 @@ TARGET_BATCH8_SPEEDUP = 4.0
 BATCH_SIZES = (1, 4, 8)
 
 
-def _median_seconds(run: Callable[[], object], repeats: int) -> float:
-    run()  # warm-up: page faults, BLAS thread start-up
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
-
-
-def measure_bandwidth(repeats: int = 5) -> dict[str, float]:
-    """This machine's memory bandwidth in GB/s, measured with numpy on a buffer far larger than the caches.
-
-    `read`: a matrix-vector product over the buffer, the same streaming read on every core (through BLAS) that
-    decoding does with its weights; it is the roofline's bandwidth. `copy`: np.copyto, bytes read plus written.
-    """
-    buffer = np.ones(BANDWIDTH_BUFFER_BYTES // 4, dtype=np.float32)
-    matrix, vector = buffer.reshape(-1, 4096), np.ones(4096, dtype=np.float32)  # the fastest row length measured
-    target = np.empty_like(buffer)
-    read_s = _median_seconds(lambda: matrix @ vector, repeats)
-    copy_s = _median_seconds(lambda: np.copyto(target, buffer), repeats)
-    return {"read": buffer.nbytes / read_s / 1e9, "copy": 2 * buffer.nbytes / copy_s / 1e9}
+def measure_bandwidth() -> dict[str, float]:
+    """This machine's memory bandwidth in GB/s on a buffer far larger than the caches: `read` (the roofline's) and
+    `copy` (bytes read plus written)."""
+    return {
+        "read": measure_read_bandwidth(BANDWIDTH_BUFFER_BYTES) / 1e9,
+        "copy": measure_memory_bandwidth(BANDWIDTH_BUFFER_BYTES) / 1e9,
+    }
 
 
 def weight_bytes_per_token(model: LoadedModel) -> int:
@@ -68,7 +51,7 @@ def run_bench(
     load_s = time.perf_counter() - started
     prompt = model.tokenizer.encode(BENCH_TEXT * (prompt_tokens // 20 + 1))[:prompt_tokens]
 
-    prefill_s = _median_seconds(lambda: model.prefill(prompt, model.new_cache(), last_only=True), repeats)
+    prefill_s = median_seconds(lambda: model.prefill(prompt, model.new_cache(), last_only=True), repeats)
     prefilled = model.new_cache()
     first = int(model.prefill(prompt, prefilled, last_only=True)[-1].argmax())
 
