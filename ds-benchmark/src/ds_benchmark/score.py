@@ -14,13 +14,18 @@ FORMULAS = ("design", "seed")
 BOOTSTRAP_ROUNDS = 2000
 
 
+def is_confident(confidence: float | None) -> bool:
+    """Whether a confidence is high enough for a wrong answer to be penalised (above CONFIDENT)."""
+    return confidence is not None and confidence > CONFIDENT
+
+
 def record_score(correct: bool, confidence: float | None, formula: str = "design") -> float:
     """s_i of DESIGN.md: 1 if correct, 1 - PENALTY if wrong with confidence above 0.8, else 0.
 
     `formula="seed"` is the seed's snippet as printed: its penalty term is also multiplied by `correct`, which is 0
     exactly when the penalty should apply, so a confident wrong answer scores 0 instead of -1."""
     c = float(correct)
-    confident = float(confidence is not None and confidence > CONFIDENT)
+    confident = float(is_confident(confidence))
     if formula == "design":
         return c + (1 - c) * confident * (1 - PENALTY)
     if formula == "seed":

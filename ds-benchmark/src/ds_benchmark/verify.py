@@ -12,7 +12,7 @@ from mimo_core.record import TaskRecord
 from mimo_core.stage import run_stage
 
 from .sandbox import Limits, SandboxUnavailable, run_python
-from .score import CONFIDENT, record_score
+from .score import is_confident, record_score
 
 STAGE = "ds-benchmark"
 CODE_LIMITS = Limits()
@@ -117,7 +117,7 @@ def verdict(record: TaskRecord, formula: str = "design") -> dict[str, Any]:
         "confidence": confidence,
         "difficulty": record.difficulty,
         "score": record_score(correct, confidence, formula),
-        "overconfident_wrong": not correct and confidence is not None and confidence > CONFIDENT,
+        "overconfident_wrong": not correct and is_confident(confidence),
         "detail": detail,
         **extra,
     }
