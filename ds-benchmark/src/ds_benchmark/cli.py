@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import NoReturn
 
 import typer
 from rich.console import Console
 
+from mimo_core.console import fail
 from mimo_core.record import RecordError, read_records, write_record
 
 from .compare import compare as compare_results
@@ -25,11 +25,6 @@ app = typer.Typer(help="Verified task suites, sandboxed checks and the decisions
 FormulaOption = typer.Option("design", "--formula", help=f"D/s formula: {' or '.join(FORMULAS)} (the seed's snippet).")
 
 
-def _fail(message: str) -> NoReturn:
-    print(f"error: {message}", file=sys.stderr)
-    raise typer.Exit(2)
-
-
 @app.command(context_settings={"allow_extra_args": True})
 def suite(
     ctx: typer.Context,
@@ -43,12 +38,12 @@ def suite(
     if dataset:
         kind, _, path = dataset.partition(":")
         if kind != "gsm8k" or not path:
-            _fail(f"--dataset {dataset!r}: expected gsm8k:PATH")
+            fail(f"--dataset {dataset!r}: expected gsm8k:PATH")
         gsm8k = Path(path)
     try:
         records = build_suite(n, [*domains, *ctx.args], seed, gsm8k)
     except (ValueError, OSError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     for record in records:
         write_record(record, sys.stdout)
 
@@ -62,7 +57,7 @@ def score(
     try:
         source = open(file, encoding="utf-8") if file else sys.stdin
     except OSError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     with source:
         raise typer.Exit(score_stream(source=source, concurrency=concurrency))
 
@@ -76,12 +71,12 @@ def report(
 ) -> None:
     """Write the mimo.results/1 JSON of a scored run."""
     if formula not in FORMULAS:
-        _fail(f"--formula {formula!r}: one of {', '.join(FORMULAS)}")
+        fail(f"--formula {formula!r}: one of {', '.join(FORMULAS)}")
     try:
         with (sys.stdin if str(file) == "-" else open(file, encoding="utf-8")) as stream:
             results = build_results(list(read_records(stream)), wall_s, formula)
     except (RecordError, ValueError, OSError) as exc:
-        _fail(f"{file}: {exc}")
+        fail(f"{file}: {exc}")
     text = json.dumps(results.to_dict(), indent=2)
     if out:
         out.write_text(text + "\n", encoding="utf-8")
@@ -98,7 +93,7 @@ def compare(
     try:
         comparison = compare_results(load_results(a), load_results(b))
     except ResultsError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     Console(stderr=True).print(table(comparison))
     print(json.dumps(comparison, indent=2))
 

@@ -12,6 +12,7 @@ import typer
 
 from . import daemon
 from .client import LLMClient
+from .console import fail
 from .profiles import load_profile, shipped_profiles
 from .settings import Settings, SettingsError, load_settings
 
@@ -34,8 +35,7 @@ def _settings(config: Optional[Path]) -> Settings:
     try:
         return load_settings(config_file=config)
     except SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise typer.Exit(2) from None
+        fail(str(exc))
 
 
 async def _check(settings: Settings) -> dict[str, Any]:
@@ -59,8 +59,7 @@ def config(
     try:
         report["resolved"] = {"oracle_model": settings.oracle_model, "draft_model": settings.drafter_model}
     except SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise typer.Exit(2) from None
+        fail(str(exc))
     if check:
         try:
             report["check"] = asyncio.run(_check(settings))
@@ -70,8 +69,7 @@ def config(
             raise typer.Exit(1) from None
     _print(report)
     if check and report["check"]["missing"]:
-        print(f"error: the endpoint does not serve {', '.join(report['check']['missing'])}", file=sys.stderr)
-        raise typer.Exit(1)
+        fail(f"the endpoint does not serve {', '.join(report['check']['missing'])}", code=1)
 
 
 @app.command()
@@ -91,8 +89,7 @@ def profile(
     try:
         _print(load_profile(name, settings.cache_dir, remeasure=remeasure).to_dict())
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise typer.Exit(2) from None
+        fail(str(exc))
 
 
 @engine_app.command("status")

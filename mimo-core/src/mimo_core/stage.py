@@ -14,10 +14,9 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from .client import LLMClient, Usage
+from .console import EXIT_BAD_INPUT
 from .record import RecordError, TaskRecord, TraceEntry, parse_record, write_record
 from .settings import Settings, load_settings
-
-EXIT_BAD_INPUT = 2
 
 
 @dataclass

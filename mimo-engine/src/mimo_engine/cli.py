@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import typer
 
+from mimo_core.console import fail
 from mimo_core.settings import SettingsError, load_settings
 from mimo_engine.pull import PullError, pull as pull_model
 from mimo_engine.registry import UnknownModelError, get_spec, model_status
+
+PROG = "mimo-engine"
 
 app = typer.Typer(
     help="Run real small GGUF models in numpy and serve them over the OpenAI API "
@@ -72,7 +75,7 @@ def pull(name: str = typer.Argument(..., callback=_known_model, help="Registry m
     try:
         path = pull_model(name, _cache_dir(), progress=True)
     except PullError as exc:
-        _fail(str(exc), code=1)
+        fail(str(exc), code=1, prog=PROG)
     _print_json({"name": name, "path": str(path)})
 
 
@@ -96,18 +99,12 @@ def bench(
     _print_json(result)
 
 
-def _fail(message: str, code: int = 2) -> NoReturn:
-    """One line on stderr, then exit (2: bad input)."""
-    typer.echo(f"mimo-engine: error: {message}", err=True)
-    sys.exit(code)
-
-
 def main() -> None:
     """Entry point: bad input ends with one line on stderr and exit code 2."""
     try:
         code = app(standalone_mode=False)
     except typer.TyperException as exc:  # a usage error: bad option value, unknown command or model
-        _fail(exc.format_message())
+        fail(exc.format_message(), prog=PROG)
     except SettingsError as exc:
-        _fail(str(exc))
+        fail(str(exc), prog=PROG)
     sys.exit(code if isinstance(code, int) else 0)

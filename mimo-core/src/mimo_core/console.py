@@ -1,0 +1,15 @@
+"""What every tool's CLI shares for talking to a person: a one-line error and an exit code that says so."""
+
+from __future__ import annotations
+
+import sys
+from typing import NoReturn
+
+EXIT_BAD_INPUT = 2
+
+
+def fail(message: str, code: int = EXIT_BAD_INPUT, prog: str | None = None) -> NoReturn:
+    """Print `[prog: ]error: message` as one line on stderr and exit with `code` (2: bad input)."""
+    prefix = f"{prog}: " if prog else ""
+    print(f"{prefix}error: {message}", file=sys.stderr)
+    sys.exit(code)  # SystemExit, not typer.Exit: this also runs outside a command, as in a CLI's main()
