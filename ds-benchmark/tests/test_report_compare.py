@@ -44,7 +44,7 @@ def test_report_round_trip(tmp_path):
     data = json.loads(path.read_text())
     results = Results.from_dict(data)
     assert results.to_dict() == data
-    assert results.schema == "mimo.results/1" and results.seed == 4 and len(results.task_ids) == 8
+    assert results.SCHEMA == "mimo.results/1" and results.seed == 4 and len(results.task_ids) == 8
     (config,) = results.configurations
     assert config.name == "full" and config.figures.n == 8 and config.figures.correct == 4
     assert config.figures.wall_s == pytest.approx(9.0)  # first start 1000, last end 1007 + 2
@@ -97,12 +97,12 @@ def test_unknown_results_schema_is_refused(tmp_path):
     other.write_text(json.dumps({"schema": "mimo.results/9"}))
     result = runner.invoke(app, ["compare", str(a), str(other)])
     assert result.exit_code == 2
-    expected = f"error: {other}: unknown results schema 'mimo.results/9' (expected 'mimo.results/1')"
+    expected = f"error: {other}: unknown schema 'mimo.results/9' (expected 'mimo.results/1')"
     assert result.stderr.strip() == expected
     broken = tmp_path / "broken.json"
     broken.write_text(json.dumps({"schema": "mimo.results/1", "suite": {}}))
     result = runner.invoke(app, ["compare", str(a), str(broken)])
-    assert result.exit_code == 2 and "is missing" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert result.exit_code == 2 and ": missing seed" in result.stderr and len(result.stderr.splitlines()) == 1
 
 
 def test_report_refuses_bad_records_and_untimed_runs(tmp_path):

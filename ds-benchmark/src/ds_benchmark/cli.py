@@ -10,12 +10,13 @@ import typer
 from rich.console import Console
 
 from mimo_core.console import fail
+from mimo_core.contract import ContractError
 from mimo_core.record import RecordError, read_records, write_record
 
 from .compare import compare as compare_results
 from .compare import table
 from .report import build_results
-from .results import ResultsError, load_results
+from .results import load_results
 from .score import FORMULAS
 from .suites import DOMAINS, build_suite
 from .verify import score_stream
@@ -92,7 +93,7 @@ def compare(
     """Compare two results files: JSON on stdout, a table on stderr."""
     try:
         comparison = compare_results(load_results(a), load_results(b))
-    except ResultsError as exc:
+    except ContractError as exc:
         fail(str(exc))
     Console(stderr=True).print(table(comparison))
     print(json.dumps(comparison, indent=2))
