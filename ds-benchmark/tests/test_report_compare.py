@@ -109,7 +109,7 @@ def test_report_refuses_bad_records_and_untimed_runs(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"schema": "mimo.task/1", "id": "x", "domain": "math"}\n')
     result = runner.invoke(app, ["report", str(bad)])
-    assert result.exit_code == 2 and result.stderr.strip() == f"error: {bad}: line 1: missing 'task'"
+    assert result.exit_code == 2 and result.stderr.strip() == f"error: {bad}: line 1: missing task"
     untimed = answered_run()
     for r in untimed:
         r.trace.clear()

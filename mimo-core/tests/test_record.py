@@ -3,6 +3,7 @@ import json
 
 import pytest
 
+from mimo_core.contract import ContractError
 from mimo_core.record import RecordError, TaskRecord, TraceEntry, read_records, write_record
 
 BASE = {"schema": "mimo.task/1", "id": "math-0003", "domain": "math", "task": "What is 12 * 8?"}
@@ -16,7 +17,7 @@ def test_round_trip_keeps_every_field_including_unknown_ones():
         config={"disabled": ["spec-reasoner"], "seed": 7},
         reasoning={"answer": "96", "custom": [1, 2]},
         trace=[{"stage": "a", "status": "ok", "started_at": 1.0, "ended_at": 2.5, "wall_s": 1.5, "calls": 1,
-                "prompt_tokens": 10, "completion_tokens": 3}],
+                "prompt_tokens": 10, "completion_tokens": 3, "provenance": {"backend": "embedded", "models": ["m"]}}],
         error=None,
         my_tool={"anything": ["goes", {"nested": True}]},
     )
@@ -37,14 +38,14 @@ def test_defaults_fill_missing_sections():
     "line, reason",
     [
         ("{not json", "not valid JSON"),
-        ('["a list"]', "must be a JSON object"),
+        ('["a list"]', "must be an object"),
         (json.dumps(dict(BASE, schema="mimo.task/9")), "unknown schema"),
-        (json.dumps({k: v for k, v in BASE.items() if k != "id"}), "missing 'id'"),
-        (json.dumps({k: v for k, v in BASE.items() if k != "task"}), "missing 'task'"),
-        (json.dumps({k: v for k, v in BASE.items() if k != "domain"}), "missing 'domain'"),
-        (json.dumps(dict(BASE, domain="poetry")), "domain 'poetry'"),
+        (json.dumps({k: v for k, v in BASE.items() if k != "id"}), "missing id"),
+        (json.dumps({k: v for k, v in BASE.items() if k != "task"}), "missing task"),
+        (json.dumps({k: v for k, v in BASE.items() if k != "domain"}), "missing domain"),
+        (json.dumps(dict(BASE, domain="poetry")), "'poetry' is not one of"),
         (json.dumps(dict(BASE, difficulty="hard")), "difficulty"),
-        (json.dumps(dict(BASE, trace=[{"stage": "x"}])), "trace entry is missing"),
+        (json.dumps(dict(BASE, trace=[{"stage": "x"}])), "trace[0]: missing"),
         (json.dumps(dict(BASE, config={"disabled": "kv"})), "config.disabled"),
     ],
 )
@@ -75,5 +76,21 @@ def test_write_record_is_one_flushed_line():
 
 
 def test_trace_status_is_checked():
-    with pytest.raises(RecordError, match="trace status"):
+    with pytest.raises(ContractError, match="'weird' is not one of"):
         TraceEntry.from_dict({"stage": "s", "status": "weird", "started_at": 0, "ended_at": 1})
+
+
+def test_an_integer_id_passes_through_unchanged():
+    out = TaskRecord.from_dict(dict(BASE, id=17)).to_dict()
+    assert out["id"] == 17 and json.loads(json.dumps(out))["id"] == 17
+
+
+@pytest.mark.parametrize("disabled", [["spec-reasoner", "spec-reasoners"], ["kv"], [3]])
+def test_a_typo_in_config_disabled_is_an_error_not_a_full_run(disabled):
+    with pytest.raises(RecordError, match="config.disabled"):
+        TaskRecord.from_dict(dict(BASE, config={"disabled": disabled}))
+
+
+def test_null_sections_read_as_empty_and_unknown_sections_stay():
+    record = TaskRecord.from_dict(dict(BASE, kv=None, trace=None, tool_x={"a": 1}))
+    assert record.kv == {} and record.trace == [] and record.to_dict()["tool_x"] == {"a": 1}

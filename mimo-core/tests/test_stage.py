@@ -2,10 +2,11 @@ import asyncio
 import io
 import json
 import threading
+import time
 
 from mimo_core.client import Completion, Usage
 from mimo_core.settings import Settings
-from mimo_core.stage import StageContext, run_stage
+from mimo_core.stage import REORDER_FACTOR, StageContext, run_stage
 
 SETTINGS = Settings(concurrency=3)
 
@@ -38,6 +39,9 @@ def test_records_keep_input_order_and_concurrency_is_bounded():
     assert [r["reasoning"]["answer"] for r in out] == [str(i + 1) for i in range(10)]
     assert 1 < peak[0] <= SETTINGS.concurrency
     assert all(r["trace"][-1]["stage"] == "demo" and r["trace"][-1]["status"] == "ok" for r in out)
+    provenance = out[0]["trace"][-1]["provenance"]
+    assert provenance["backend"] == "embedded" and provenance["machine"]["cpus"] >= 1
+    assert "mimo-core" in provenance["versions"] and provenance["models"] == []
 
 
 def test_sync_stage_runs_off_the_event_loop():
@@ -69,8 +73,8 @@ def test_disabled_component_runs_the_baseline_with_status_baseline():
     calls = []
     code, out = _run(
         lambda r, c: calls.append(("full", r.id)),
-        _lines(1) + _lines(1, config={"disabled": ["demo-component"]}).replace('"r0"', '"r9"'),
-        component="demo-component",
+        _lines(1) + _lines(1, config={"disabled": ["spec-reasoner"]}).replace('"r0"', '"r9"'),
+        component="spec-reasoner",
         baseline=lambda r, c: calls.append(("baseline", r.id)),
     )
     assert code == 0
@@ -83,7 +87,7 @@ def test_bad_input_stops_with_exit_2_after_writing_earlier_records(capsys):
     code, out = _run(lambda r, c: None, text)
     assert code == 2
     assert [r["id"] for r in out] == ["r0", "r1"]
-    assert capsys.readouterr().err.strip() == "line 3: missing 'task'"
+    assert capsys.readouterr().err.strip() == "line 3: missing task"
 
 
 def test_unknown_fields_pass_through_and_trace_appends():
@@ -114,3 +118,41 @@ def test_context_counts_calls_and_tokens_into_the_trace():
     entry = record.trace[-1]
     assert (entry.calls, entry.prompt_tokens, entry.completion_tokens) == (2, 80, 4)
     assert entry.ended_at >= entry.started_at
+
+
+def test_one_slow_record_does_not_hold_the_others_back():
+    # One record in four takes 1 s, the rest 0.1 s: with 4 always in flight, 16 records take about
+    # (4 * 1.0 + 12 * 0.1) / 4 = 1.3 s; a window that waits for its oldest record takes 4 s.
+    async def process(record, ctx):
+        await asyncio.sleep(1.0 if int(record.id[1:]) % 4 == 0 else 0.1)
+
+    started = time.monotonic()
+    code, out = _run(process, _lines(16), concurrency=4)
+    elapsed = time.monotonic() - started
+    assert code == 0 and [r["id"] for r in out] == [f"r{i}" for i in range(16)]
+    assert elapsed < 1.5 * 1.3, f"{elapsed:.2f} s for an ideal of 1.3 s"
+
+
+def test_the_reorder_buffer_is_bounded():
+    # The first record never finishes until the others have been read as far as the buffer allows.
+    read = []
+    release = asyncio.Event()
+
+    def source():
+        for i in range(100):
+            read.append(i)
+            yield json.dumps({"id": f"r{i}", "domain": "math", "task": "t"}) + "\n"
+
+    async def process(record, ctx):
+        if record.id == "r0":
+            for _ in range(50):
+                await asyncio.sleep(0.01)
+            release.set()
+            high_water.append(len(read))
+        await release.wait()
+
+    high_water = []
+    out = io.StringIO()
+    code = run_stage("demo", process, source=source(), sink=out, settings=SETTINGS, concurrency=2)
+    assert code == 0 and len(out.getvalue().splitlines()) == 100
+    assert high_water[0] <= 2 * REORDER_FACTOR + 1

@@ -45,11 +45,11 @@ class Contract:
     @classmethod
     def from_dict(cls: type[C], data: Any, where: str | None = None) -> C:
         """The object from its dict, validated; ContractError names the first thing wrong."""
-        where = where or cls.__name__
+        where = cls.__name__ if where is None else where
         if not isinstance(data, dict):
-            raise ContractError(f"{where}: must be an object, not {_kind(data)}")
+            raise ContractError(_say(where, f"must be an object, not {_kind(data)}"))
         if cls.SCHEMA and data.get("schema") != cls.SCHEMA:
-            raise ContractError(f"{where}: unknown schema {data.get('schema')!r} (expected {cls.SCHEMA!r})")
+            raise ContractError(_say(where, f"unknown schema {data.get('schema')!r} (expected {cls.SCHEMA!r})"))
         hints = _hints(cls)
         fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         keep = cls.EXTRA == "keep"
@@ -59,21 +59,21 @@ class Contract:
             if key == "schema" and cls.SCHEMA:
                 continue
             if key in fields and not (keep and key == "extra"):
-                values[key] = convert(hints[key], value, f"{where}.{key}")
+                values[key] = convert(hints[key], value, _at(where, key))
             elif keep:
                 extra[key] = value
             else:
-                raise ContractError(f"{where}: unknown field {key!r}")
+                raise ContractError(_say(where, f"unknown field {key!r}"))
         missing = [name for name, f in fields.items() if name not in values and not (keep and name == "extra")
                    and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
         if missing:
-            raise ContractError(f"{where}: missing {', '.join(missing)}")
+            raise ContractError(_say(where, f"missing {', '.join(missing)}"))
         if keep:
             values["extra"] = extra
         try:
             return cls(**values)
         except (TypeError, ValueError) as exc:  # a __post_init__ check
-            raise ContractError(f"{where}: {exc}") from None
+            raise ContractError(_say(where, str(exc))) from None
 
     @classmethod
     def from_json(cls: type[C], text: str, where: str | None = None) -> C:
@@ -97,6 +97,14 @@ class Contract:
 @functools.cache
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
+
+
+def _at(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _say(where: str, message: str) -> str:
+    return f"{where}: {message}" if where else message
 
 
 def _plain(value: Any) -> Any:
@@ -131,28 +139,28 @@ def convert(tp: Any, value: Any, where: str) -> Any:
                 return convert(arm, value, where)
             except ContractError as exc:
                 errors.append(exc)
-        raise errors[0] if len(errors) == 1 else ContractError(f"{where}: {_kind(value)} fits none of {tp}")
+        raise errors[0] if len(errors) == 1 else ContractError(_say(where, f"{_kind(value)} fits none of {tp}"))
     if origin is Literal:
         if value in args and type(value) in {type(a) for a in args}:
             return value
-        raise ContractError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
+        raise ContractError(_say(where, f"{value!r} is not one of {', '.join(map(repr, args))}"))
     if isinstance(tp, type) and issubclass(tp, Contract):
         return tp.from_dict(value, where)
     if origin in (list, tuple) or tp in (list, tuple):
         if not isinstance(value, list):
-            raise ContractError(f"{where}: must be a list, not {_kind(value)}")
+            raise ContractError(_say(where, f"must be a list, not {_kind(value)}"))
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
-                raise ContractError(f"{where}: must have {len(args)} items, not {len(value)}")
+                raise ContractError(_say(where, f"must have {len(args)} items, not {len(value)}"))
             return tuple(convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
         item = args[0] if args else Any
         items = [convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
-            raise ContractError(f"{where}: must be an object, not {_kind(value)}")
+            raise ContractError(_say(where, f"must be an object, not {_kind(value)}"))
         item = args[1] if args else Any
-        return {k: convert(item, v, f"{where}.{k}") for k, v in value.items()}
+        return {k: convert(item, v, _at(where, k)) for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -170,4 +178,4 @@ def convert(tp: Any, value: Any, where: str) -> Any:
             return None
     else:
         raise TypeError(f"contract annotation {tp!r} at {where} is not supported")
-    raise ContractError(f"{where}: must be {_SCALARS[tp]}, not {_kind(value)}")
+    raise ContractError(_say(where, f"must be {_SCALARS[tp]}, not {_kind(value)}"))

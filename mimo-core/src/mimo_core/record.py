@@ -3,74 +3,53 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
-from typing import IO, Any, Iterable, Iterator
+from typing import IO, Any, Iterable, Iterator, Literal
+
+from .contract import Contract, ContractError
 
 SCHEMA = "mimo.task/1"
 DOMAINS = ("math", "coding", "triage", "general")
 SECTIONS = ("precision", "kv", "reasoning", "consensus", "verdict")
-TRACE_STATUSES = ("ok", "baseline", "error")
+# The components an ablation can switch off (`config.disabled`); each is a pipeline stage and its folder.
+COMPONENTS = ("precision-router", "tiered-kv-cache", "spec-reasoner", "multi-agent-orchestrator")
+TraceStatus = Literal["ok", "baseline", "error"]
 
 
-class RecordError(ValueError):
+class RecordError(ContractError):
     """Input that is not a valid record; the reader's message is `line N: reason`."""
 
 
 @dataclass
-class TraceEntry:
-    """One stage's pass over one record: when, how long, how many model calls and tokens."""
+class TraceEntry(Contract):
+    """One stage's pass over one record: when, how long, how many model calls and tokens, and where it ran.
+
+    `provenance` says where the work happened (backend, endpoint, models, versions, machine), so that a report
+    made later, elsewhere, describes the run and not the machine that writes the report."""
 
     stage: str
-    status: str
+    status: TraceStatus
     started_at: float
     ended_at: float
     wall_s: float
     calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "stage": self.stage,
-            "status": self.status,
-            "started_at": self.started_at,
-            "ended_at": self.ended_at,
-            "wall_s": self.wall_s,
-            "calls": self.calls,
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Any) -> "TraceEntry":
-        if not isinstance(data, dict):
-            raise RecordError("a trace entry must be an object")
-        try:
-            entry = cls(
-                stage=str(data["stage"]),
-                status=str(data["status"]),
-                started_at=float(data["started_at"]),
-                ended_at=float(data["ended_at"]),
-                wall_s=float(data.get("wall_s", float(data["ended_at"]) - float(data["started_at"]))),
-                calls=int(data.get("calls", 0)),
-                prompt_tokens=int(data.get("prompt_tokens", 0)),
-                completion_tokens=int(data.get("completion_tokens", 0)),
-            )
-        except KeyError as exc:
-            raise RecordError(f"trace entry is missing {exc.args[0]!r}") from None
-        except (TypeError, ValueError) as exc:
-            raise RecordError(f"trace entry has a bad value: {exc}") from None
-        if entry.status not in TRACE_STATUSES:
-            raise RecordError(f"trace status {entry.status!r} is not one of {', '.join(TRACE_STATUSES)}")
-        return entry
+    provenance: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
-class TaskRecord:
-    """A task travelling down the pipe; each stage fills its own section and passes the rest through."""
+class TaskRecord(Contract):
+    """A task travelling down the pipe; each stage fills its own section and passes the rest through.
 
-    id: str
-    domain: str
+    Fields no stage owns are kept in `extra` and written back untouched; an integer id stays an integer."""
+
+    SCHEMA = SCHEMA
+    EXTRA = "keep"
+
+    id: str | int
+    domain: Literal["math", "coding", "triage", "general"]
     task: str
     difficulty: float = 1.0
     reference: dict[str, Any] | None = None
@@ -82,77 +61,46 @@ class TaskRecord:
     verdict: dict[str, Any] = field(default_factory=dict)
     trace: list[TraceEntry] = field(default_factory=list)
     error: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)  # fields no stage owns, passed through untouched
-    schema: str = SCHEMA
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.id == "":
+            raise ValueError("'id' must not be empty")
+        if not math.isfinite(self.difficulty) or self.difficulty < 0:
+            raise ValueError("'difficulty' must be a finite number >= 0")
+        disabled = self.config.get("disabled", [])
+        if not isinstance(disabled, list) or not all(isinstance(name, str) for name in disabled):
+            raise ValueError("'config.disabled' must be a list of component names")
+        unknown = [name for name in disabled if name not in COMPONENTS]
+        if unknown:
+            raise ValueError(f"config.disabled names no component {', '.join(map(repr, unknown))} "
+                             f"(components: {', '.join(COMPONENTS)})")
 
     @property
     def disabled(self) -> list[str]:
         """The components switched off for this record (the ablation)."""
-        return list(self.config.get("disabled") or [])
+        return list(self.config.get("disabled", []))
 
     @property
     def answer(self) -> str | None:
         """The record's final answer: `consensus.answer`."""
         return self.consensus.get("answer")
 
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "schema": self.schema,
-            "id": self.id,
-            "domain": self.domain,
-            "task": self.task,
-            "difficulty": self.difficulty,
-            "reference": self.reference,
-            "config": self.config,
-        }
-        out.update({name: getattr(self, name) for name in SECTIONS})
-        out["trace"] = [entry.to_dict() for entry in self.trace]
-        out["error"] = self.error
-        out.update(self.extra)
-        return out
-
     @classmethod
-    def from_dict(cls, data: Any) -> "TaskRecord":
-        if not isinstance(data, dict):
-            raise RecordError("a record must be a JSON object")
-        schema = data.get("schema", SCHEMA)
-        if schema != SCHEMA:
-            raise RecordError(f"unknown schema {schema!r} (expected {SCHEMA!r})")
-        for key in ("id", "task", "domain"):
-            if key not in data:
-                raise RecordError(f"missing {key!r}")
-        if not isinstance(data["id"], (str, int)) or data["id"] == "":
-            raise RecordError("'id' must be a non-empty string")
-        if not isinstance(data["task"], str):
-            raise RecordError("'task' must be a string")
-        if data["domain"] not in DOMAINS:
-            raise RecordError(f"domain {data['domain']!r} is not one of {', '.join(DOMAINS)}")
+    def from_dict(cls, data: Any, where: str | None = None) -> "TaskRecord":
+        """A record from its dict; `schema` may be left out (a record written by hand), any other is refused."""
+        if isinstance(data, dict) and "schema" not in data:
+            data = {"schema": SCHEMA, **data}
+        if isinstance(data, dict) and data.get("schema") == SCHEMA:
+            for key in ("precision", "kv", "reasoning", "consensus", "verdict", "config", "trace"):
+                if data.get(key) is None and key in data:  # null sections are empty ones
+                    data = {**data, key: [] if key == "trace" else {}}
         try:
-            difficulty = float(data.get("difficulty", 1.0))
-        except (TypeError, ValueError):
-            raise RecordError("'difficulty' must be a number") from None
-        for name in ("config", *SECTIONS):
-            if not isinstance(data.get(name) or {}, dict):
-                raise RecordError(f"{name!r} must be an object")
-        if data.get("reference") is not None and not isinstance(data["reference"], dict):
-            raise RecordError("'reference' must be an object")
-        if not isinstance(data.get("trace") or [], list):
-            raise RecordError("'trace' must be a list")
-        if not isinstance(data.get("config", {}).get("disabled") or [], list):
-            raise RecordError("'config.disabled' must be a list of component names")
-        known = {"schema", "id", "domain", "task", "difficulty", "reference", "config", "trace", "error", *SECTIONS}
-        return cls(
-            id=str(data["id"]),
-            domain=data["domain"],
-            task=data["task"],
-            difficulty=difficulty,
-            reference=data.get("reference"),
-            config=dict(data.get("config") or {}),
-            trace=[TraceEntry.from_dict(entry) for entry in data.get("trace") or []],
-            error=data.get("error"),
-            extra={k: v for k, v in data.items() if k not in known},
-            **{name: dict(data.get(name) or {}) for name in SECTIONS},
-        )
+            return super().from_dict(data, where or "")
+        except RecordError:
+            raise
+        except ContractError as exc:
+            raise RecordError(str(exc)) from None
 
 
 def parse_record(line: str, line_no: int) -> TaskRecord:
@@ -161,6 +109,8 @@ def parse_record(line: str, line_no: int) -> TaskRecord:
         data = json.loads(line)
     except json.JSONDecodeError as exc:
         raise RecordError(f"line {line_no}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        raise RecordError(f"line {line_no}: JSON nested too deeply") from None
     try:
         return TaskRecord.from_dict(data)
     except RecordError as exc:

@@ -6,17 +6,19 @@ import asyncio
 import inspect
 import sys
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import IO, Any, Awaitable, Callable, Iterable
 
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from .client import LLMClient, Usage
+from .client import Completion, LLMClient, Usage
 from .console import EXIT_BAD_INPUT
+from .provenance import provenance
 from .record import RecordError, TaskRecord, TraceEntry, parse_record, write_record
 from .settings import Settings, load_settings
+
+REORDER_FACTOR = 4
 
 
 @dataclass
@@ -26,6 +28,7 @@ class StageContext:
     settings: Settings
     _client_factory: Callable[[], LLMClient] = field(repr=False)
     usage: Usage = field(default_factory=Usage)
+    models: set[str] = field(default_factory=set)  # the models that answered this record's calls
 
     @property
     def client(self) -> LLMClient:
@@ -34,14 +37,15 @@ class StageContext:
 
     async def chat(self, messages: list[dict[str, Any]], **kwargs: Any):
         """A chat completion whose calls and tokens count towards this record's trace entry."""
-        result = await self.client.chat(messages, **kwargs)
-        self.usage.add(result.usage)
-        return result
+        return self._count(await self.client.chat(messages, **kwargs))
 
     async def complete(self, prompt: str, **kwargs: Any):
         """A text completion (e.g. echo with logprobs, to score text), counted like `chat`."""
-        result = await self.client.complete(prompt, **kwargs)
+        return self._count(await self.client.complete(prompt, **kwargs))
+
+    def _count(self, result: Completion) -> Completion:
         self.usage.add(result.usage)
+        self.models.add(result.model)
         return result
 
 
@@ -89,6 +93,7 @@ async def process_record(
             calls=ctx.usage.calls,
             prompt_tokens=ctx.usage.prompt_tokens,
             completion_tokens=ctx.usage.completion_tokens,
+            provenance=provenance(stage, ctx.settings, ctx.models),
         )
     )
     return record
@@ -117,23 +122,40 @@ async def run_stage_async(
             client.append(LLMClient(settings))
         return client[0]
 
-    in_flight: deque[asyncio.Task[TaskRecord]] = deque()
+    # `limit` records are processed at once whatever order they finish in; output keeps input order through a
+    # reorder buffer. The buffer is bounded (REORDER_FACTOR x limit records read but not yet written) so that one
+    # record that never ends cannot make the stage read its whole input into memory.
+    slots = asyncio.Semaphore(limit)
+    room = asyncio.Semaphore(limit * REORDER_FACTOR)
+    in_order: asyncio.Queue[asyncio.Task[TaskRecord] | None] = asyncio.Queue()
     progress = _progress(stage)
     counter = progress.add_task(stage, total=None, errors=0)
-    errors = 0
 
-    async def flush(keep: int) -> None:
-        # Output keeps input order: a window of `limit` records is processed while the oldest is awaited.
-        nonlocal errors
-        while len(in_flight) > keep:
-            record = await in_flight.popleft()
-            write_record(record, sink)
-            errors += record.trace[-1].status == "error"
-            progress.update(counter, advance=1, errors=errors)
+    async def process_in_slot(record: TaskRecord) -> TaskRecord:
+        try:
+            ctx = StageContext(settings, client_factory)
+            return await process_record(stage, record, process, ctx, component=component, baseline=baseline)
+        finally:
+            slots.release()
+
+    async def write_in_order() -> None:
+        errors = 0
+        try:
+            while (task := await in_order.get()) is not None:
+                record = await task
+                write_record(record, sink)
+                room.release()
+                errors += record.trace[-1].status == "error"
+                progress.update(counter, advance=1, errors=errors)
+        except BaseException:
+            room.release()  # the sink is gone (a closed pipe): wake the reader so that it stops too
+            raise
 
     lines = iter(source)
     line_no = 0
+    bad_input: str | None = None
     progress.start()
+    writer = asyncio.create_task(write_in_order())
     try:
         while (line := await asyncio.to_thread(next, lines, None)) is not None:
             line_no += 1
@@ -142,18 +164,23 @@ async def run_stage_async(
             try:
                 record = parse_record(line, line_no)
             except RecordError as exc:
-                await flush(0)
-                print(str(exc), file=sys.stderr)
-                return EXIT_BAD_INPUT
-            ctx = StageContext(settings, client_factory)
-            task = process_record(stage, record, process, ctx, component=component, baseline=baseline)
-            in_flight.append(asyncio.ensure_future(task))
-            await flush(limit - 1)
-        await flush(0)
+                bad_input = str(exc)
+                break
+            await room.acquire()
+            if writer.done():
+                break
+            await slots.acquire()
+            in_order.put_nowait(asyncio.create_task(process_in_slot(record)))
+        in_order.put_nowait(None)
+        await writer  # every record read before a bad line is written before the tool says so and stops
     finally:
+        writer.cancel()
         progress.stop()
         if client:
             await client[0].close()
+    if bad_input is not None:
+        print(bad_input, file=sys.stderr)
+        return EXIT_BAD_INPUT
     return 0
 
 
