@@ -95,6 +95,7 @@ class LLMClient:
         self.settings = settings
         self._engine_starter = engine_starter
         self._client: openai.AsyncOpenAI | None = None
+        self._client_lock = asyncio.Lock()
         self._semaphore = asyncio.Semaphore(settings.concurrency)
 
     def _base_url(self) -> str:
@@ -106,18 +107,21 @@ class LLMClient:
             self._engine_starter = ensure_engine
         return self._engine_starter(self.settings)
 
-    async def _openai(self, restart: bool = False) -> openai.AsyncOpenAI:
-        if self._client is None or restart:
-            if self._client is not None:
-                await self._client.close()
-            base_url = await asyncio.to_thread(self._base_url)
-            self._client = openai.AsyncOpenAI(
-                base_url=base_url,
-                api_key=self.settings.api_key or EMBEDDED_API_KEY,
-                timeout=self.settings.timeout_s,
-                max_retries=self.settings.max_retries,
-            )
-        return self._client
+    async def _openai(self, stale: openai.AsyncOpenAI | None = None) -> openai.AsyncOpenAI:
+        """The shared openai client. `stale` is one that could not connect: the first caller to report it replaces
+        it (finding or restarting the engine), and callers that failed on it too reuse that replacement."""
+        async with self._client_lock:
+            if self._client is None or self._client is stale:
+                base_url = await asyncio.to_thread(self._base_url)
+                old, self._client = self._client, openai.AsyncOpenAI(
+                    base_url=base_url,
+                    api_key=self.settings.api_key or EMBEDDED_API_KEY,
+                    timeout=self.settings.timeout_s,
+                    max_retries=self.settings.max_retries,
+                )
+                if old is not None:
+                    await old.close()
+            return self._client
 
     def _extra_body(self, mimo: dict[str, Any] | None) -> dict[str, Any] | None:
         return {"mimo": mimo} if mimo is not None and self.settings.send_extensions else None
@@ -132,7 +136,7 @@ class LLMClient:
                 if not self.settings.embedded:
                     raise
                 # The shared engine may have exited (idle timeout, crash): find or start it once more.
-                client = await self._openai(restart=True)
+                client = await self._openai(stale=client)
                 started = time.perf_counter()
                 response = await make_call(client)
             return response, time.perf_counter() - started
