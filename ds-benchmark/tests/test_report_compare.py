@@ -126,3 +126,35 @@ def test_suite_command(tmp_path):
     assert result.exit_code == 2 and "poetry" in result.stderr
     result = runner.invoke(app, ["suite", "--n", "3", "--dataset", "squad:x"])
     assert result.exit_code == 2 and "gsm8k:PATH" in result.stderr
+
+
+def test_report_only_reads_unscored_and_unchecked_records_are_errors(tmp_path, monkeypatch):
+    records = answered_run()
+    unscored, unchecked = records[0], records[1]
+    unscored.verdict = {}
+    unscored.consensus["answer"] = "```python\nimport os\nos.system('touch /tmp/report-ran-code')\n```"
+    unchecked.verdict = {**unchecked.verdict, "correct": None, "detail": "not run: no sandbox works here"}
+    monkeypatch.setenv("MIMO_BASE_URL", "http://elsewhere.example/v1")  # the report's own settings must not matter
+    data = json.loads(report(tmp_path, "a", records).read_text())
+    (config,) = data["configurations"]
+    by_id = {o["id"]: o for o in config["outcomes"]}
+    assert by_id[unscored.id]["correct"] is None and by_id[unscored.id]["error"].startswith("not scored")
+    assert by_id[unchecked.id]["correct"] is None and by_id[unchecked.id]["score"] == 0.0
+    figures = config["figures"]
+    assert figures["not_run"] == 2 and figures["errors"] == 2
+    assert figures["correct"] + figures["wrong"] + figures["not_run"] == figures["n"] == len(records)
+    assert data["environment"]["backend"] == "unknown"  # these traces carry no provenance; the env is not asked
+
+
+def test_provenance_comes_from_the_trace_and_the_cli_says_a_summary(tmp_path):
+    records = answered_run()
+    for r in records:
+        r.trace[-1].provenance = {"backend": "remote", "endpoint": "https://api.example", "models": ["big"],
+                                  "versions": {"mimo-core": "0.1.0"}, "machine": {"host": "node-7", "cpus": 64}}
+    jsonl = write(tmp_path / "p.jsonl", records)
+    result = runner.invoke(app, ["report", str(jsonl), "--out", str(tmp_path / "p.json")])
+    env = json.loads((tmp_path / "p.json").read_text())["environment"]
+    assert env["backend"] == "remote" and env["endpoints"] == ["https://api.example"] and "big" in env["models"]
+    assert env["machines"] == [{"cpus": 64, "host": "node-7"}] and env["versions"] == {"mimo-core": ["0.1.0"]}
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("report: full: 8 records, ") and " correct, " in line and "D/s" in line

@@ -15,7 +15,7 @@ from mimo_core.record import RecordError, read_records, write_record
 
 from .compare import compare as compare_results
 from .compare import table
-from .report import build_results
+from .report import build_results, summary_lines
 from .results import load_results
 from .score import FORMULAS
 from .suites import DOMAINS, build_suite
@@ -70,7 +70,7 @@ def report(
     wall_s: float | None = typer.Option(None, "--wall-s", min=0.000001, help="Wall time instead of the trace's."),
     formula: str = FormulaOption,
 ) -> None:
-    """Write the mimo.results/1 JSON of a scored run."""
+    """Write the mimo.results/1 JSON of a scored run (it only reads: unscored records are reported as errors)."""
     if formula not in FORMULAS:
         fail(f"--formula {formula!r}: one of {', '.join(FORMULAS)}")
     try:
@@ -83,6 +83,8 @@ def report(
         out.write_text(text + "\n", encoding="utf-8")
     else:
         print(text)
+    for line in summary_lines(results):
+        print(f"report: {line}" + (f" -> {out}" if out else ""), file=sys.stderr)
 
 
 @app.command()

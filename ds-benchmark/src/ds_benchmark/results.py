@@ -18,7 +18,7 @@ class Outcome(Contract):
     id: str
     domain: str
     difficulty: float
-    correct: bool
+    correct: bool | None  # None: the answer could not be checked (no sandbox, never scored); see `error`
     confidence: float | None
     score: float  # s_i under the results' formula
     overconfident_wrong: bool
@@ -35,6 +35,8 @@ class Figures(Contract):
 
     n: int
     correct: int
+    wrong: int  # verdicts of wrong; records that could not be checked are `not_run` and errors, never wrong
+    not_run: int
     accuracy: float | None
     accuracy_ci95: list[float] | None
     weighted_accuracy: float | None

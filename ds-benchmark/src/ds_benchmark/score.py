@@ -57,20 +57,22 @@ def percentiles(values: Iterable[float | None]) -> dict[str, float | None]:
 def figures(outcomes: list[Outcome], wall_s: float, seed: int = 0) -> Figures:
     """D/s = sum(difficulty_i * s_i) / wall_s, with accuracy, tokens, latency and 95% bootstrap intervals."""
     # columns: difficulty, s_i, correct
-    table = np.array([[o.difficulty, o.score, float(o.correct)] for o in outcomes], dtype=float).reshape(-1, 3)
+    table = np.array([[o.difficulty, o.score, float(o.correct is True)] for o in outcomes], dtype=float).reshape(-1, 3)
     difficulty, score, correct = table.T
     completion = sum(o.completion_tokens for o in outcomes)
     n, weight = len(outcomes), difficulty.sum()
     return Figures(
         n=n,
         correct=int(correct.sum()),
+        wrong=sum(o.correct is False for o in outcomes),
+        not_run=sum(o.correct is None for o in outcomes),
         accuracy=round(float(correct.mean()), 6) if n else None,
         accuracy_ci95=bootstrap_ci(table, lambda t: t[..., 2].mean(axis=-1), seed),
         weighted_accuracy=round(float((difficulty * correct).sum() / weight), 6) if weight > 0 else None,
         ds=round(float((difficulty * score).sum() / wall_s), 6),
         ds_ci95=bootstrap_ci(table, lambda t: (t[..., 0] * t[..., 1]).sum(axis=-1) / wall_s, seed),
         overconfident_wrong=sum(o.overconfident_wrong for o in outcomes),
-        errors=sum(o.error is not None for o in outcomes),
+        errors=sum(o.error is not None for o in outcomes),  # not-run records carry their reason as an error
         prompt_tokens=sum(o.prompt_tokens for o in outcomes),
         completion_tokens=completion,
         tokens_per_s=round(completion / wall_s, 6),
