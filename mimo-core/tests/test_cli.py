@@ -1,8 +1,11 @@
 import json
 
+import pytest
 from typer.testing import CliRunner
 
+from mimo_core import daemon
 from mimo_core.cli import app
+from mimo_core.settings import load_settings
 
 runner = CliRunner()
 
@@ -37,3 +40,29 @@ def test_profiles_and_an_unknown_profile():
     assert json.loads(runner.invoke(app, ["profile", "h200"]).output)["hbm_bytes"] == 141e9
     result = runner.invoke(app, ["profile", "abacus"])
     assert result.exit_code == 2 and "unknown hardware profile" in result.output
+
+
+def test_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.startswith("mimo-core ")
+
+
+@pytest.mark.model
+def test_check_says_when_it_starts_the_background_engine(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    real_models = load_settings().cache_dir / "models"
+    real_models.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "models").symlink_to(real_models)
+    env = {"MIMO_CACHE_DIR": str(tmp_path), "MIMO_MODEL": "smollm2-135m", "MIMO_DRAFT_MODEL": "smollm2-135m",
+           "MIMO_ENGINE_IDLE_TIMEOUT_S": "60"}
+    try:
+        first = runner.invoke(app, ["config", "--check"], env=env)
+        second = runner.invoke(app, ["config", "--check"], env=env)
+    finally:
+        daemon.stop_engine(load_settings(env=env, dotenv_path=None))
+    assert first.exit_code == 0, first.output
+    engine = json.loads(first.stdout)["check"]["engine"]
+    assert engine["started"] is True and engine["idle_timeout_s"] == 60
+    assert f"started the embedded engine in the background (pid {engine['pid']}" in first.stderr
+    assert json.loads(second.stdout)["check"]["engine"] == dict(engine, started=False)
+    assert "started" not in second.stderr

@@ -12,7 +12,7 @@ import typer
 
 from . import daemon
 from .client import LLMClient
-from .console import fail
+from .console import add_version_option, fail
 from .profiles import load_profile, shipped_profiles
 from .settings import Settings, SettingsError, load_settings
 
@@ -23,6 +23,7 @@ app = typer.Typer(
 )
 engine_app = typer.Typer(help="The shared embedded engine that serves every tool when MIMO_BASE_URL is unset.")
 app.add_typer(engine_app, name="engine")
+add_version_option(app, "mimo-core")
 
 ConfigOption = typer.Option(None, "--config", help="YAML file of settings (lowest precedence after defaults).")
 
@@ -48,6 +49,25 @@ async def _check(settings: Settings) -> dict[str, Any]:
     return {"reachable": True, "models": served, "missing": sorted(wanted - set(served))}
 
 
+def _running_engine(settings: Settings) -> daemon.EngineState | None:
+    state = daemon.read_state(settings)
+    return state if state is not None and daemon.is_healthy(state) else None
+
+
+def _say_engine_started(settings: Settings, before: daemon.EngineState | None) -> dict[str, Any] | None:
+    """The engine --check found or started; a line on stderr when it started one, since it keeps running."""
+    state = _running_engine(settings)
+    if state is None:
+        return None
+    started = before is None or before.pid != state.pid
+    if started:
+        print(f"mimo-core: started the embedded engine in the background (pid {state.pid}, {state.base_url}); "
+              f"it exits after {settings.engine_idle_timeout_s:g} s idle, or now with `mimo-core engine stop`",
+              file=sys.stderr)
+    return {"pid": state.pid, "base_url": state.base_url, "started": started,
+            "idle_timeout_s": settings.engine_idle_timeout_s}
+
+
 @app.command()
 def config(
     check: bool = typer.Option(False, "--check", help="Also reach the backend (starting the embedded engine)."),
@@ -61,8 +81,11 @@ def config(
     except SettingsError as exc:
         fail(str(exc))
     if check:
+        before = _running_engine(settings) if settings.embedded else None
         try:
             report["check"] = asyncio.run(_check(settings))
+            if settings.embedded:
+                report["check"]["engine"] = _say_engine_started(settings, before)
         except Exception as exc:  # noqa: BLE001 - any failure to reach the backend is the answer to --check
             report["check"] = {"reachable": False, "error": f"{type(exc).__name__}: {exc}"}
             _print(report)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import sys
+from importlib import metadata
 from typing import NoReturn
+
+import typer
 
 EXIT_BAD_INPUT = 2
 
@@ -13,3 +16,19 @@ def fail(message: str, code: int = EXIT_BAD_INPUT, prog: str | None = None) -> N
     prefix = f"{prog}: " if prog else ""
     print(f"{prefix}error: {message}", file=sys.stderr)
     sys.exit(code)  # SystemExit, not typer.Exit: this also runs outside a command, as in a CLI's main()
+
+
+def add_version_option(app: typer.Typer, distribution: str) -> None:
+    """Give a typer app `--version`, printing `distribution VERSION` from the installed package's metadata."""
+
+    def show_version(value: bool) -> None:
+        if value:
+            print(f"{distribution} {metadata.version(distribution)}")
+            raise typer.Exit()
+
+    @app.callback()
+    def _options(
+        version: bool = typer.Option(False, "--version", callback=show_version, is_eager=True,
+                                     help="Show the version and exit."),
+    ) -> None:
+        pass
