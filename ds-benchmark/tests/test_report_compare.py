@@ -6,6 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ds_benchmark.cli import app
+from ds_benchmark.compare import Comparison
 from ds_benchmark.results import Results
 from ds_benchmark.suites import build_suite
 from ds_benchmark.verify import score_record
@@ -74,7 +75,8 @@ def test_compare_pairs_tasks_and_reports_deltas(tmp_path):
     result = runner.invoke(app, ["compare", str(a), str(b)])
     assert result.exit_code == 0, result.output
     comparison = json.loads(result.stdout)
-    assert comparison["comparable"] is True
+    assert comparison["comparable"] is True and comparison["schema"] == "mimo.comparison/1"
+    assert Comparison.from_dict(comparison).to_dict() == comparison  # the output reads back through its contract
     (c,) = comparison["configurations"]
     assert c["paired_tasks"] == 8 and c["delta"]["accuracy"] == pytest.approx(3 / 8)
     low, high = c["delta_ci95"]["ds"]

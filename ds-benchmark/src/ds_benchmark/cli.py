@@ -98,7 +98,7 @@ def compare(
     except ContractError as exc:
         fail(str(exc))
     Console(stderr=True).print(table(comparison))
-    print(json.dumps(comparison, indent=2))
+    print(json.dumps(comparison.to_dict(), indent=2))
 
 
 def main() -> None:

@@ -2,15 +2,44 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from rich.table import Table
 
+from mimo_core.contract import Contract
+
 from .results import Configuration, Results
 from .score import bootstrap_ci
 
 DELTAS = ("ds", "accuracy", "weighted_accuracy", "overconfident_wrong", "errors", "tokens_per_s", "wall_s")
+
+
+@dataclass
+class ConfigurationDelta(Contract):
+    """One configuration of run A against its namesake in run B: both figures, B - A, paired 95% intervals."""
+
+    a: str
+    b: str
+    paired_tasks: int
+    only_in_a: int
+    only_in_b: int
+    a_figures: dict[str, float | None]
+    b_figures: dict[str, float | None]
+    delta: dict[str, float | None]
+    delta_ci95: dict[str, list[float] | None]
+
+
+@dataclass
+class Comparison(Contract):
+    """`compare A B`: whether the runs can be compared fairly (and why not), and each shared configuration's delta."""
+
+    SCHEMA = "mimo.comparison/1"
+
+    comparable: bool
+    reasons: list[str]
+    configurations: list[ConfigurationDelta]
 
 
 def comparability(a: Results, b: Results) -> list[str]:
@@ -36,7 +65,7 @@ def _pairs(a: Results, b: Results) -> list[tuple[Configuration, Configuration]]:
     return pairs
 
 
-def compare_configurations(a: Configuration, b: Configuration, seed: int = 0) -> dict[str, Any]:
+def compare_configurations(a: Configuration, b: Configuration, seed: int = 0) -> ConfigurationDelta:
     """B minus A for each figure, and paired bootstrap intervals for the D/s and accuracy deltas over shared tasks."""
     a_by_id = {o.id: o for o in a.outcomes}
     shared = [(a_by_id[o.id], o) for o in b.outcomes if o.id in a_by_id]
@@ -46,42 +75,39 @@ def compare_configurations(a: Configuration, b: Configuration, seed: int = 0) ->
                      dtype=float).reshape(-1, 4)
     wall_a, wall_b = a.figures.wall_s, b.figures.wall_s
     fa, fb = a.figures.to_dict(), b.figures.to_dict()
-    return {
-        "a": a.name,
-        "b": b.name,
-        "paired_tasks": len(shared),
-        "only_in_a": len(a_by_id) - len(shared),
-        "only_in_b": len(b.outcomes) - len(shared),
-        "a_figures": {k: fa[k] for k in DELTAS},
-        "b_figures": {k: fb[k] for k in DELTAS},
-        "delta": {k: None if fa[k] is None or fb[k] is None else round(fb[k] - fa[k], 6) for k in DELTAS},
-        "delta_ci95": {
+    return ConfigurationDelta(
+        a=a.name,
+        b=b.name,
+        paired_tasks=len(shared),
+        only_in_a=len(a_by_id) - len(shared),
+        only_in_b=len(b.outcomes) - len(shared),
+        a_figures={k: fa[k] for k in DELTAS},
+        b_figures={k: fb[k] for k in DELTAS},
+        delta={k: None if fa[k] is None or fb[k] is None else round(fb[k] - fa[k], 6) for k in DELTAS},
+        delta_ci95={
             "ds": bootstrap_ci(table, lambda t: t[..., 1].sum(-1) / wall_b - t[..., 0].sum(-1) / wall_a, seed),
             "accuracy": bootstrap_ci(table, lambda t: t[..., 3].mean(-1) - t[..., 2].mean(-1), seed),
         },
-    }
+    )
 
 
-def compare(a: Results, b: Results) -> dict[str, Any]:
+def compare(a: Results, b: Results) -> Comparison:
     """The comparison of two runs: whether they are comparable, and B - A for each configuration they share."""
     reasons = comparability(a, b)
     seed = a.seed if isinstance(a.seed, int) else 0
-    return {
-        "comparable": not reasons,
-        "reasons": reasons,
-        "configurations": [compare_configurations(x, y, seed) for x, y in _pairs(a, b)],
-    }
+    return Comparison(comparable=not reasons, reasons=reasons,
+                      configurations=[compare_configurations(x, y, seed) for x, y in _pairs(a, b)])
 
 
-def table(comparison: dict[str, Any]) -> Table:
+def table(comparison: Comparison) -> Table:
     """The comparison as a rich table for the terminal."""
-    title = "comparable" if comparison["comparable"] else "NOT comparable: " + "; ".join(comparison["reasons"])
+    title = "comparable" if comparison.comparable else "NOT comparable: " + "; ".join(comparison.reasons)
     out = Table("configuration", "figure", "A", "B", "B - A", "95% CI", title=title)
-    for c in comparison["configurations"]:
+    for c in comparison.configurations:
         for key in DELTAS:
-            ci = c["delta_ci95"].get(key)
-            out.add_row(f"{c['a']} / {c['b']}", key, _fmt(c["a_figures"][key]), _fmt(c["b_figures"][key]),
-                        _fmt(c["delta"][key]), f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "")
+            ci = c.delta_ci95.get(key)
+            out.add_row(f"{c.a} / {c.b}", key, _fmt(c.a_figures[key]), _fmt(c.b_figures[key]), _fmt(c.delta[key]),
+                        f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "")
     return out
 
 
