@@ -1,4 +1,4 @@
-"""D/s on a hand-computed example, under DESIGN.md's formula and the seed's snippet."""
+"""D/s on a hand-computed example, under the design formula and the proposal's printed snippet."""
 
 import pytest
 

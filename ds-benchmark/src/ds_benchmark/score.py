@@ -20,9 +20,9 @@ def is_confident(confidence: float | None) -> bool:
 
 
 def record_score(correct: bool, confidence: float | None, formula: str = "design") -> float:
-    """s_i of DESIGN.md: 1 if correct, 1 - PENALTY if wrong with confidence above 0.8, else 0.
+    """s_i of the D/s formula: 1 if correct, 1 - PENALTY if wrong with confidence above 0.8, else 0.
 
-    `formula="seed"` is the seed's snippet as printed: its penalty term is also multiplied by `correct`, which is 0
+    `formula="seed"` is the proposal's snippet as printed: its penalty term is also multiplied by `correct`, which is 0
     exactly when the penalty should apply, so a confident wrong answer scores 0 instead of -1."""
     c = float(correct)
     confident = float(is_confident(confidence))

@@ -1,4 +1,4 @@
-"""Settings of every tool: flag > environment > .env > YAML config file > defaults (DESIGN.md, Environment)."""
+"""Settings of every tool: flag > environment > .env > YAML config file > defaults."""
 
 from __future__ import annotations
 
