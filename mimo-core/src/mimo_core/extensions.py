@@ -1,0 +1,117 @@
+"""The `mimo` extension of the OpenAI API, shared by the client and the embedded engine.
+
+A request may carry `mimo` in its body (through the openai client's `extra_body`): what it asks of the engine's
+precision, KV cache and speculation. Every response carries `mimo` back: what the engine did. Both are contracts,
+validated on read, so an unknown or misspelled field is an error (the engine answers 400) rather than a silent no-op.
+
+Each figure of the report is declared here once, with its help text and how the engine's `/metrics` aggregates it
+(`figure(...)`): a counter sums it over requests, a histogram observes it once per request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .contract import Contract
+
+SPECULATION_METHODS = ("ngram", "suffix", "draft-model", "self-mxfp4")
+MAX_SPECULATION_BLOCK = 16
+
+MetricKind = Literal["counter", "histogram"]
+
+
+def figure(help: str, metric: MetricKind | None = "counter", default: Any = 0) -> Any:
+    """A report field that is also a server-wide metric: its help text and how `/metrics` aggregates it."""
+    return field(default=default, metadata={"help": help, "metric": metric})
+
+
+def figures(report_type: type) -> list[dataclasses.Field]:
+    """The fields of a report dataclass that `/metrics` aggregates."""
+    return [f for f in dataclasses.fields(report_type) if f.metadata.get("metric")]
+
+
+# ---------------------------------------------------------------- what a request asks
+
+
+@dataclass
+class PrecisionRequest(Contract):
+    """Which weight-precision policy to run the request under (the engine lists the policies it has)."""
+
+    policy: str = "native"
+
+
+@dataclass
+class CacheRequest(Contract):
+    """Whether the request may reuse cached prompt blocks (`false`: it prefills every prompt token)."""
+
+    enabled: bool = True
+
+
+@dataclass
+class SpeculationRequest(Contract):
+    """Block speculative decoding: which drafter proposes tokens, and how many per verification pass."""
+
+    method: Literal["ngram", "suffix", "draft-model", "self-mxfp4"]
+    block: int = 8
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.block <= MAX_SPECULATION_BLOCK:
+            raise ValueError(f"speculation.block must be 1..{MAX_SPECULATION_BLOCK}, not {self.block}")
+
+
+@dataclass
+class MimoRequest(Contract):
+    """The `mimo` field of a request body."""
+
+    precision: PrecisionRequest | None = None
+    cache: CacheRequest | None = None
+    speculation: SpeculationRequest | None = None
+
+    @property
+    def cache_enabled(self) -> bool:
+        """Whether prefix reuse is on for this request (it is unless asked off)."""
+        return self.cache is None or self.cache.enabled
+
+
+# ---------------------------------------------------------------- what the engine reports
+
+
+@dataclass
+class CacheReport(Contract):
+    """Prompt tokens served from cached blocks and prompt tokens computed, for one request."""
+
+    enabled: bool = True
+    cached_tokens: int = figure("prompt tokens served from cached KV blocks instead of being prefilled")
+    prefilled_tokens: int = figure("prompt tokens computed by prefill")
+
+
+@dataclass
+class PendingReport(Contract):
+    """An extension the engine does not apply yet: said so, with what was asked."""
+
+    applied: bool = False
+    requested: dict[str, Any] | None = None
+
+
+@dataclass
+class MimoReport(Contract):
+    """The `mimo` field of a response: what the engine did for the request, summed over its prompts."""
+
+    SCHEMA = "mimo.engine-report/1"
+
+    model: str
+    prompt_tokens: int = figure("prompt tokens of finished requests")
+    completion_tokens: int = figure("tokens generated for finished requests")
+    load_s: float = figure("seconds spent loading the model for the request (lazily loaded models)", "histogram", 0.0)
+    queued_s: float = figure("seconds from arrival to the first scheduled step", "histogram", 0.0)
+    time_to_first_token_s: float = figure("seconds from arrival to the first generated token", "histogram", 0.0)
+    prefill_s: float = figure("seconds of forward passes spent on the request's prompt", None, 0.0)
+    decode_s: float = figure("seconds of forward passes while the request was decoding", None, 0.0)
+    duration_s: float = figure("seconds from arrival to the last token", "histogram", 0.0)
+    steps: int = figure("engine steps the request took part in", None)
+    batch_sizes: list[int] = field(default_factory=list)  # the distinct numbers of sequences its steps ran with
+    cache: CacheReport = field(default_factory=CacheReport)
+    precision: PendingReport = field(default_factory=PendingReport)
+    speculation: PendingReport = field(default_factory=PendingReport)

@@ -1,0 +1,35 @@
+import pytest
+
+from mimo_core.contract import ContractError
+from mimo_core.extensions import CacheReport, MimoReport, MimoRequest, figures
+
+
+def test_a_request_extension_round_trips_and_defaults_to_cache_on():
+    data = {"precision": {"policy": "native"}, "cache": {"enabled": False},
+            "speculation": {"method": "ngram", "block": 4}}
+    request = MimoRequest.from_dict(data, "mimo")
+    assert not request.cache_enabled and request.speculation.block == 4
+    assert MimoRequest.from_dict(request.to_dict()) == request
+    assert MimoRequest.from_dict({}).cache_enabled
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"cache": {"enabled": False, "pin": True}}, "mimo.cache: unknown field 'pin'"),
+    ({"caches": {}}, "mimo: unknown field 'caches'"),
+    ({"cache": {"enabled": "no"}}, "mimo.cache.enabled: must be a boolean, not a string"),
+    ({"speculation": {"method": "medusa"}}, "mimo.speculation.method: 'medusa' is not one of"),
+    ({"speculation": {"method": "ngram", "block": 0}}, "mimo.speculation: speculation.block must be 1..16"),
+    ([], "mimo: must be an object, not a list"),
+])
+def test_a_bad_request_extension_says_where(data, message):
+    with pytest.raises(ContractError) as info:
+        MimoRequest.from_dict(data, "mimo")
+    assert str(info.value).startswith(message)
+
+
+def test_the_report_declares_its_metrics_once():
+    names = {f.name: f.metadata["metric"] for f in figures(MimoReport)}
+    assert names["prompt_tokens"] == "counter" and names["time_to_first_token_s"] == "histogram"
+    assert "batch_sizes" not in names and {f.name for f in figures(CacheReport)} == {"cached_tokens", "prefilled_tokens"}
+    report = MimoReport(model="m", prompt_tokens=3, cache=CacheReport(cached_tokens=2, prefilled_tokens=1))
+    assert MimoReport.from_dict(report.to_dict()) == report and report.to_dict()["schema"] == "mimo.engine-report/1"
