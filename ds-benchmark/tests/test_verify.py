@@ -54,7 +54,7 @@ def test_canonical_solutions_pass_in_the_sandbox(task_id):
     for answer in (f"```python\n{whole}```", f"Here it is:\n```python\n{body}```"):
         correct, detail, extra = check_coding(answer, coding_reference(task_id))
         assert correct, detail
-        assert extra["isolation"] in ("bwrap", "unshare", "rlimits-only")
+        assert extra["isolation"].startswith("bwrap")
 
 
 @pytest.mark.parametrize("answer, detail", [

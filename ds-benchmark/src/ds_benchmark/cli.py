@@ -1,4 +1,4 @@
-"""`ds-benchmark`: suite, score, report, compare."""
+"""`ds-benchmark`: suite, score, report, compare, sandbox."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from mimo_core.console import fail
+from mimo_core.console import add_version_option, fail
 from mimo_core.contract import ContractError
 from mimo_core.record import RecordError, read_records, write_record
 
 from .compare import compare as compare_results
 from .compare import table
+from .programs import run_requests
 from .report import build_results, summary_lines
 from .results import load_results
 from .score import FORMULAS
@@ -23,6 +24,7 @@ from .verify import score_stream
 
 app = typer.Typer(help="Verified task suites, sandboxed checks and the decisions-per-second score.",
                   no_args_is_help=True, add_completion=False)
+add_version_option(app, "ds-benchmark")
 FormulaOption = typer.Option("design", "--formula", help=f"D/s formula: {' or '.join(FORMULAS)} (the seed's snippet).")
 
 
@@ -99,6 +101,19 @@ def compare(
         fail(str(exc))
     Console(stderr=True).print(table(comparison))
     print(json.dumps(comparison.to_dict(), indent=2))
+
+
+@app.command()
+def sandbox() -> None:
+    """Run programs in the sandbox for another tool: JSON lines in, JSON lines out.
+
+    Each stdin line is {"id": ..., "source": "<python program>", "limits": {...}} (limits optional: wall_s, cpu_s,
+    memory_bytes, file_bytes, disk_bytes, open_files, processes); each stdout line is a mimo.sandbox/1 result:
+    {"id", "status": passed|failed|timed out|error, "output", "exit_code", "isolation", "wall_s", "detail"}. The
+    program sees only the standard library, no network and an empty environment; its output is kept to its tail,
+    with the caller's secrets scrubbed. Exit code 2 at a bad line, 3 when no sandbox works here (every result is
+    then an error)."""
+    raise typer.Exit(run_requests(sys.stdin, sys.stdout))
 
 
 def main() -> None:
