@@ -93,7 +93,7 @@ def bench(
     """Measure prefill and decode tokens/s at batch 1, 4 and 8 against the memory-bandwidth roofline."""
     from mimo_engine.bench import run_bench  # the model stack: not for --help
 
-    result = run_bench(model, cache_dir=_cache_dir())
+    result = run_bench(model, cache_dir=_cache_dir()).to_dict()
     if out:
         out.write_text(json.dumps(result, indent=2) + "\n")
     _print_json(result)
