@@ -33,3 +33,13 @@ def test_the_report_declares_its_metrics_once():
     assert "batch_sizes" not in names and {f.name for f in figures(CacheReport)} == {"cached_tokens", "prefilled_tokens"}
     report = MimoReport(model="m", prompt_tokens=3, cache=CacheReport(cached_tokens=2, prefilled_tokens=1))
     assert MimoReport.from_dict(report.to_dict()) == report and report.to_dict()["schema"] == "mimo.engine-report/1"
+
+
+def test_reports_of_several_prompts_combine_counts_and_take_the_longest_times():
+    a = MimoReport(model="m", prompt_tokens=3, completion_tokens=2, duration_s=1.5, batch_sizes=[1],
+                   cache=CacheReport(cached_tokens=16, prefilled_tokens=1))
+    b = MimoReport(model="m", prompt_tokens=4, completion_tokens=5, duration_s=2.5, batch_sizes=[2],
+                   cache=CacheReport(cached_tokens=0, prefilled_tokens=4))
+    both = MimoReport.combine([a, b])
+    assert (both.prompt_tokens, both.completion_tokens, both.duration_s, both.batch_sizes) == (7, 7, 2.5, [1, 2])
+    assert (both.cache.cached_tokens, both.cache.prefilled_tokens, both.cache.enabled) == (16, 5, True)

@@ -22,17 +22,18 @@ from transformers import AutoModelForCausalLM
 
 from mimo_core.settings import load_settings
 from mimo_engine.pull import ensure_model
-from mimo_engine.runtime import LoadedModel
+from mimo_engine.runtime import BLOCK_SIZE, EngineCore, LoadedModel
 
 # Both sides compute in float32 but sum in different orders (BLAS blocking, fused q/k/v, rope layout), so logits of
 # magnitude ~10-30 may differ in the last few bits; anything past this bound would be a real bug.
 TOLERANCE = 2e-3
+CHUNK = 100  # tokens per forward pass of the long prompt: not a multiple of the block size
 PROMPTS = {
     "english": "The capital of France is Paris. It is known for the Eiffel Tower, the Louvre and its cafés.",
     "code": "def fibonacci(n: int) -> int:\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n",
     "math": "Question: What is 12 * 8? Answer: 12 * 8 = 96. Question: What is 7 + 15? Answer:",
     "chat": None,  # the model's own chat template around a question
-    "long": None,  # longer than one prefill chunk, so the chunked prefill is compared too
+    "long": None,  # computed in chunks that cross block boundaries, so the chunked prefill is compared too
 }
 
 
@@ -48,7 +49,8 @@ def compare(name: str, cache_dir: Path) -> dict:
     results = {}
     for label, text in prompts.items():
         ids = engine.tokenizer.encode(text)
-        ours = engine.prefill(ids, engine.new_cache())  # [T, V]
+        core = EngineCore(engine, num_blocks=len(ids) // BLOCK_SIZE + 1)
+        ours = core.prefill(0, ids, "all", reuse=False, chunk=CHUNK if label == "long" else None)  # [T, V]
         with torch.no_grad():
             theirs = reference(torch.tensor([ids])).logits[0].float().numpy()  # [T, V]
         diff = float(np.abs(ours - theirs).max())

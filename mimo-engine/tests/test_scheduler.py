@@ -7,19 +7,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
+from tiered_kv_cache import KVPool
 
+from mimo_core.extensions import MimoRequest
+from mimo_engine.runtime import BLOCK_SIZE
 from mimo_engine.sampling import InvalidRequest, SamplingParams
 from mimo_engine.scheduler import Done, Engine, Failed, ModelWorker, QueueFull, Request, UnknownModel
+from mimo_engine.step import StepBatch
 
 EOS = 256
-
-
-@dataclass
-class FakeCache:
-    num_tokens: int = 0
-
-    def fork(self) -> "FakeCache":
-        return FakeCache(self.num_tokens)
 
 
 class FakeTokenizer:
@@ -35,43 +31,53 @@ class FakeTokenizer:
 @dataclass
 class FakeConfig:
     context_length: int = 64
+    n_layer: int = 1
+    n_kv_head: int = 1
+    head_dim: int = 1
 
 
 @dataclass
 class FakeModel:
-    """Byte-level 'model' that always continues with `script` then EOS; records what it was asked to do."""
+    """Byte-level 'model' that continues any prompt with `script`, then EOS. It keeps each token's id in the KV pool
+    and reads a sequence's history back through its block table, so shared and forked blocks must hold the right
+    tokens; prompt tokens are below 32, generated ones (the script's bytes) 32 or more."""
 
     script: bytes = b"hello world"
     step_s: float = 0.0
-    fail_decode: bool = False
+    fail: bool = False
     name: str = "fake"
+    fingerprint: str = "fake"
     config: FakeConfig = field(default_factory=FakeConfig)
     tokenizer: FakeTokenizer = field(default_factory=FakeTokenizer)
-    prefills: int = 0
-    batch_sizes: list[int] = field(default_factory=list)
+    steps: list[StepBatch] = field(default_factory=list)
 
-    def new_cache(self) -> FakeCache:
-        return FakeCache()
+    def new_pool(self, num_blocks: int) -> KVPool:
+        return KVPool(1, 1, 1, num_blocks, BLOCK_SIZE)
 
-    def _logits(self, written: int) -> np.ndarray:
-        logits = np.zeros(EOS + 1, dtype=np.float32)  # [V]
-        logits[self.script[written] if written < len(self.script) else EOS] = 20.0
-        return logits
-
-    def prefill(self, tokens: list[int], cache: FakeCache, last_only: bool = False) -> np.ndarray:
-        self.prefills += 1
-        cache.num_tokens += len(tokens)
-        self.prompt_length = len(tokens)
-        return np.stack([self._logits(0)] * (1 if last_only else len(tokens)))  # [P or 1, V]
-
-    def decode(self, tokens: list[int], caches: list[FakeCache]) -> np.ndarray:
-        if self.fail_decode:
+    def forward(self, batch: StepBatch, pool: KVPool) -> np.ndarray:
+        if self.fail:
             raise RuntimeError("boom")
         time.sleep(self.step_s)
-        self.batch_sizes.append(len(tokens))
-        for cache in caches:
-            cache.num_tokens += 1
-        return np.stack([self._logits(c.num_tokens - self.prompt_length) for c in caches])  # [B, V]
+        self.steps.append(batch)
+        rows = []
+        for s in batch.sequences:
+            ids = np.asarray(s.token_ids, dtype=np.float32).reshape(-1, 1, 1)
+            pool.write(0, pool.slots(s.block_table, s.start_position, s.end_position), ids, ids)
+            history = pool.read(0, s.block_table, s.end_position)[0].ravel()  # [end]
+            for i in s.logit_indices:
+                written = int((history[: s.start_position + i + 1] >= 32).sum())
+                logits = np.zeros(EOS + 1, dtype=np.float32)  # [V]
+                logits[self.script[written] if written < len(self.script) else EOS] = 20.0
+                rows.append(logits)
+        return np.stack(rows) if rows else np.zeros((0, EOS + 1), dtype=np.float32)  # [num_logits, V]
+
+    @property
+    def batch_sizes(self) -> list[int]:
+        return [len(b.sequences) for b in self.steps]
+
+    @property
+    def prefills(self) -> int:
+        return sum(s.start_position == 0 for b in self.steps for s in b.sequences)
 
 
 def run(worker: ModelWorker, *requests: tuple[list[int], SamplingParams]) -> list:
@@ -102,7 +108,8 @@ def test_generates_until_eos(worker):
     (done,) = run(worker, ([1, 2, 3], SamplingParams(temperature=0)))
     assert isinstance(done, Done)
     assert done.choices[0].text == "hello world" and done.choices[0].finish_reason == "stop"
-    assert done.stats.prompt_tokens == 3 and done.stats.completion_tokens == len("hello world") + 1  # and EOS
+    assert done.report.prompt_tokens == 3 and done.report.completion_tokens == len("hello world") + 1  # and EOS
+    assert worker.core.blocks.num_used_blocks == 0  # the finished sequence gave its blocks back
 
 
 def test_max_tokens_and_stop_strings(worker):
@@ -117,27 +124,26 @@ def test_max_tokens_and_stop_strings(worker):
 
 def test_n_choices_share_one_prefill(worker, model):
     (done,) = run(worker, ([1, 2], SamplingParams(temperature=0, n=3, max_tokens=5)))
-    assert model.prefills == 1
+    assert model.prefills == 1 and done.report.cache.prefilled_tokens == 2
     assert [c.text for c in done.choices] == ["hello"] * 3
-    assert max(model.batch_sizes) == 3 and done.stats.batch_sizes == {3}
+    assert max(model.batch_sizes) == 3 and 3 in done.report.batch_sizes
 
 
 def test_concurrent_requests_decode_in_one_batch(worker, model):
     results = run(worker, *[([i + 1], SamplingParams(temperature=0, max_tokens=6)) for i in range(4)])
     assert all(r.choices[0].text == "hello " for r in results)
-    assert max(model.batch_sizes) == 4
-    assert worker.metrics.max_batch_size_seen == 4 and worker.metrics.requests == 4
+    assert max(model.batch_sizes) == 4 and worker.metrics.requests == 4
 
 
 def test_prompt_logprobs_for_echo(worker):
     async def main():
-        request = Request([104, 101, 108], SamplingParams(max_tokens=0), prompt_logprobs=1)
+        request = Request([4, 5, 6], SamplingParams(max_tokens=0), prompt_logprobs=1)
         worker.submit(request)
         return await request.result()
 
     done = asyncio.run(main())
     assert done.prompt_scores[0] is None and len(done.prompt_scores) == 3
-    assert done.prompt_scores[1].token == 101 and done.prompt_scores[1].top[0][0] == ord("h")
+    assert done.prompt_scores[1].token == 5 and done.prompt_scores[1].top[0][0] == ord("h")
     assert done.choices[0].finish_reason == "length" and done.choices[0].tokens == []
 
 
@@ -185,17 +191,19 @@ def test_cancelled_request_is_retired(model):
 
     try:
         assert asyncio.run(main()).choices[0].finish_reason == "length"
-        assert worker.metrics.running == 0
+        time.sleep(0.05)
+        assert worker.gauges().running == 0 and worker.core.blocks.num_used_blocks == 0
     finally:
         worker.close()
 
 
 def test_model_error_fails_the_request(model):
-    model.fail_decode = True
+    model.fail = True
     worker = ModelWorker(model)
     try:
         (result,) = run(worker, ([1], SamplingParams()))
         assert isinstance(result, Failed) and "boom" in result.message
+        assert worker.core.blocks.num_used_blocks == 0  # a failed request frees its blocks too
     finally:
         worker.close()
 
@@ -220,3 +228,45 @@ def test_engine_loads_each_model_once_and_knows_unknown_names():
             engine.worker("nope")
     finally:
         engine.close()
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_that_share_steps_with_running_decodes():
+    model = FakeModel(script=b"abcdefghijklmnopqrstuvwxyz" * 4, step_s=0.003, config=FakeConfig(context_length=256))
+    worker = ModelWorker(model, max_batch_size=4, max_queue=2, step_tokens=8)
+
+    async def main():
+        running = [Request([1], SamplingParams(temperature=0, max_tokens=100)) for _ in range(2)]
+        for request in running:
+            worker.submit(request)
+        await asyncio.sleep(0.02)  # both streams are decoding when the long prompt arrives
+        long = Request(list(range(1, 31)) * 3, SamplingParams(temperature=0, max_tokens=2))
+        worker.submit(long)
+        return await asyncio.gather(*(r.result() for r in [*running, long]))
+
+    try:
+        results = asyncio.run(main())
+    finally:
+        worker.close()
+    assert all(isinstance(r, Done) for r in results)
+    chunks = [(b, s) for b in model.steps for s in b.sequences if len(s.token_ids) > 1]
+    # 90 prompt tokens in chunks of 6: every step that carried a piece of the long prompt also advanced both running
+    # streams by a token, within the budget of 8 tokens a step
+    assert len(chunks) == 90 // 6 and all(b.num_tokens == 8 for b, _ in chunks)
+    assert all(sum(len(s.token_ids) == 1 for s in b.sequences) == 2 for b, _ in chunks)
+
+
+def test_a_prompt_that_starts_like_an_earlier_one_reuses_its_blocks(worker, model):
+    prompt = list(range(1, 21))
+    (first,) = run(worker, (prompt, SamplingParams(temperature=0, max_tokens=3)))
+    (second,) = run(worker, (prompt + [7], SamplingParams(temperature=0, max_tokens=3)))
+    assert first.report.cache.cached_tokens == 0 and second.report.cache.cached_tokens == BLOCK_SIZE
+    assert second.report.cache.prefilled_tokens == 21 - BLOCK_SIZE
+    assert second.choices[0].text == first.choices[0].text == "hel"
+
+    async def without_cache():
+        request = Request(prompt + [7], SamplingParams(temperature=0, max_tokens=3),
+                          mimo=MimoRequest.from_dict({"cache": {"enabled": False}}))
+        worker.submit(request)
+        return await request.result()
+
+    assert asyncio.run(without_cache()).report.cache.cached_tokens == 0

@@ -47,7 +47,11 @@ def test_chat_answers_with_usage_and_mimo_figures(greedy):
     assert mimo["model"] == MODEL and mimo["prompt_tokens"] == reply.usage.prompt_tokens
     assert mimo["prefill_s"] > 0 and mimo["decode_s"] > 0 and mimo["batch_sizes"]
     assert mimo["precision"] == {"applied": False, "requested": {"policy": "auto"}}
-    assert mimo["cache"]["applied"] is False and mimo["speculation"]["applied"] is False
+    assert mimo["speculation"] == {"applied": False, "requested": None}
+    cache = mimo["cache"]
+    assert cache["enabled"] and cache["cached_tokens"] + cache["prefilled_tokens"] == reply.usage.prompt_tokens
+    assert reply.usage.prompt_tokens_details.cached_tokens == cache["cached_tokens"]
+    assert 0 < mimo["time_to_first_token_s"] <= mimo["duration_s"] and mimo["schema"] == "mimo.engine-report/1"
 
 
 def test_seed_repeats_and_stop_cuts(client, greedy):
@@ -72,7 +76,7 @@ def test_a_client_that_leaves_frees_its_sequence(client, server):
     next(iter(stream))
     stream.close()
     deadline = time.monotonic() + 5  # far less than 2000 tokens take
-    while _metric(httpx.get(f"{server[0]}/metrics").text, "mimo_engine_batch_size") != "0":
+    while _metric(httpx.get(f"{server[0]}/metrics").text, "mimo_engine_running") != "0":
         assert time.monotonic() < deadline, "the abandoned sequence is still decoding"
         time.sleep(0.2)
 
@@ -123,8 +127,6 @@ def test_concurrent_requests_are_batched(client, server):
     with concurrent.futures.ThreadPoolExecutor(MAX_BATCH) as pool:
         replies = list(pool.map(lambda _: chat(client, max_tokens=6, temperature=0), range(MAX_BATCH)))
     assert max(max(r.model_extra["mimo"]["batch_sizes"]) for r in replies) > 1
-    metrics = httpx.get(f"{server[0]}/metrics").text
-    assert float(_metric(metrics, "mimo_engine_batch_size_max")) > 1
 
 
 def _metric(text: str, name: str) -> str:
@@ -156,6 +158,8 @@ def test_overload_gets_429_with_retry_after(client):
         ({}, "messages"),
         ({"messages": QUESTION, "top_logprobs": 2}, "top_logprobs"),
         ({"messages": QUESTION, "mimo": "fast"}, "mimo"),
+        ({"messages": QUESTION, "mimo": {"cache": {"enabled": False, "pin": True}}}, "mimo.cache"),
+        ({"messages": QUESTION, "mimo": {"speculation": {"method": "medusa"}}}, "mimo.speculation.method"),
     ],
 )
 def test_bad_input_is_400_in_openai_shape(server, body, param):
@@ -185,5 +189,39 @@ def test_models_health_and_metrics(client, server):
     assert metrics.headers["content-type"].startswith("text/plain")
     assert float(_metric(metrics.text, "mimo_engine_requests_total")) >= 1
     assert float(_metric(metrics.text, "mimo_engine_completion_tokens_total")) >= 1
-    for name in ("queue_depth", "batch_size", "tokens_per_second", "prompt_tokens_total"):
-        assert f"# TYPE mimo_engine_{name} " in metrics.text
+    for name, kind in [("waiting", "gauge"), ("running", "gauge"), ("tokens_per_s", "gauge"),
+                       ("kv_blocks_used", "gauge"), ("kv_blocks_free", "gauge"), ("prefix_hit_rate", "gauge"),
+                       ("prompt_tokens_total", "counter"), ("cache_cached_tokens_total", "counter"),
+                       ("time_to_first_token_s", "histogram"), ("inter_token_latency_s", "histogram"),
+                       ("duration_s", "histogram"), ("step_tokens", "histogram")]:
+        assert f"# TYPE mimo_engine_{name} {kind}" in metrics.text
+    assert float(_metric(metrics.text, "mimo_engine_kv_blocks_free")) > 0
+    assert 1 <= float(_metric(metrics.text, "mimo_engine_duration_s_count")) <= float(
+        _metric(metrics.text, "mimo_engine_requests_total"))  # finished requests, of those accepted
+
+
+LONG = [{"role": "user", "content": "Here is a list of fruit: apple, banana, cherry, date, elderberry, fig, grape, "
+                                    "honeydew, kiwi, lemon, mango, nectarine, orange, papaya, quince. Which is first?"}]
+
+
+def test_a_repeated_prompt_reuses_its_blocks_with_identical_greedy_output(client):
+    def ask(enabled: bool):
+        return chat(client, messages=LONG, max_tokens=6, temperature=0, logprobs=True,
+                    extra_body={"mimo": {"cache": {"enabled": enabled}}})
+
+    first, reused, off = ask(True), ask(True), ask(False)
+    prompt = first.usage.prompt_tokens
+    assert reused.model_extra["mimo"]["cache"]["cached_tokens"] == (prompt - 1) // 16 * 16 > 0
+    assert reused.usage.prompt_tokens_details.cached_tokens == reused.model_extra["mimo"]["cache"]["cached_tokens"]
+    assert off.usage.prompt_tokens_details.cached_tokens == 0 and off.model_extra["mimo"]["cache"]["enabled"] is False
+    texts = {r.choices[0].message.content for r in (first, reused, off)}
+    assert len(texts) == 1  # token-identical greedy output with reuse on and off
+    for a, b in zip(reused.choices[0].logprobs.content, off.choices[0].logprobs.content):
+        assert a.token == b.token and abs(a.logprob - b.logprob) < 1e-4
+
+
+def test_n_choices_prefill_their_prompt_once(client):
+    reply = chat(client, messages=LONG, max_tokens=3, temperature=1.0, seed=3, n=3,
+                 extra_body={"mimo": {"cache": {"enabled": False}}})
+    cache = reply.model_extra["mimo"]["cache"]
+    assert cache["prefilled_tokens"] == reply.usage.prompt_tokens and cache["cached_tokens"] == 0

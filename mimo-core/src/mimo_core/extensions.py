@@ -115,3 +115,18 @@ class MimoReport(Contract):
     cache: CacheReport = field(default_factory=CacheReport)
     precision: PendingReport = field(default_factory=PendingReport)
     speculation: PendingReport = field(default_factory=PendingReport)
+
+    @classmethod
+    def combine(cls, reports: list[MimoReport]) -> MimoReport:
+        """One report over several prompts of a request: counts add up; times, which overlap, take the longest."""
+        first = reports[0]
+        out = cls(model=first.model, batch_sizes=sorted(set().union(*(r.batch_sizes for r in reports))),
+                  cache=CacheReport(first.cache.enabled), precision=first.precision, speculation=first.speculation)
+        for part, parts in ((out, reports), (out.cache, [r.cache for r in reports])):
+            for f in dataclasses.fields(part):
+                values = [getattr(p, f.name) for p in parts]
+                if type(values[0]) is int:
+                    setattr(part, f.name, sum(values))
+                elif type(values[0]) is float:
+                    setattr(part, f.name, max(values))
+        return out

@@ -10,10 +10,12 @@ from __future__ import annotations
 import os
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from mimo_core.contract import Contract
 from mimo_core.profiles import measure_memory_bandwidth, measure_read_bandwidth, median_seconds
-from mimo_engine.runtime import LoadedModel
+from mimo_engine.runtime import BLOCK_SIZE, EngineCore, LoadedModel, Work
 
 BENCH_TEXT = (
     "The history of computing is a story of machines that learned to do arithmetic faster than people, and then "
@@ -41,51 +43,91 @@ def weight_bytes_per_token(model: LoadedModel) -> int:
     return per_layer + w.output_norm.nbytes + w.lm_head.nbytes  # the embedding table: one row per token, negligible
 
 
+@dataclass
+class DecodeFigures(Contract):
+    """Decode speed at one batch size: the median step time and tokens per second over all sequences."""
+
+    step_ms: float
+    tokens_per_s: float
+
+
+@dataclass
+class BenchResult(Contract):
+    """`mimo-engine bench`: prefill and decode speed of one model on this machine, against its roofline."""
+
+    SCHEMA = "mimo.engine-bench/1"
+
+    model: str
+    cpu_count: int
+    load_average: dict[str, float]  # before and after: other work on the cores skews every figure
+    load_s: float
+    prompt_tokens: int
+    prefill_tokens_per_s: float
+    decode: dict[str, DecodeFigures]  # by batch size
+    bandwidth_gb_s: dict[str, float]
+    fp32_weight_bytes_per_token: int
+    roofline_tokens_per_s: float
+    decode_fraction_of_roofline: float
+    batch8_over_batch1: float
+    targets: dict[str, float]
+
+
 def run_bench(
     name: str, cache_dir: Path | None = None, prompt_tokens: int = 128, decode_steps: int = 16, repeats: int = 5
-) -> dict:
+) -> BenchResult:
     """Prefill tokens/s, decode tokens/s per batch size (medians), bandwidth and fp32 roofline of model `name`."""
-    load_average_before = os.getloadavg()[0]  # other work on the cores skews every figure: say how busy they were
+    load_average_before = os.getloadavg()[0]
     started = time.perf_counter()
     model = LoadedModel.load(name, cache_dir)
     load_s = time.perf_counter() - started
     prompt = model.tokenizer.encode(BENCH_TEXT * (prompt_tokens // 20 + 1))[:prompt_tokens]
+    blocks_per_sequence = (prompt_tokens + decode_steps + 1) // BLOCK_SIZE + 2
+    core = EngineCore(model, num_blocks=blocks_per_sequence * (max(BATCH_SIZES) + 1))
 
-    prefill_s = median_seconds(lambda: model.prefill(prompt, model.new_cache(), last_only=True), repeats)
-    prefilled = model.new_cache()
-    first = int(model.prefill(prompt, prefilled, last_only=True)[-1].argmax())
+    def prefill_once() -> None:
+        core.prefill("timed", prompt, reuse=False)
+        core.free("timed")
+
+    prefill_s = median_seconds(prefill_once, repeats)
+    first = int(core.prefill("prompt", prompt, reuse=False)[-1].argmax())
 
     steps: dict[int, list[float]] = {batch: [] for batch in BATCH_SIZES}
     for _ in range(repeats):  # batch sizes interleaved, so that a noisy moment does not skew their ratio
         for batch in BATCH_SIZES:
-            caches = [prefilled.fork() for _ in range(batch)]
-            tokens = [first] * batch
-            model.decode(tokens, caches)  # warm-up step, untimed
-            for _ in range(decode_steps):
+            tokens = {(batch, i): first for i in range(batch)}
+            for seq_id in tokens:
+                core.fork("prompt", seq_id)  # the prompt's blocks are shared, as the n choices of a request share them
+            for step in range(decode_steps + 1):  # step 0 is a warm-up, untimed (it copies the shared last block)
                 t0 = time.perf_counter()
-                tokens = model.decode(tokens, caches).argmax(axis=-1).tolist()
-                steps[batch].append(time.perf_counter() - t0)
-    decode = {}
-    for batch, times in steps.items():
-        step_s = statistics.median(times)
-        decode[str(batch)] = {"step_ms": round(step_s * 1e3, 2), "tokens_per_s": round(batch / step_s, 2)}
+                for seq_id, token in tokens.items():
+                    core.append(seq_id, [token])
+                rows = core.step([Work(seq_id, 1) for seq_id in tokens])
+                tokens = {seq_id: int(row[0].argmax()) for seq_id, row in zip(tokens, rows)}
+                if step:
+                    steps[batch].append(time.perf_counter() - t0)
+            for seq_id in tokens:
+                core.free(seq_id)
+    decode = {str(batch): DecodeFigures(step_ms=round(statistics.median(times) * 1e3, 2),
+                                        tokens_per_s=round(batch / statistics.median(times), 2))
+              for batch, times in steps.items()}
 
     bandwidth = measure_bandwidth()
     bytes_per_token = weight_bytes_per_token(model)
     roofline = bandwidth["read"] * 1e9 / bytes_per_token
-    single = decode["1"]["tokens_per_s"]
-    return {
-        "model": name,
-        "cpu_count": os.cpu_count(),
-        "load_average": {"before": load_average_before, "after": os.getloadavg()[0]},
-        "load_s": round(load_s, 2),
-        "prompt_tokens": len(prompt),
-        "prefill_tokens_per_s": round(len(prompt) / prefill_s, 1),
-        "decode": decode,
-        "bandwidth_gb_s": {k: round(v, 2) for k, v in bandwidth.items()},
-        "fp32_weight_bytes_per_token": bytes_per_token,
-        "roofline_tokens_per_s": round(roofline, 2),
-        "decode_fraction_of_roofline": round(single / roofline, 3),
-        "batch8_over_batch1": round(decode["8"]["tokens_per_s"] / single, 2),
-        "targets": {"decode_fraction_of_roofline": TARGET_FRACTION_OF_ROOFLINE, "batch8_over_batch1": TARGET_BATCH8_SPEEDUP},
-    }
+    single = decode["1"].tokens_per_s
+    return BenchResult(
+        model=name,
+        cpu_count=os.cpu_count() or 1,
+        load_average={"before": load_average_before, "after": os.getloadavg()[0]},
+        load_s=round(load_s, 2),
+        prompt_tokens=len(prompt),
+        prefill_tokens_per_s=round(len(prompt) / prefill_s, 1),
+        decode=decode,
+        bandwidth_gb_s={k: round(v, 2) for k, v in bandwidth.items()},
+        fp32_weight_bytes_per_token=bytes_per_token,
+        roofline_tokens_per_s=round(roofline, 2),
+        decode_fraction_of_roofline=round(single / roofline, 3),
+        batch8_over_batch1=round(decode["8"].tokens_per_s / single, 2),
+        targets={"decode_fraction_of_roofline": TARGET_FRACTION_OF_ROOFLINE,
+                 "batch8_over_batch1": TARGET_BATCH8_SPEEDUP},
+    )

@@ -62,11 +62,17 @@ def serve(
     max_batch_size: int = typer.Option(8, min=1, help="Most sequences decoded together per model."),
     max_queue: int = typer.Option(32, min=0, help="Sequences that may wait beyond the batch; past it: 429."),
     idle_timeout: float = typer.Option(0.0, min=0.0, help="Exit after this many seconds without requests (0: never)."),
+    step_tokens: int = typer.Option(128, min=1, help="Token budget of one engine step: decode tokens first, then "
+                                    "prompt chunks, so a long prompt shares steps with running streams."),
+    kv_cache_gib: float = typer.Option(1.0, min=0.01, help="KV cache pool per model, in GiB (backed lazily)."),
 ) -> None:
     """Serve /v1/chat/completions, /v1/completions, /v1/models, /health and /metrics."""
     from mimo_engine.server import ServerOptions, serve as run_server  # the web and model stack: not for --help
 
-    run_server(host, port, model, ServerOptions(max_batch_size, max_queue, idle_timeout, _cache_dir()))
+    options = ServerOptions(max_batch_size=max_batch_size, max_queue=max_queue, step_tokens=step_tokens,
+                            kv_cache_bytes=int(kv_cache_gib * (1 << 30)), idle_timeout_s=idle_timeout,
+                            cache_dir=_cache_dir())
+    run_server(host, port, model, options)
 
 
 @app.command()
@@ -93,7 +99,7 @@ def bench(
     """Measure prefill and decode tokens/s at batch 1, 4 and 8 against the memory-bandwidth roofline."""
     from mimo_engine.bench import run_bench  # the model stack: not for --help
 
-    result = run_bench(model, cache_dir=_cache_dir())
+    result = run_bench(model, cache_dir=_cache_dir()).to_dict()
     if out:
         out.write_text(json.dumps(result, indent=2) + "\n")
     _print_json(result)

@@ -8,14 +8,16 @@ hd = head_dim, S = cached positions of one sequence, V = vocab_size. Every produ
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import accumulate
 from typing import Any, Literal
 
-from mimo_engine.kv import KVCache
 from mimo_engine.xp import xp
 
 Array = Any  # an xp.ndarray (numpy or CuPy)
+# attend(layer, q [N, H, hd], k [N, Hkv, hd], v [N, Hkv, hd]) -> [N, H hd]: stores the rows' new keys and values in
+# the KV cache and returns each row's attention over its own sequence's positions up to its own
+Attend = Callable[[int, Array, Array, Array], Array]
 
 
 @dataclass(frozen=True)
@@ -137,11 +139,8 @@ def mlp(x: Array, layer: LayerWeights) -> Array:
     return linear(silu(gate_up[:, :ff]) * gate_up[:, ff:], layer.w_down)  # [N, d]
 
 
-def block(
-    x: Array, index: int, layer: LayerWeights, config: ModelConfig, rope: Rope,
-    caches: list[KVCache], rows: list[slice],
-) -> Array:  # fmt: skip
-    """One pre-norm transformer block; sequence i owns rows[i] of x and appends its new keys/values to caches[i]."""
+def block(x: Array, index: int, layer: LayerWeights, config: ModelConfig, rope: Rope, attend: Attend) -> Array:
+    """One pre-norm transformer block over the packed rows of a step; `attend` is the KV cache's side of it."""
     N = x.shape[0]
     H, Hkv, hd = config.n_head, config.n_kv_head, config.head_dim
     qkv = linear(rms_norm(x, layer.attn_norm, config.norm_eps), layer.wqkv)  # [N, (H + 2 Hkv) hd]
@@ -151,24 +150,16 @@ def block(
     q, k = qk[:, :H], qk[:, H:]  # [N, H, hd], [N, Hkv, hd]: one rope call rotates both
     q *= 1.0 / math.sqrt(hd)  # [N, H, hd]: attention's scale, once for every sequence of the batch
     v = qkv[:, (H + Hkv) * hd :].reshape(N, Hkv, hd)  # [N, Hkv, hd]
-    heads = xp.empty((N, H * hd), dtype=x.dtype)  # [N, H hd]
-    for cache, r in zip(caches, rows):  # attention is per sequence: each reads only its own cache
-        cache.append(index, k[r], v[r])
-        heads[r] = attention(q[r], *cache.read_heads(index))  # [T_i, H hd]
-    x = x + linear(heads, layer.wo)  # [N, d]
+    x = x + linear(attend(index, q, k, v), layer.wo)  # [N, d]
     return x + mlp(rms_norm(x, layer.ffn_norm, config.norm_eps), layer)  # [N, d]
 
 
-def hidden_states(
-    weights: ModelWeights, config: ModelConfig, tokens: Array, caches: list[KVCache], seq_lens: list[int]
-) -> Array:
-    """Final-normed hidden states of new tokens packed from several sequences: sequence i owns the next seq_lens[i]."""
-    rows = [slice(end - n, end) for end, n in zip(accumulate(seq_lens), seq_lens)]
-    positions = xp.concatenate([xp.arange(c.num_tokens, c.num_tokens + n) for c, n in zip(caches, seq_lens)])  # [N]
+def hidden_states(weights: ModelWeights, config: ModelConfig, tokens: Array, positions: Array, attend: Attend) -> Array:
+    """Final-normed hidden states of a step's tokens, packed from several sequences, at their `positions`."""
     rope = rope_tables(positions, config)  # [N, 1, hd] tables
     x = weights.token_embd[tokens]  # [N, d]
     for index, layer in enumerate(weights.layers):
-        x = block(x, index, layer, config, rope, caches, rows)  # [N, d]
+        x = block(x, index, layer, config, rope, attend)  # [N, d]
     return rms_norm(x, weights.output_norm, config.norm_eps)  # [N, d]
 
 

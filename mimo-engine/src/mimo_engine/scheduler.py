@@ -1,17 +1,31 @@
-"""Continuous batching: a worker thread per model prefills new requests and decodes all running sequences together."""
+"""Continuous batching with chunked prefill: a worker thread per model builds one `StepBatch` per iteration.
+
+Each iteration, in order: every decoding sequence gets its next token; prompts being prefilled get chunks from what
+is left of the per-step token budget; waiting requests are admitted while the batch has room, each starting from
+its longest cached prefix. So a long prompt no longer stalls running streams: it shares steps with them, a chunk at
+a time. A request's `n` choices share its prompt's blocks (one prefill, then copy-on-write forks), and a sequence's
+blocks are released the moment it finishes, fails or is cancelled.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import math
 import threading
 import time
 from collections import deque
+from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Awaitable, Callable, Iterable, Protocol
+from typing import AsyncIterator, Awaitable, Callable, Iterable
 
 import numpy as np
+from tiered_kv_cache import KVPool, NoFreeBlocks
 
+from mimo_core.extensions import MimoReport, MimoRequest
+from mimo_engine.metrics import WorkerGauges, WorkerMetrics
+from mimo_engine.runtime import BLOCK_SIZE, EngineCore, LoadedModel, Work
 from mimo_engine.sampling import (
     InvalidRequest,
     SamplingParams,
@@ -26,31 +40,10 @@ from mimo_engine.sampling import (
 
 log = logging.getLogger(__name__)
 
-RATE_WINDOW_S = 10.0  # tokens/s is measured over this trailing window
 IDLE_WAIT_S = 0.5  # how long an idle worker sleeps before looking at its flags again
 RETRY_AFTER_S = 1  # what a refused client is told: sequences finish every few tokens, so retry soon
-
-
-class KVCache(Protocol):
-    """The cache interface the scheduler needs from the model runtime."""
-
-    num_tokens: int
-
-    def fork(self) -> "KVCache": ...
-
-
-class Model(Protocol):
-    """The model interface the scheduler needs (`mimo_engine.runtime.LoadedModel` provides it)."""
-
-    name: str
-    config: object  # has context_length
-    tokenizer: object  # has eos_ids, token_bytes, token_text
-
-    def new_cache(self) -> KVCache: ...
-
-    def prefill(self, tokens: list[int], cache: KVCache, last_only: bool = False) -> np.ndarray: ...
-
-    def decode(self, tokens: list[int], caches: list[KVCache]) -> np.ndarray: ...
+STEP_TOKENS = 128  # per-step token budget; see the README's engine section for the measurement behind it
+KV_CACHE_BYTES = 1 << 30  # default KV pool size; the OS backs it lazily, as blocks are first written
 
 
 class QueueFull(RuntimeError):
@@ -81,19 +74,6 @@ class Delta:
 
 
 @dataclass
-class RequestStats:
-    """What the engine did for one request: the per-request figures of the `mimo` response field."""
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    queued_s: float = 0.0
-    prefill_s: float = 0.0
-    decode_s: float = 0.0
-    decode_steps: int = 0
-    batch_sizes: set[int] = field(default_factory=set)
-
-
-@dataclass
 class ChoiceResult:
     """The finished output of one choice."""
 
@@ -106,41 +86,50 @@ class ChoiceResult:
 
 @dataclass(frozen=True)
 class Done:
-    """The request is complete: every choice, the prompt's logprobs if asked, and the engine's figures."""
+    """The request is complete: every choice, the prompt's logprobs if asked, and the engine's report."""
 
     choices: list[ChoiceResult]
     prompt_scores: list[TokenLogprob | None] | None
-    stats: RequestStats
+    report: MimoReport
 
 
 @dataclass(frozen=True)
 class Failed:
-    """The model raised while serving the request."""
+    """The model raised while serving the request, or the request was cut short."""
 
     message: str
 
 
 class Request:
-    """One submitted request: its prompt and sampling, and the asyncio queue its events arrive on."""
+    """One submitted request: its prompt, sampling and `mimo` extension, and the asyncio queue its events arrive on."""
 
-    def __init__(self, prompt: list[int], params: SamplingParams, prompt_logprobs: int | None = None) -> None:
+    def __init__(self, prompt: list[int], params: SamplingParams, prompt_logprobs: int | None = None,
+                 mimo: MimoRequest | None = None) -> None:
         self.prompt = prompt
         self.params = params
         self.prompt_logprobs = prompt_logprobs  # None: not wanted; k: score each prompt token, with the top k
-        self.stats = RequestStats(prompt_tokens=len(prompt))
+        self.mimo = mimo or MimoRequest()
+        self.report = MimoReport(model="")
+        self.report.cache.enabled = self.mimo.cache_enabled
         self.cancelled = False
         self.submitted_at = time.monotonic()
-        self.choices: list[Choice] = []  # filled by the worker when the request starts
-        self.prompt_scores: list[TokenLogprob | None] | None = None  # likewise, when prompt_logprobs is set
+        self.choices: list[Choice] = []  # filled by the worker when the prompt has been prefilled
+        self.prompt_rows: list[np.ndarray] = []  # logits of prompt positions, gathered chunk by chunk when scored
+        self.prompt_scores: list[TokenLogprob | None] | None = None
         self._loop = asyncio.get_running_loop()
         self._events: asyncio.Queue = asyncio.Queue()
+
+    @property
+    def reuse(self) -> bool:
+        """Whether the prompt may start from cached blocks: asked for, and no logits wanted at cached positions."""
+        return self.mimo.cache_enabled and self.prompt_logprobs is None
 
     def emit(self, event: Delta | Done | Failed) -> None:
         """Hand an event to the request's event loop; safe to call from the worker thread."""
         self._loop.call_soon_threadsafe(self._events.put_nowait, event)
 
     def cancel(self) -> None:
-        """Stop generating for this request (the client went away); the worker retires its sequences."""
+        """Stop generating for this request (the client went away); the worker frees its sequences."""
         self.cancelled = True
 
     async def events(self) -> AsyncIterator[Delta | Done | Failed]:
@@ -166,59 +155,50 @@ class Request:
 
 @dataclass
 class Choice:
-    """One sequence being generated: a choice of a request, with its own cache, generator and text state."""
+    """One sequence being generated: a choice of a request, with its own generator and text state."""
 
+    seq_id: Hashable
     request: Request
     result: ChoiceResult
-    cache: KVCache
     rng: np.random.Generator
     text: Utf8Stream
     stop: StopMatcher
     max_tokens: int
-    last_token: int = -1
+    last_token_at: float = 0.0
 
 
 @dataclass
-class WorkerMetrics:
-    """Counters and gauges of one model's worker, read by /metrics."""
+class Prefill:
+    """A request whose prompt is being computed, a chunk per step, in the sequence `seq_id`."""
 
-    requests: int = 0
-    rejected: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    decode_steps: int = 0
-    waiting: int = 0
-    running: int = 0
-    max_batch_size_seen: int = 0
-    recent: deque = field(default_factory=deque)  # (monotonic time, tokens generated)
+    seq_id: Hashable
+    request: Request
 
-    def record_tokens(self, tokens: int) -> None:
-        """Count generated tokens for the trailing tokens/s window."""
-        now = time.monotonic()
-        self.completion_tokens += tokens
-        self.recent.append((now, tokens))
-        while self.recent and self.recent[0][0] < now - RATE_WINDOW_S:
-            self.recent.popleft()
 
-    def tokens_per_s(self) -> float:
-        """Generated tokens per second over the trailing window."""
-        recent = list(self.recent)
-        if not recent:
-            return 0.0
-        span = max(time.monotonic() - recent[0][0], 1e-3)
-        return sum(tokens for _, tokens in recent) / min(span, RATE_WINDOW_S)
+def kv_blocks(model: LoadedModel, max_batch_size: int, kv_cache_bytes: int) -> int:
+    """Blocks in the pool: enough for every running sequence at full context, within the byte budget, and never
+    fewer than one full context."""
+    c = model.config
+    per_block = KVPool.block_bytes(c.n_layer, c.n_kv_head, c.head_dim, BLOCK_SIZE)
+    one_context = math.ceil(c.context_length / BLOCK_SIZE) + 1  # a request alone always fits
+    return max(one_context, min(max_batch_size * one_context, kv_cache_bytes // per_block))
 
 
 class ModelWorker:
     """Serves one model: a bounded waiting queue and a thread that runs the continuous-batching loop."""
 
-    def __init__(self, model: Model, max_batch_size: int = 8, max_queue: int = 32) -> None:
+    def __init__(self, model: LoadedModel, max_batch_size: int = 8, max_queue: int = 32,
+                 step_tokens: int = STEP_TOKENS, kv_cache_bytes: int = KV_CACHE_BYTES) -> None:
         self.model = model
         self.max_batch_size = max_batch_size
         self.capacity = max_batch_size + max_queue  # sequences running plus waiting
+        self.step_tokens = step_tokens
+        self.core = EngineCore(model, kv_blocks(model, max_batch_size, kv_cache_bytes))
         self.metrics = WorkerMetrics()
         self.last_active = time.monotonic()
+        self._ids = itertools.count()
         self._waiting: deque[Request] = deque()
+        self._prefilling: list[Prefill] = []
         self._running: list[Choice] = []
         self._wakeup = threading.Condition()
         self._closed = False
@@ -227,20 +207,20 @@ class ModelWorker:
 
     @property
     def busy(self) -> bool:
-        """Whether any request is waiting or running."""
-        return bool(self._waiting or self._running)
+        """Whether any request is waiting, prefilling or running."""
+        return bool(self._waiting or self._prefilling or self._running)
 
     def submit(self, request: Request) -> None:
         """Queue a request; raises InvalidRequest if it can never run, QueueFull if the queue is at capacity."""
         self._validate(request)
+        request.report.model = self.model.name
         with self._wakeup:
-            queued = sum(r.params.n for r in self._waiting) + len(self._running)
+            queued = sum(r.params.n for r in self._waiting) + self._sequences()
             if queued + request.params.n > self.capacity:
                 self.metrics.rejected += 1
                 raise QueueFull(self.model.name, RETRY_AFTER_S)
             self._waiting.append(request)
             self.metrics.requests += 1
-            self.metrics.waiting = len(self._waiting)
             self.last_active = time.monotonic()
             self._wakeup.notify()
 
@@ -251,6 +231,23 @@ class ModelWorker:
             self._wakeup.notify()
         self._thread.join()
 
+    def gauges(self) -> WorkerGauges:
+        """The worker's state now, for /metrics."""
+        blocks = self.core.blocks
+        looked_up = blocks.stats.lookup_tokens
+        return WorkerGauges(
+            waiting=len(self._waiting),
+            running=len(self._running),
+            prefilling=len(self._prefilling),
+            kv_blocks_used=blocks.num_used_blocks,
+            kv_blocks_free=blocks.num_free_blocks,
+            kv_blocks_cached=blocks.num_cached_blocks,
+            prefix_hit_rate=blocks.stats.hit_tokens / looked_up if looked_up else 0.0,
+            tokens_per_s=self.metrics.tokens_per_s(),
+        )
+
+    # ---------------------------------------------------------------- the loop
+
     def _validate(self, request: Request) -> None:
         context = self.model.config.context_length
         if not request.prompt:
@@ -260,108 +257,156 @@ class ModelWorker:
         if request.params.n > self.max_batch_size:
             raise InvalidRequest(f"n may be at most the server's max batch size, {self.max_batch_size}", "n")
 
+    def _sequences(self) -> int:
+        """Sequences admitted: decoding choices, and the choices that prompts being prefilled will become."""
+        return len(self._running) + sum(p.request.params.n for p in self._prefilling)
+
     def _loop(self) -> None:
         while True:
             with self._wakeup:
-                while not (self._closed or self._waiting or self._running):
+                while not (self._closed or self.busy):
                     self._wakeup.wait(IDLE_WAIT_S)
                 if self._closed:
                     break
             try:
-                self._admit()
                 self._retire_cancelled()
-                if self._running:
-                    self._decode_step()
+                self._step()
             except Exception as exc:  # a model error must not kill the worker: fail what it was serving
                 log.exception("model %s failed", self.model.name)
-                self._fail_running(f"{type(exc).__name__}: {exc}")
-        self._fail_running("the server is shutting down")
+                self._fail_admitted(f"{type(exc).__name__}: {exc}")
+        self._fail_admitted("the server is shutting down")
         for request in self._waiting:
             request.emit(Failed("the server is shutting down"))
 
-    def _admit(self) -> None:
-        """Prefill waiting requests, oldest first, while their choices fit in the batch."""
-        while True:
-            with self._wakeup:
-                if not self._waiting or len(self._running) + self._waiting[0].params.n > self.max_batch_size:
-                    return
-                request = self._waiting[0]
-            if not request.cancelled:
-                self._start(request)
-            with self._wakeup:  # popped only now, so that submit counts it against capacity while it prefills
-                self._waiting.popleft()
-                self.metrics.waiting = len(self._waiting)
+    def _schedule(self) -> list[Work]:
+        """This step's work: a token for every decoding sequence, then prompt chunks within the token budget."""
+        work = [Work(c.seq_id, 1) for c in self._running]
+        budget = self.step_tokens - len(work)
+        for prefill in self._prefilling:
+            if budget <= 0:
+                break
+            work.append(self._chunk(prefill, budget))
+            budget -= work[-1].num_tokens
+        while budget > 0 and self._admit():
+            work.append(self._chunk(self._prefilling[-1], budget))
+            budget -= work[-1].num_tokens
+        return work
 
-    def _start(self, request: Request) -> None:
-        """Prefill the prompt once, then fork its cache into one sequence per choice and sample each first token."""
-        request.stats.queued_s = time.monotonic() - request.submitted_at
-        cache = self.model.new_cache()
+    def _chunk(self, prefill: Prefill, budget: int) -> Work:
+        pending = self.core.pending(prefill.seq_id)
+        n = min(pending, budget)
+        scored = prefill.request.prompt_logprobs is not None
+        return Work(prefill.seq_id, n, "all" if scored else "last" if n == pending else "none")
+
+    def _admit(self) -> bool:
+        """Start the oldest waiting request if the batch has room for its choices and the pool for its prompt."""
+        with self._wakeup:
+            if not self._waiting or self._sequences() + self._waiting[0].params.n > self.max_batch_size:
+                return False
+            request = self._waiting[0]
+            if self.core.blocks.num_free_blocks < math.ceil(len(request.prompt) / BLOCK_SIZE):
+                return False  # it waits until running sequences finish and free their blocks
+            seq_id = next(self._ids)
+            try:
+                cached = self.core.add(seq_id, request.prompt, reuse=request.reuse)
+            except NoFreeBlocks:
+                return False
+            self._waiting.popleft()
+        request.report.queued_s = round(time.monotonic() - request.submitted_at, 6)
+        request.report.cache.cached_tokens = cached
+        request.report.cache.prefilled_tokens = len(request.prompt) - cached
+        self._prefilling.append(Prefill(seq_id, request))
+        return True
+
+    def _step(self) -> None:
+        """Run one step and advance every sequence in it."""
+        work = self._schedule()
+        if not work:
+            return
         started = time.perf_counter()
         try:
-            # [P, V] when the prompt is scored, else [1, V]: the lm_head of one row, not of the whole prompt
-            logits = self.model.prefill(request.prompt, cache, last_only=request.prompt_logprobs is None)
-        except Exception as exc:  # this request's failure only; the running ones go on
-            log.exception("prefill failed on model %s", self.model.name)
-            request.emit(Failed(f"{type(exc).__name__}: {exc}"))
+            results = self.core.step(work)
+        except NoFreeBlocks:  # the pool ran out mid-generation: the newest request gives way, with a clear reason
+            self._fail(self._newest(), "the KV cache is full: the request was stopped to let the others finish")
             return
-        request.stats.prefill_s = time.perf_counter() - started
-        self.metrics.prompt_tokens += len(request.prompt)
-        request.prompt_scores = self._prompt_logprobs(request, logits)
-        request.choices = self._choices(request, cache)
+        elapsed = time.perf_counter() - started
+        prefilling = {p.seq_id: p for p in self._prefilling}
+        running = {c.seq_id: c for c in self._running}
+        touched: dict[int, Request] = {}
+        for w, logits in zip(work, results):
+            request = (prefilling[w.seq_id].request if w.seq_id in prefilling else running[w.seq_id].request)
+            if id(request) not in touched:
+                touched[id(request)] = request
+                report = request.report
+                report.steps += 1
+                report.batch_sizes = sorted({*report.batch_sizes, len(work)})
+                if w.seq_id in prefilling:
+                    report.prefill_s = round(report.prefill_s + elapsed, 6)
+                else:
+                    report.decode_s = round(report.decode_s + elapsed, 6)
+            if w.seq_id in prefilling:
+                self._prefilled(prefilling[w.seq_id], logits)
+            else:
+                self._advance(running[w.seq_id], logits[0])
+        self.metrics.steps += 1
+        self.metrics.step_tokens.observe(sum(w.num_tokens for w in work))
+        self.last_active = time.monotonic()
+
+    def _prefilled(self, prefill: Prefill, logits: np.ndarray) -> None:
+        """A prompt chunk ran: keep scored rows; once the whole prompt is in, fork its choices and sample each."""
+        request = prefill.request
+        if request.prompt_logprobs is not None:
+            request.prompt_rows.append(logits)
+        if self.core.pending(prefill.seq_id):
+            return
+        self._prefilling.remove(prefill)
+        if request.prompt_logprobs is not None:
+            rows = np.concatenate(request.prompt_rows)  # [P, V]
+            request.prompt_rows = []
+            request.prompt_scores = self._prompt_logprobs(request, rows)
+        request.choices = self._choices(request, prefill.seq_id)
         for choice in request.choices:
             if choice.max_tokens == 0:
                 self._finish(choice, "length", "")
             else:
                 self._running.append(choice)
                 self._advance(choice, logits[-1])
-        self._update_running()
 
-    def _choices(self, request: Request, cache: KVCache) -> list[Choice]:
-        """One sequence per choice, each with its own fork of the prefilled cache and its own generator."""
+    def _choices(self, request: Request, seq_id: Hashable) -> list[Choice]:
+        """One sequence per choice: the first continues the prompt's sequence, the others fork its blocks."""
         params = request.params
         room = self.model.config.context_length - len(request.prompt)
         max_tokens = room if params.max_tokens is None else min(room, params.max_tokens)
-        caches = [cache] + [cache.fork() for _ in range(params.n - 1)]
+        seq_ids = [seq_id]
+        for _ in range(params.n - 1):
+            seq_ids.append(next(self._ids))
+            self.core.fork(seq_id, seq_ids[-1])
         rngs = choice_rngs(params.seed, params.n)
         return [
-            Choice(
-                request, ChoiceResult(i), caches[i], rngs[i],
-                Utf8Stream(self.model.tokenizer), StopMatcher(params.stop), max_tokens,
-            )  # fmt: skip
+            Choice(seq_ids[i], request, ChoiceResult(i), rngs[i], Utf8Stream(self.model.tokenizer),
+                   StopMatcher(params.stop), max_tokens)
             for i in range(params.n)
         ]
 
     @staticmethod
-    def _prompt_logprobs(request: Request, logits: np.ndarray) -> list[TokenLogprob | None] | None:
+    def _prompt_logprobs(request: Request, logits: np.ndarray) -> list[TokenLogprob | None]:
         """Each prompt token's logprob given the tokens before it; the first token has none."""
-        if request.prompt_logprobs is None:
-            return None
         logprobs = log_softmax(logits[:-1])  # [P-1, V]: row i predicts prompt token i+1
-        top_n = request.prompt_logprobs
+        top_n = request.prompt_logprobs or 0
         return [None, *(token_logprob(row, token, top_n) for row, token in zip(logprobs, request.prompt[1:]))]
-
-    def _decode_step(self) -> None:
-        """One batched decode over every running sequence, then sample and advance each of them."""
-        batch = list(self._running)
-        started = time.perf_counter()
-        logits = self.model.decode([c.last_token for c in batch], [c.cache for c in batch])  # [B, V]
-        elapsed = time.perf_counter() - started
-        for request in self._requests_of(batch):
-            request.stats.decode_s += elapsed
-            request.stats.decode_steps += 1
-            request.stats.batch_sizes.add(len(batch))
-        self.metrics.decode_steps += 1
-        self.metrics.max_batch_size_seen = max(self.metrics.max_batch_size_seen, len(batch))
-        for choice, row in zip(batch, logits):
-            self._advance(choice, row)
-        self._update_running()
 
     def _advance(self, choice: Choice, logits: np.ndarray) -> None:
         """Sample the next token of a sequence, emit its text, and finish the sequence if it is done."""
-        params = choice.request.params
+        request, params = choice.request, choice.request.params
         token = sample_token(logits, params, choice.rng)
+        now = time.monotonic()
+        if choice.last_token_at:
+            self.metrics.inter_token_latency_s.observe(now - choice.last_token_at)
+        elif choice.result.index == 0:
+            request.report.time_to_first_token_s = round(now - request.submitted_at, 6)
+        choice.last_token_at = now
         self.metrics.record_tokens(1)
-        choice.request.stats.completion_tokens += 1
+        request.report.completion_tokens += 1
         if token in self.model.tokenizer.eos_ids:
             self._finish(choice, "stop", self._tail(choice))
             return
@@ -369,7 +414,6 @@ class ModelWorker:
         choice.result.tokens.append(token)
         if logprob is not None:
             choice.result.logprobs.append(logprob)
-        choice.last_token = token
         text, stopped = choice.stop.push(choice.text.push(token))
         if stopped:
             self._finish(choice, "stop", text, logprob)
@@ -377,7 +421,8 @@ class ModelWorker:
             self._finish(choice, "length", text + self._tail(choice), logprob)
         else:
             choice.result.text += text
-            choice.request.emit(Delta(choice.result.index, text, logprob))
+            self.core.append(choice.seq_id, [token])
+            request.emit(Delta(choice.result.index, text, logprob))
 
     @staticmethod
     def _tail(choice: Choice) -> str:
@@ -385,36 +430,51 @@ class ModelWorker:
         return choice.stop.flush() + choice.text.flush()
 
     def _finish(self, choice: Choice, reason: str, text: str, logprob: TokenLogprob | None = None) -> None:
-        """Retire a sequence; when it was its request's last, send Done."""
+        """Retire a sequence and free its blocks; when it was its request's last, send Done."""
         choice.result.text += text
         choice.result.finish_reason = reason
         choice.request.emit(Delta(choice.result.index, text, logprob, reason))
         if choice in self._running:
             self._running.remove(choice)
+        self.core.free(choice.seq_id)
         request = choice.request
         if all(c.result.finish_reason for c in request.choices):
-            request.emit(Done([c.result for c in request.choices], request.prompt_scores, request.stats))
+            request.report.prompt_tokens = len(request.prompt)
+            request.report.duration_s = round(time.monotonic() - request.submitted_at, 6)
+            self.metrics.finished(request.report)
+            request.emit(Done([c.result for c in request.choices], request.prompt_scores, request.report))
 
     def _retire_cancelled(self) -> None:
-        """Drop the sequences of requests whose client went away."""
-        if any(c.request.cancelled for c in self._running):
-            self._running = [c for c in self._running if not c.request.cancelled]
-            self._update_running()
+        """Drop the requests whose client went away, freeing their blocks at once."""
+        for request in {id(r): r for r in self._admitted() if r.cancelled}.values():
+            self._release(request)
+        with self._wakeup:
+            self._waiting = deque(r for r in self._waiting if not r.cancelled)
 
-    @staticmethod
-    def _requests_of(choices: list[Choice]) -> list[Request]:
-        """The distinct requests that `choices` belong to."""
-        return list({id(c.request): c.request for c in choices}.values())
+    def _admitted(self) -> list[Request]:
+        """Requests being prefilled or decoded, oldest first."""
+        requests = [p.request for p in self._prefilling] + [c.request for c in self._running]
+        return list({id(r): r for r in requests}.values())
 
-    def _fail_running(self, message: str) -> None:
-        for request in self._requests_of(self._running):
-            request.emit(Failed(message))
-        self._running = []
-        self._update_running()
+    def _newest(self) -> Request:
+        return max(self._admitted(), key=lambda r: r.submitted_at)
 
-    def _update_running(self) -> None:
-        self.metrics.running = len(self._running)
-        self.last_active = time.monotonic()
+    def _release(self, request: Request) -> None:
+        """Forget every sequence of `request` and free its blocks."""
+        for prefill in [p for p in self._prefilling if p.request is request]:
+            self._prefilling.remove(prefill)
+            self.core.free(prefill.seq_id)
+        for choice in [c for c in self._running if c.request is request]:
+            self._running.remove(choice)
+            self.core.free(choice.seq_id)
+
+    def _fail(self, request: Request, message: str) -> None:
+        self._release(request)
+        request.emit(Failed(message))
+
+    def _fail_admitted(self, message: str) -> None:
+        for request in self._admitted():
+            self._fail(request, message)
 
 
 class Engine:
@@ -423,14 +483,16 @@ class Engine:
     def __init__(
         self,
         available: Iterable[str],
-        load: Callable[[str], Model],
+        load: Callable[[str], LoadedModel],
         max_batch_size: int = 8,
         max_queue: int = 32,
+        step_tokens: int = STEP_TOKENS,
+        kv_cache_bytes: int = KV_CACHE_BYTES,
     ) -> None:
         self.available = set(available)
         self._load = load
-        self._max_batch_size = max_batch_size
-        self._max_queue = max_queue
+        self._worker_options = dict(max_batch_size=max_batch_size, max_queue=max_queue, step_tokens=step_tokens,
+                                    kv_cache_bytes=kv_cache_bytes)
         self._workers: dict[str, ModelWorker] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
@@ -454,7 +516,7 @@ class Engine:
             lock = self._locks.setdefault(name, threading.Lock())
         with lock:  # one load per model; other models stay servable meanwhile
             if name not in self._workers:
-                self._workers[name] = ModelWorker(self._load(name), self._max_batch_size, self._max_queue)
+                self._workers[name] = ModelWorker(self._load(name), **self._worker_options)
         return self._workers[name]
 
     def touch(self) -> None:
@@ -462,7 +524,7 @@ class Engine:
         self._touched = time.monotonic()
 
     def last_active(self) -> float:
-        """Monotonic time of the latest activity: a touch, a submit or a decode step."""
+        """Monotonic time of the latest activity: a touch, a submit or a step."""
         return max([self._touched, *(w.last_active for w in self._workers.values())])
 
     def busy(self) -> bool:

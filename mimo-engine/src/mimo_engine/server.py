@@ -20,6 +20,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from mimo_core.contract import ContractError
+from mimo_core.extensions import MimoReport, MimoRequest, PendingReport
+from mimo_engine.metrics import prometheus_text
 from mimo_engine.registry import MODELS
 from mimo_engine.runtime import LoadedModel
 from mimo_engine.sampling import (
@@ -36,17 +39,16 @@ from mimo_engine.scheduler import (
     Done,
     Engine,
     Failed,
-    Model,
     ModelWorker,
     QueueFull,
     Request,
-    RequestStats,
     UnknownModel,
+    KV_CACHE_BYTES,
+    STEP_TOKENS,
 )
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("precision", "cache", "speculation")  # the `mimo` request fields of DESIGN.md
 
 
 # ---------------------------------------------------------------- request bodies
@@ -72,12 +74,16 @@ class OpenAIBody(BaseModel):
     seed: int | None = None
     stream: bool = False
     stream_options: StreamOptions = StreamOptions()
-    mimo: dict[str, Any] = {}
+    mimo: dict[str, Any] = {}  # the engine's extension, validated by `extension()`
 
     @model_validator(mode="before")
     @classmethod
     def _drop_nulls(cls, data: Any) -> Any:
         return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
+
+    def extension(self) -> MimoRequest:
+        """The `mimo` extension of this body; an unknown or ill-typed field is a 400 naming it."""
+        return MimoRequest.from_dict(self.mimo, "mimo")
 
     def sampling(self, max_tokens: int | None, logprobs: bool, top_logprobs: int) -> SamplingParams:
         """The validated sampling parameters of this body."""
@@ -151,6 +157,10 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def _invalid(_: HttpRequest, exc: InvalidRequest) -> JSONResponse:
         return error_response(400, str(exc), exc.param)
 
+    @app.exception_handler(ContractError)
+    async def _bad_extension(_: HttpRequest, exc: ContractError) -> JSONResponse:
+        return error_response(400, str(exc), str(exc).split(":", 1)[0])
+
     @app.exception_handler(UnknownModel)
     async def _unknown(_: HttpRequest, exc: UnknownModel) -> JSONResponse:
         return error_response(404, str(exc), "model", "model_not_found")
@@ -173,41 +183,36 @@ def _install_error_handlers(app: FastAPI) -> None:
 # ---------------------------------------------------------------- the `mimo` response field
 
 
-def mimo_report(model: str, stats: list[RequestStats], extensions: dict[str, Any]) -> dict[str, Any]:
-    """What the engine did for a request (summed over its prompts), and the extensions it did not apply yet."""
-    report: dict[str, Any] = {
-        "model": model,
-        "prompt_tokens": sum(s.prompt_tokens for s in stats),
-        "completion_tokens": sum(s.completion_tokens for s in stats),
-        "queued_s": round(max(s.queued_s for s in stats), 4),
-        "prefill_s": round(sum(s.prefill_s for s in stats), 4),
-        "decode_s": round(max(s.decode_s for s in stats), 4),
-        "decode_steps": max(s.decode_steps for s in stats),
-        "batch_sizes": sorted(set().union(*(s.batch_sizes for s in stats))),
-    }
-    for name in EXTENSIONS:  # not implemented yet: said so, with what was asked
-        report[name] = {"applied": False, "requested": extensions.get(name)}
-    return report
+def mimo_report(reports: list[MimoReport], mimo: MimoRequest) -> dict[str, Any]:
+    """The `mimo` field of a response: the engine's report over the request's prompts, and the extensions it does not
+    apply yet, said so with what was asked."""
+    report = MimoReport.combine(reports)
+    for name in ("precision", "speculation"):
+        asked = getattr(mimo, name)
+        setattr(report, name, PendingReport(applied=False, requested=None if asked is None else asked.to_dict()))
+    return report.to_dict()
 
 
-def usage(stats: list[RequestStats]) -> dict[str, int]:
-    """OpenAI's usage object over a request's prompts."""
-    prompt = sum(s.prompt_tokens for s in stats)
-    completion = sum(s.completion_tokens for s in stats)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+def usage(reports: list[MimoReport]) -> dict[str, Any]:
+    """OpenAI's usage object over a request's prompts, with the prompt tokens served from the KV cache."""
+    prompt = sum(r.prompt_tokens for r in reports)
+    completion = sum(r.completion_tokens for r in reports)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": sum(r.cache.cached_tokens for r in reports)}}
 
 
 # ---------------------------------------------------------------- submitting and streaming
 
 
 def submit_all(
-    worker: ModelWorker, prompts: list[list[int]], params: SamplingParams, prompt_logprobs: int | None = None
+    worker: ModelWorker, prompts: list[list[int]], params: SamplingParams, mimo: MimoRequest,
+    prompt_logprobs: int | None = None,
 ) -> list[Request]:
     """Submit one request per prompt; if any is refused, cancel those already queued and re-raise."""
     requests: list[Request] = []
     try:
         for prompt in prompts:
-            request = Request(prompt, params, prompt_logprobs)
+            request = Request(prompt, params, prompt_logprobs, mimo)
             worker.submit(request)
             requests.append(request)
     except Exception:
@@ -265,6 +270,8 @@ class ServerOptions:
 
     max_batch_size: int = 8
     max_queue: int = 32
+    step_tokens: int = STEP_TOKENS
+    kv_cache_bytes: int = KV_CACHE_BYTES
     idle_timeout_s: float = 0.0  # 0: never exit when idle
     cache_dir: Path | None = None
 
@@ -273,7 +280,7 @@ def create_app(
     models: list[str],
     options: ServerOptions = ServerOptions(),
     *,
-    load: Callable[[str], Model] | None = None,
+    load: Callable[[str], LoadedModel] | None = None,
     available: list[str] | None = None,
     on_idle: Callable[[], None] | None = None,
 ) -> FastAPI:
@@ -286,6 +293,8 @@ def create_app(
         load or (lambda name: LoadedModel.load(name, options.cache_dir)),
         max_batch_size=options.max_batch_size,
         max_queue=options.max_queue,
+        step_tokens=options.step_tokens,
+        kv_cache_bytes=options.kv_cache_bytes,
     )
 
     @contextlib.asynccontextmanager
@@ -353,30 +362,6 @@ def _add_info_routes(app: FastAPI, engine: Engine) -> None:
         return PlainTextResponse(prometheus_text(engine), media_type="text/plain; version=0.0.4")
 
 
-# (name, type, help, value of a worker)
-METRICS: list[tuple[str, str, str, Callable[[ModelWorker], float]]] = [
-    ("requests_total", "counter", "Requests accepted.", lambda w: w.metrics.requests),
-    ("requests_rejected_total", "counter", "Requests refused with 429 (queue full).", lambda w: w.metrics.rejected),
-    ("prompt_tokens_total", "counter", "Prompt tokens prefilled.", lambda w: w.metrics.prompt_tokens),
-    ("completion_tokens_total", "counter", "Tokens generated.", lambda w: w.metrics.completion_tokens),
-    ("decode_steps_total", "counter", "Batched decode steps run.", lambda w: w.metrics.decode_steps),
-    ("queue_depth", "gauge", "Requests waiting to start.", lambda w: w.metrics.waiting),
-    ("batch_size", "gauge", "Sequences in the current decode batch.", lambda w: w.metrics.running),
-    ("batch_size_max", "gauge", "Largest decode batch so far.", lambda w: w.metrics.max_batch_size_seen),
-    ("tokens_per_second", "gauge", "Tokens generated per second, last 10 s.", lambda w: w.metrics.tokens_per_s()),
-]
-
-
-def prometheus_text(engine: Engine) -> str:
-    """Every worker's counters and gauges in the Prometheus text exposition format, labelled by model."""
-    lines = []
-    workers = engine.workers()
-    for name, kind, help_text, value in METRICS:
-        lines += [f"# HELP mimo_engine_{name} {help_text}", f"# TYPE mimo_engine_{name} {kind}"]
-        lines += [f'mimo_engine_{name}{{model="{model}"}} {float(value(w)):g}' for model, w in sorted(workers.items())]
-    return "\n".join(lines) + "\n"
-
-
 # ---------------------------------------------------------------- /v1/chat/completions
 
 
@@ -394,7 +379,7 @@ def _add_chat_route(app: FastAPI, engine: Engine) -> None:
             rendered = tokenizer.render_chat(messages, add_generation_prompt=True)
         except Exception as exc:  # the model's own template rejects the conversation (e.g. role order)
             raise InvalidRequest(f"the chat template rejected the messages: {exc}", "messages") from None
-        requests = submit_all(worker, [tokenizer.encode(rendered, allow_special=True)], params)
+        requests = submit_all(worker, [tokenizer.encode(rendered, allow_special=True)], params, body.extension())
         head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": body.model}
         if body.stream:
             return StreamingResponse(_chat_stream(head, requests, tokenizer, body), media_type="text/event-stream")
@@ -411,8 +396,8 @@ def _add_chat_route(app: FastAPI, engine: Engine) -> None:
                 }
                 for c in done.choices
             ],
-            "usage": usage([done.stats]),
-            "mimo": mimo_report(body.model, [done.stats], body.mimo),
+            "usage": usage([done.report]),
+            "mimo": mimo_report([done.report], body.extension()),
         }
 
 
@@ -430,9 +415,9 @@ async def _chat_stream(head: dict, requests: list[Request], tokenizer: Any, body
         if isinstance(event, Failed):
             yield _failure_event(event.message)
         elif isinstance(event, Done):
-            final = {**head, "choices": [], "mimo": mimo_report(body.model, [event.stats], body.mimo)}
+            final = {**head, "choices": [], "mimo": mimo_report([event.report], body.extension())}
             if body.stream_options.include_usage:
-                final["usage"] = usage([event.stats])
+                final["usage"] = usage([event.report])
             yield sse(final)
         elif event.text or event.logprob or event.finish_reason:
             logprobs = chat_logprobs([event.logprob], tokenizer) if event.logprob else None
@@ -474,7 +459,7 @@ def _add_completion_route(app: FastAPI, engine: Engine) -> None:
         tokenizer = worker.model.tokenizer
         prompts = _completion_prompts(body, tokenizer)
         scoring = body.logprobs if body.echo and body.logprobs is not None else None
-        requests = submit_all(worker, [p.tokens for p in prompts], params, scoring)
+        requests = submit_all(worker, [p.tokens for p in prompts], params, body.extension(), scoring)
         head = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": body.model}
         if body.stream:
             stream = _completion_stream(head, requests, prompts, tokenizer, body)
@@ -485,13 +470,13 @@ def _add_completion_route(app: FastAPI, engine: Engine) -> None:
             for position, (prompt, done) in enumerate(zip(prompts, results))
             for c in done.choices
         ]
-        stats = [done.stats for done in results]
+        reports = [done.report for done in results]
         return {
             **head,
             "object": "text_completion",
             "choices": choices,
-            "usage": usage(stats),
-            "mimo": mimo_report(body.model, stats, body.mimo),
+            "usage": usage(reports),
+            "mimo": mimo_report(reports, body.extension()),
         }
 
 
@@ -518,7 +503,7 @@ async def _completion_stream(
     head = {**head, "object": "text_completion"}
     streams: dict[int, Utf8Stream] = {}
     offsets: dict[int, int] = {}
-    stats: list[RequestStats] = []
+    reports: list[MimoReport] = []
     if body.echo:  # the prompt comes first, as its own chunk per choice
         for position, prompt in enumerate(prompts):
             for j in range(body.n):
@@ -528,7 +513,7 @@ async def _completion_stream(
         if isinstance(event, Failed):
             yield _failure_event(event.message)
         elif isinstance(event, Done):
-            stats.append(event.stats)
+            reports.append(event.report)
         else:
             index = position * body.n + event.index
             logprobs = None
@@ -540,9 +525,9 @@ async def _completion_stream(
             choice = {"index": index, "text": event.text, "logprobs": logprobs, "finish_reason": event.finish_reason}
             yield sse({**head, "choices": [choice]})
     if len(stats) == len(requests):
-        final = {**head, "choices": [], "mimo": mimo_report(body.model, stats, body.mimo)}
+        final = {**head, "choices": [], "mimo": mimo_report(reports, body.extension())}
         if body.stream_options.include_usage:
-            final["usage"] = usage(stats)
+            final["usage"] = usage(reports)
         yield sse(final)
     yield sse("[DONE]")
 

@@ -1,0 +1,157 @@
+"""Server-wide figures and their Prometheus text: each figure is declared once and /metrics derives from it.
+
+Per-request figures are declared on the `mimo` report (`mimo_core.extensions.MimoReport`, with `figure(...)`):
+when a request finishes, `WorkerMetrics.finished` adds its counters to the server's totals and observes its
+histograms, so a request's `mimo` report and /metrics can never disagree. What only exists server-wide (the queue,
+the KV blocks, latency between tokens, tokens per step) is declared below, once.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Callable
+
+from mimo_core.extensions import CacheReport, MimoReport, figures
+
+if TYPE_CHECKING:
+    from mimo_engine.scheduler import Engine, ModelWorker
+
+RATE_WINDOW_S = 10.0  # tokens/s is measured over this trailing window
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+TOKEN_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+def gauge(help: str) -> float:
+    """A field of `WorkerGauges`: its help text."""
+    return field(default=0.0, metadata={"help": help})  # type: ignore[return-value]
+
+
+@dataclass
+class WorkerGauges:
+    """A model worker's state at one moment."""
+
+    waiting: float = gauge("Requests waiting to start.")
+    running: float = gauge("Sequences decoding.")
+    prefilling: float = gauge("Requests whose prompt is being prefilled.")
+    kv_blocks_used: float = gauge("KV cache blocks held by sequences.")
+    kv_blocks_free: float = gauge("KV cache blocks free (cached ones among them stay reusable until evicted).")
+    kv_blocks_cached: float = gauge("KV cache blocks holding a reusable prompt prefix.")
+    prefix_hit_rate: float = gauge("Prompt tokens served from cached blocks / prompt tokens looked up, since start.")
+    tokens_per_s: float = gauge("Tokens generated per second over the last 10 s.")
+
+
+def report_figures() -> list[tuple[str, str, str]]:
+    """(name, help, metric kind) of every figure the `mimo` report declares; the cache's are prefixed `cache_`."""
+    return [(prefix + f.name, f.metadata["help"], f.metadata["metric"])
+            for part, prefix in ((MimoReport, ""), (CacheReport, "cache_")) for f in figures(part)]
+
+
+def _report_value(report: MimoReport, name: str) -> float:
+    return getattr(report.cache, name.removeprefix("cache_")) if name.startswith("cache_") else getattr(report, name)
+
+
+@dataclass
+class Histogram:
+    """Cumulative-bucket histogram in Prometheus' sense."""
+
+    buckets: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+    n: int = 0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * (len(self.buckets) + 1)
+
+    def observe(self, value: float) -> None:
+        """Count one observation."""
+        self.counts[bisect.bisect_left(self.buckets, value)] += 1
+        self.total += value
+        self.n += 1
+
+
+def _report_histograms() -> dict[str, Histogram]:
+    return {name: Histogram(LATENCY_BUCKETS_S) for name, _, kind in report_figures() if kind == "histogram"}
+
+
+@dataclass
+class WorkerMetrics:
+    """The running totals of one model's worker."""
+
+    requests: int = 0  # accepted
+    rejected: int = 0  # refused with 429
+    steps: int = 0
+    totals: dict[str, float] = field(default_factory=dict)  # counter figures of the report, summed
+    histograms: dict[str, Histogram] = field(default_factory=_report_histograms)
+    inter_token_latency_s: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS_S))
+    step_tokens: Histogram = field(default_factory=lambda: Histogram(TOKEN_BUCKETS))
+    recent: deque = field(default_factory=deque)  # (monotonic time, tokens generated)
+
+    def finished(self, report: MimoReport) -> None:
+        """Fold a finished request's report into the totals and histograms."""
+        for name, _, kind in report_figures():
+            if kind == "counter":
+                self.totals[name] = self.totals.get(name, 0) + _report_value(report, name)
+            else:
+                self.histograms[name].observe(_report_value(report, name))
+
+    def record_tokens(self, tokens: int) -> None:
+        """Count generated tokens for the trailing tokens/s window."""
+        now = time.monotonic()
+        self.recent.append((now, tokens))
+        while self.recent and self.recent[0][0] < now - RATE_WINDOW_S:
+            self.recent.popleft()
+
+    def tokens_per_s(self) -> float:
+        """Generated tokens per second over the trailing window."""
+        recent = list(self.recent)
+        if not recent:
+            return 0.0
+        span = max(time.monotonic() - recent[0][0], 1e-3)
+        return sum(tokens for _, tokens in recent) / min(span, RATE_WINDOW_S)
+
+
+def prometheus_text(engine: Engine) -> str:
+    """Every worker's figures in the Prometheus text exposition format, labelled by model."""
+    workers = sorted(engine.workers().items())
+    lines: list[str] = []
+
+    def family(name: str, kind: str, help_text: str, samples: list[tuple[str, dict[str, str], float]]) -> None:
+        lines.extend([f"# HELP mimo_engine_{name} {help_text}", f"# TYPE mimo_engine_{name} {kind}"])
+        for suffix, labels, value in samples:
+            text = ",".join(f'{k}="{v}"' for k, v in labels.items())
+            lines.append(f"mimo_engine_{name}{suffix}{{{text}}} {float(value):g}")
+
+    def per_model(value: Callable[[ModelWorker], float]) -> list[tuple[str, dict[str, str], float]]:
+        return [("", {"model": model}, value(w)) for model, w in workers]
+
+    def histogram(name: str, help_text: str, pick: Callable[[ModelWorker], Histogram]) -> None:
+        samples: list[tuple[str, dict[str, str], float]] = []
+        for model, w in workers:
+            h, seen = pick(w), 0
+            for bound, count in zip([*h.buckets, math.inf], h.counts):
+                seen += count
+                samples.append(("_bucket", {"model": model, "le": f"{bound:g}".replace("inf", "+Inf")}, seen))
+            samples += [("_sum", {"model": model}, h.total), ("_count", {"model": model}, h.n)]
+        family(name, "histogram", help_text, samples)
+
+    family("requests_total", "counter", "Requests accepted.", per_model(lambda w: w.metrics.requests))
+    family("requests_rejected_total", "counter", "Requests refused with 429 (queue full).",
+           per_model(lambda w: w.metrics.rejected))
+    family("steps_total", "counter", "Engine steps run.", per_model(lambda w: w.metrics.steps))
+    for name, help_text, kind in report_figures():
+        if kind == "counter":
+            family(f"{name}_total", "counter", help_text, per_model(lambda w, n=name: w.metrics.totals.get(n, 0)))
+        else:
+            histogram(name, help_text, lambda w, n=name: w.metrics.histograms[n])
+    histogram("inter_token_latency_s", "Seconds between consecutive tokens of a sequence.",
+              lambda w: w.metrics.inter_token_latency_s)
+    histogram("step_tokens", "Tokens per engine step (decode tokens plus prompt chunks).",
+              lambda w: w.metrics.step_tokens)
+    gauges = {model: w.gauges() for model, w in workers}
+    for f in fields(WorkerGauges):
+        family(f.name, "gauge", f.metadata["help"], [("", {"model": m}, getattr(g, f.name)) for m, g in gauges.items()])
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,64 @@
+"""The step contract between the scheduler and the forward pass: what runs in one engine iteration.
+
+Each iteration the scheduler builds one `StepBatch`. For every sequence it schedules, a `ScheduledSequence` says which
+tokens run this step (a prefill chunk, one decode token, or a drafted block to verify), where they go (their first
+position and the sequence's KV block table), which of them need logits, and which weight formats each layer reads.
+`LoadedModel.forward(batch, pool)` runs the whole batch in one pass and returns those logits, in batch order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class WeightPlan:
+    """Which stored form of its weights each layer reads. One plan exists until weights are held in several
+    formats: every layer reads the float32 weights the engine loaded."""
+
+    formats: tuple[str, ...]
+
+    @classmethod
+    def native(cls, n_layer: int) -> WeightPlan:
+        """The plan every request runs under today: each layer at the precision the engine holds it in."""
+        return cls(("float32",) * n_layer)
+
+
+@dataclass(frozen=True)
+class ScheduledSequence:
+    """One sequence's share of a step."""
+
+    seq_id: Hashable
+    token_ids: tuple[int, ...]  # the tokens computed this step, at positions start_position, start_position + 1, ...
+    start_position: int  # tokens of this sequence already in the KV cache
+    block_table: tuple[int, ...]  # the sequence's KV blocks, covering start_position + len(token_ids) positions
+    logit_indices: tuple[int, ...]  # which of this step's tokens (0-based) need next-token logits
+    weight_plan: WeightPlan
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens this sequence runs this step."""
+        return len(self.token_ids)
+
+    @property
+    def end_position(self) -> int:
+        """Tokens of this sequence in the KV cache once the step has run."""
+        return self.start_position + len(self.token_ids)
+
+
+@dataclass(frozen=True)
+class StepBatch:
+    """Everything one forward pass computes: the scheduled sequences, their tokens packed in this order."""
+
+    sequences: tuple[ScheduledSequence, ...]
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens in the step, over all sequences: what the per-step token budget bounds."""
+        return sum(s.num_tokens for s in self.sequences)
+
+    @property
+    def num_logits(self) -> int:
+        """Rows of logits the step returns."""
+        return sum(len(s.logit_indices) for s in self.sequences)
