@@ -36,3 +36,14 @@ def test_a_bad_line_stops_with_its_number_after_the_results_before_it():
     assert len(result.stdout.splitlines()) == 1
     assert result.stderr.strip() == "line 2: limits: wall_s must be above 0 and at most 120"
     assert invoke('{"id": 1}\n').stderr.strip() == "line 1: missing source"
+
+
+def test_where_no_sandbox_can_run_every_result_is_an_error_and_it_says_so_once(without_sandbox):
+    """A real machine without a working bubblewrap: a user namespace in which no further one may be made."""
+    run = without_sandbox(["sandbox"], "".join(json.dumps(r) + "\n" for r in REQUESTS))
+    assert run.returncode == 3, run.stderr
+    answers = [SandboxResult.from_json(line) for line in run.stdout.splitlines()]
+    assert [(a.id, a.status, a.isolation) for a in answers] == [(1, "error", None), ("loop", "error", None),
+                                                                 (3, "error", None)]
+    assert answers[0].detail.startswith("bubblewrap cannot run here: bwrap: ")
+    assert len(run.stderr.splitlines()) == 1

@@ -56,13 +56,20 @@ def score(
     file: Path | None = typer.Argument(None, help="Records (JSONL); stdin when absent."),
     concurrency: int | None = typer.Option(None, "--concurrency", min=1, help="Records checked at once."),
 ) -> None:
-    """Check each record's answer against its reference and write it on with `verdict`."""
+    """Check each record's answer against its reference and write it on with `verdict`.
+
+    Coding answers run in the bubblewrap sandbox, and are correct only when the problem's tests, run by a trusted
+    checker, passed on the candidate's plain answers. A one-line summary goes to stderr at the end. Exit codes: 0;
+    2 on bad input; 3 when no sandbox works here, so that coding records were not run (they carry
+    `verdict.correct: null` and an `error`; the other domains are scored)."""
     try:
         source = open(file, encoding="utf-8") if file else sys.stdin
     except OSError as exc:
         fail(str(exc))
     with source:
-        raise typer.Exit(score_stream(source=source, concurrency=concurrency))
+        code, tally = score_stream(source=source, concurrency=concurrency)
+    print(f"score: {tally.summary()}", file=sys.stderr)
+    raise typer.Exit(code)
 
 
 @app.command()

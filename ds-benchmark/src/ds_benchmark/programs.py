@@ -51,8 +51,9 @@ def run_request(request: SandboxRequest) -> SandboxResult:
     """Run one request's program in the sandbox; SandboxUnavailable when there is none."""
     require_sandbox()
     result = run_python(request.source, request.limits or Limits())
-    return SandboxResult(request.id, result.status, result.output, result.exit_code, result.isolation,  # type: ignore[arg-type]
-                         result.wall_s, result.detail)
+    return SandboxResult(id=request.id, status=result.status, output=result.output,  # type: ignore[arg-type]
+                         exit_code=result.exit_code, isolation=result.isolation, wall_s=result.wall_s,
+                         detail=result.detail)
 
 
 def run_requests(source: Iterable[str], sink: IO[str]) -> int:

@@ -135,8 +135,10 @@ def seccomp_filter(machine: str | None = None) -> bytes:
 
 
 def _bwrap_command(limits: Limits, mode: str, seccomp_fd: int | None) -> list[str]:
-    cmd = [bwrap_path(), "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-net", "--unshare-ipc",
-           "--unshare-uts", "--clearenv", "--ro-bind", "/usr", "/usr"]
+    # --as-pid-1: the runner is the namespace's init, which the candidate can neither kill nor (being non-dumpable)
+    # ptrace; bwrap's own init would be a dumpable process of the candidate's uid in a user namespace.
+    cmd = [bwrap_path(), "--die-with-parent", "--new-session", "--as-pid-1", "--unshare-pid", "--unshare-net",
+           "--unshare-ipc", "--unshare-uts", "--clearenv", "--ro-bind", "/usr", "/usr"]
     if mode == "bwrap-setuid":
         # Root keeps just what the runner needs to start the candidate as a fresh uid.
         cmd += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--seccomp", str(seccomp_fd)]
@@ -270,11 +272,13 @@ def require_sandbox() -> str:
         if not _probed:
             try:
                 result = run_python(PROBE, Limits(wall_s=30))
-                _probed.append(None if result.status == "passed" else f"{result.detail}: {_last_line(result.output)}")
+                said = _last_line(result.output)
+                _probed.append(None if result.status == "passed" else said if said.startswith("bwrap:")
+                               else f"a probe program ended with {result.detail}: {said}")
             except (OSError, SandboxUnavailable) as exc:
                 _probed.append(str(exc))
     if _probed[0] is not None:
-        raise SandboxUnavailable(f"bubblewrap cannot run here ({_probed[0]})")
+        raise SandboxUnavailable(f"bubblewrap cannot run here: {_probed[0]}")
     return isolation()
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import re
+import sys
+import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
@@ -11,7 +14,7 @@ from mimo_core.answers import canonical_number, extract_answer, extract_code, ex
 from mimo_core.record import TaskRecord
 from mimo_core.stage import run_stage
 
-from .sandbox import Limits, SandboxUnavailable, run_python
+from .sandbox import EXIT_NO_SANDBOX, Limits, SandboxUnavailable, require_sandbox, run_check
 from .score import is_confident, record_score
 
 STAGE = "ds-benchmark"
@@ -47,25 +50,23 @@ def check_triage(answer: str, reference: dict) -> Check:
     return got == expected, detail, {"expected": expected, "got": got}
 
 
-def program(code: str, reference: dict) -> str:
-    """The program to run: the prompt (imports, helpers, the signature), the code, the tests, the check call.
-
-    The code may be a whole function, which redefines the prompt's stub, or just its body, which completes it."""
+def candidate_source(code: str, reference: dict) -> str:
+    """The candidate's program: the prompt (imports, helpers, the signature), then the code, which may be a whole
+    function (redefining the prompt's stub) or just its body (completing it)."""
     _need(reference, "prompt", "tests", "entry_point")
-    return f"{reference['prompt']}\n{code}\n\n{reference['tests']}\n\ncheck({reference['entry_point']})\n"
+    return f"{reference['prompt']}\n{code}\n"
 
 
 def check_coding(answer: str, reference: dict) -> Check:
-    """Right when the extracted code passes the problem's tests inside the sandbox."""
+    """Right when the extracted function passes the problem's tests, proven by the sandbox's checker; raises
+    SandboxUnavailable when no sandbox works here (the answer is then not checked at all)."""
     code = extract_code(answer)
     if code is None:
         return False, "no code in the answer", {}
-    source = program(code, reference)
-    try:
-        result = run_python(source, CODE_LIMITS)
-    except SandboxUnavailable as exc:
-        return False, f"not run: {exc}", {"isolation": None}
-    detail = result.status if result.status != "failed" else f"failed: {_last_line(result.output)}"
+    source = candidate_source(code, reference)
+    require_sandbox()
+    result = run_check(source, reference["prompt"], reference["tests"], reference["entry_point"], CODE_LIMITS)
+    detail = result.detail if result.status != "failed" else f"failed: {result.detail}"
     return result.status == "passed", detail, {"isolation": result.isolation, "run_wall_s": result.wall_s}
 
 
@@ -80,11 +81,6 @@ def _normal(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip().rstrip(".!").casefold()
 
 
-def _last_line(output: str) -> str:
-    lines = [line for line in output.splitlines() if line.strip()]
-    return lines[-1].strip()[:300] if lines else "no output"
-
-
 VERIFIERS: dict[str, Callable[[str, dict], Check]] = {
     "math": check_math,
     "coding": check_coding,
@@ -96,11 +92,13 @@ VERIFIERS: dict[str, Callable[[str, dict], Check]] = {
 def verdict(record: TaskRecord, formula: str = "design") -> dict[str, Any]:
     """The record's verdict: correct, confidence, difficulty, score, overconfident_wrong, detail (and checker extras).
 
-    A record with no answer or no usable reference is scored wrong, with the reason in `detail`."""
+    A record with no answer or no usable reference is scored wrong, with the reason in `detail`; a coding answer that
+    cannot be run because no sandbox works here is neither right nor wrong: `correct` is None and scores 0."""
     confidence = record.consensus.get("confidence")
     confidence = float(confidence) if isinstance(confidence, (int, float)) else None
     answer = record.answer
     extra: dict[str, Any] = {}
+    correct: bool | None
     if answer is None or not str(answer).strip():
         correct, detail = False, "no answer (consensus.answer is missing)"
         if record.error:
@@ -112,22 +110,67 @@ def verdict(record: TaskRecord, formula: str = "design") -> dict[str, Any]:
             correct, detail, extra = VERIFIERS[record.domain](str(answer), record.reference)
         except (ValueError, TypeError, ZeroDivisionError) as exc:
             correct, detail = False, f"cannot check: {exc}"
+        except SandboxUnavailable as exc:
+            correct, detail, extra = None, f"not run: {exc}", {"isolation": None}
     return {
         "correct": correct,
         "confidence": confidence,
         "difficulty": record.difficulty,
-        "score": record_score(correct, confidence, formula),
-        "overconfident_wrong": not correct and is_confident(confidence),
+        "score": 0.0 if correct is None else record_score(correct, confidence, formula),
+        "overconfident_wrong": correct is False and is_confident(confidence),
         "detail": detail,
         **extra,
     }
 
 
 def score_record(record: TaskRecord, ctx: object = None) -> None:
-    """The `score` stage's work on one record: write its verdict."""
+    """The `score` stage's work on one record: write its verdict. A verdict of not run (`correct: null`) also raises
+    SandboxUnavailable, so that the stage sets the record's `error` and marks its trace entry as an error."""
     record.verdict = verdict(record)
+    if record.verdict["correct"] is None:
+        raise SandboxUnavailable(record.verdict["detail"])
 
 
-def score_stream(**kwargs: Any) -> int:
-    """`ds-benchmark score`: records in, records with `verdict` out; the exit code (2 on bad input)."""
-    return run_stage(STAGE, score_record, **kwargs)
+@dataclass
+class Tally:
+    """What `score` did, for its summary line; counted from the stage's worker threads."""
+
+    records: int = 0
+    correct: int = 0
+    wrong: int = 0
+    not_run: int = 0
+    errors: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def count(self, record: TaskRecord) -> bool:
+        """Count one scored record; True when it is the first that could not be run."""
+        correct = record.verdict.get("correct")
+        with self._lock:
+            self.records += 1
+            self.correct += correct is True
+            self.wrong += correct is False
+            self.not_run += correct is None
+            self.errors += record.error is not None or correct is None  # the stage sets a not-run record's error
+            return correct is None and self.not_run == 1
+
+    def summary(self) -> str:
+        """One line: records, correct, wrong, not run, errors."""
+        return (f"{self.records} records: {self.correct} correct, {self.wrong} wrong, {self.not_run} not run, "
+                f"{self.errors} errors")
+
+
+def score_stream(**kwargs: Any) -> tuple[int, Tally]:
+    """`ds-benchmark score`: records in, records with `verdict` out; the exit code (2 on bad input, EXIT_NO_SANDBOX
+    when coding records could not be run, said once on stderr) and the tally."""
+    tally = Tally()
+
+    def score_and_count(record: TaskRecord, ctx: object) -> None:
+        try:
+            score_record(record, ctx)
+        finally:
+            if tally.count(record):
+                print(f"score: {record.verdict['detail']}; coding records get correct: null and an error",
+                      file=sys.stderr)
+
+    code = run_stage(STAGE, score_and_count, **kwargs)
+    return (EXIT_NO_SANDBOX if code == 0 and tally.not_run else code), tally
