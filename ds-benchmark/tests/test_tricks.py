@@ -149,3 +149,21 @@ def test_swallowing_a_protocol_violation_in_the_tests_does_not_help():
                           "        pass\n"}
     correct, detail = check("import os\ndef add(x, y):\n    os._exit(0)\n", reference)
     assert not correct and "ended (exit code 0)" in detail
+
+
+def test_a_secret_never_reaches_the_verdict(monkeypatch, tmp_path):
+    """Whatever leaked into the candidate's words (here: its exception message) is scrubbed from verdict.detail."""
+    planted, key = f"planted-{uuid.uuid4().hex}", f"sk-{uuid.uuid4().hex}"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text(f"SOMETHING={planted}\n")
+    monkeypatch.setenv("MIMO_API_KEY", key)
+    correct, detail = check(f"def add(x, y):\n    raise ValueError({planted!r} + ' ' + {key!r})\n")
+    assert not correct and planted not in detail and key not in detail
+    assert "the candidate raised ValueError: [secret] [secret]" in detail
+
+
+def test_interrupting_the_checker_leaves_it_checking():
+    """SIGINT is the one signal a Python init would handle; the checker ignores it and still finds the answer wrong."""
+    correct, detail = check("import os, signal\ndef add(x, y):\n    try:\n        os.kill(1, signal.SIGINT)\n"
+                            "    except OSError:\n        pass\n    return x - y\n")
+    assert not correct and detail.startswith("failed: a test failed at tests line 9")

@@ -1,9 +1,9 @@
 """The trusted runner inside the sandbox: `python -I -S runner.py supervise JOB_FD REPORT_FD`.
 
 It is a standalone script (only the standard library, no package imports) because it runs under bubblewrap with
-nothing of the host but the interpreter. It reads its job from JOB_FD (a pipe: the tests never lie in a file), makes
-itself non-dumpable (so that a candidate of the same uid can neither ptrace it nor read its /proc memory or fds),
-applies the rlimits, and starts the model's code as a child process of its own, which holds neither the job nor
+nothing of the host but the interpreter, as the sandbox's pid 1 (which no process inside can kill). It reads its job
+from JOB_FD (a pipe: the tests never lie in a file), makes itself non-dumpable (so that a candidate of the same uid
+can neither ptrace it nor read its /proc memory or fds), applies the rlimits, and starts the model's code as a child process of its own, which holds neither the job nor
 REPORT_FD. Then, by the job's mode:
 
 - `program`: runs the source as a program and reports its exit status, as waitpid gives it;
@@ -17,6 +17,7 @@ REPORT_FD. Then, by the job's mode:
 import json
 import os
 import resource
+import signal
 import sys
 import time
 
@@ -121,6 +122,7 @@ def _spawn(argv, uid, keep):
     if pid:
         return pid
     try:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         for fd in keep:
             os.set_inheritable(fd, True)
         if uid is not None:
@@ -238,6 +240,8 @@ def supervise(job_fd, report_fd):
 
     if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
         sys.exit("runner: cannot make itself non-dumpable")
+    # As the namespace's init it gets only the signals it handles: Python's SIGINT handler is the one way in.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.set_inheritable(report_fd, False)
     with os.fdopen(job_fd, "rb") as stream:
         job = json.loads(stream.read())

@@ -46,7 +46,7 @@ SANDBOX_UIDS = (1_900_000_000, 2_000_000_000)  # above the ranges distributions 
 OUTPUT_TAIL = 2000  # characters of a run's output kept
 REPORT_BYTES = 1 << 16
 RUNNER = Path(__file__).with_name("runner.py")
-SECRET_NAME = re.compile(r"(_KEY|_TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?)$|SECRET", re.IGNORECASE)
+SECRET_NAME = re.compile(r"_KEY$|_TOKEN$|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
 MIN_SECRET = 6  # shorter values are not scrubbed: they would blank out ordinary words and numbers
 
 # Proves that the sandbox works: the interpreter starts, imports a module from disk, and sees no network.
