@@ -7,15 +7,21 @@ sequences reads the weights once per step for all B tokens, which is why batched
 
 from __future__ import annotations
 
+import asyncio
 import os
 import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from mimo_core.contract import Contract
+from mimo_core.extensions import MimoRequest
 from mimo_core.profiles import measure_memory_bandwidth, measure_read_bandwidth, median_seconds
 from mimo_engine.runtime import BLOCK_SIZE, EngineCore, LoadedModel, Work
+from mimo_engine.sampling import SamplingParams
+from mimo_engine.scheduler import STEP_TOKENS, Delta, ModelWorker, Request
 
 BENCH_TEXT = (
     "The history of computing is a story of machines that learned to do arithmetic faster than people, and then "
@@ -131,3 +137,65 @@ def run_bench(
         targets={"decode_fraction_of_roofline": TARGET_FRACTION_OF_ROOFLINE,
                  "batch8_over_batch1": TARGET_BATCH8_SPEEDUP},
     )
+
+
+@dataclass
+class InterferenceResult(Contract):
+    """Inter-token latency of running streams while a long prompt arrives, and how long that prompt waited."""
+
+    SCHEMA = "mimo.engine-interference/1"
+
+    model: str
+    streams: int
+    long_prompt_tokens: int
+    step_tokens: int
+    itl_ms: dict[str, float]  # p50 / p99 / max of the streams' gaps while the long prompt was being prefilled
+    itl_ms_idle: dict[str, float]  # the same before it arrived
+    long_prompt_ttft_s: float
+
+
+def run_interference(name: str, cache_dir: Path | None = None, streams: int = 4, long_prompt_tokens: int = 800,
+                     step_tokens: int = STEP_TOKENS) -> InterferenceResult:
+    """Decode `streams` sequences, let a `long_prompt_tokens` prompt arrive, and time the streams' tokens."""
+    model = LoadedModel.load(name, cache_dir)
+    worker = ModelWorker(model, max_batch_size=streams + 1, max_queue=0, step_tokens=step_tokens)
+    text = model.tokenizer.encode(BENCH_TEXT * (long_prompt_tokens // 20 + 2))
+    stamps: list[list[float]] = [[] for _ in range(streams)]
+    cache_off = MimoRequest.from_dict({"cache": {"enabled": False}})
+
+    async def stream(index: int, request: Request) -> None:
+        async for event in request.events():
+            stamps[index].append(time.perf_counter())
+            if not isinstance(event, Delta):
+                return
+
+    async def main() -> tuple[float, float]:
+        running = [Request(text[i : i + 32], SamplingParams(temperature=0, max_tokens=10**6), mimo=cache_off)
+                   for i in range(streams)]
+        tasks = [asyncio.create_task(stream(i, r)) for i, r in enumerate(running)]
+        for request in running:
+            worker.submit(request)
+        await asyncio.sleep(3.0)  # the streams settle into steady decoding
+        long = Request(text[:long_prompt_tokens], SamplingParams(temperature=0, max_tokens=1), mimo=cache_off)
+        arrived = time.perf_counter()
+        worker.submit(long)
+        await long.result()
+        answered = time.perf_counter()
+        for request in running:
+            request.cancel()
+        await asyncio.gather(*tasks)
+        return arrived, answered
+
+    try:
+        arrived, answered = asyncio.run(main())
+    finally:
+        worker.close()
+
+    def gaps(low: float, high: float) -> dict[str, float]:
+        ms = [1e3 * (b - a) for s in stamps for a, b in zip(s, s[1:]) if low <= b <= high]
+        return {"p50": round(float(np.percentile(ms, 50)), 2), "p99": round(float(np.percentile(ms, 99)), 2),
+                "max": round(max(ms), 2)} if ms else {}
+
+    return InterferenceResult(model=name, streams=streams, long_prompt_tokens=long_prompt_tokens,
+                              step_tokens=step_tokens, itl_ms=gaps(arrived, answered),
+                              itl_ms_idle=gaps(arrived - 2.0, arrived), long_prompt_ttft_s=round(answered - arrived, 3))

@@ -95,11 +95,17 @@ def models() -> None:
 def bench(
     model: str = typer.Option(..., "--model", "-m", callback=_known_model, help="Registry model name."),
     out: Path | None = typer.Option(None, help="Also write the JSON to this file."),
+    interference: bool = typer.Option(False, help="Instead: inter-token latency of 4 decoding streams while an "
+                                      "800-token prompt arrives, and that prompt's time to first token."),
+    step_tokens: int = typer.Option(128, min=1, help="With --interference: the engine's per-step token budget."),
 ) -> None:
     """Measure prefill and decode tokens/s at batch 1, 4 and 8 against the memory-bandwidth roofline."""
-    from mimo_engine.bench import run_bench  # the model stack: not for --help
+    from mimo_engine.bench import run_bench, run_interference  # the model stack: not for --help
 
-    result = run_bench(model, cache_dir=_cache_dir()).to_dict()
+    if interference:
+        result = run_interference(model, cache_dir=_cache_dir(), step_tokens=step_tokens).to_dict()
+    else:
+        result = run_bench(model, cache_dir=_cache_dir()).to_dict()
     if out:
         out.write_text(json.dumps(result, indent=2) + "\n")
     _print_json(result)
