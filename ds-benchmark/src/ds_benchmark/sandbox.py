@@ -190,22 +190,26 @@ def _launch(job: dict[str, Any], limits: Limits) -> tuple[dict[str, Any] | None,
     nonce = secrets.token_hex(16)
     uid = random.SystemRandom().randrange(*SANDBOX_UIDS) if mode == "bwrap-setuid" else None
     payload = json.dumps({**job, "nonce": nonce, "uid": uid, "rlimits": limits.rlimits()}).encode()
+    program = seccomp_filter() if mode == "bwrap-setuid" else None
     job_r, job_w = os.pipe()
     report_r, report_w = os.pipe()
-    seccomp_r = None
-    if mode == "bwrap-setuid":
-        program = seccomp_filter()
+    passed = [job_r, report_w]
+    if program is not None:
         seccomp_r, seccomp_w = os.pipe()
         os.write(seccomp_w, program)  # a few hundred bytes: within any pipe's buffer
         os.close(seccomp_w)
-    passed = [job_r, report_w] + ([seccomp_r] if seccomp_r is not None else [])
-    command = _bwrap_command(limits, mode, seccomp_r) + [
+        passed.append(seccomp_r)
+    command = _bwrap_command(limits, mode, passed[2] if program else None) + [
         os.path.realpath(sys.executable), "-I", "-S", "/runner.py", "supervise", str(job_r), str(report_w)]
     with tempfile.TemporaryFile() as output:
         started = time.monotonic()
         try:
             proc = subprocess.Popen(command, env={}, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
                                     pass_fds=passed, start_new_session=True)
+        except OSError:
+            os.close(job_w)
+            os.close(report_r)
+            raise
         finally:
             for fd in passed:
                 os.close(fd)
