@@ -58,10 +58,13 @@ def score(
 ) -> None:
     """Check each record's answer against its reference and write it on with `verdict`.
 
-    Coding answers run in the bubblewrap sandbox, and are correct only when the problem's tests, run by a trusted
-    checker, passed on the candidate's plain answers. A one-line summary goes to stderr at the end. Exit codes: 0;
-    2 on bad input; 3 when no sandbox works here, so that coding records were not run (they carry
-    `verdict.correct: null` and an `error`; the other domains are scored)."""
+    Coding answers run in the bubblewrap sandbox: correct only when the problem's tests passed on plain answers.
+
+    A one-line summary (records, correct, wrong, not run, errors) goes to stderr at the end.
+
+    Exit codes: 0 done; 2 bad input; 3 no sandbox works here, so coding records were not run.
+
+    Records not run carry `verdict.correct: null` and an `error`; the other domains are still scored."""
     try:
         source = open(file, encoding="utf-8") if file else sys.stdin
     except OSError as exc:
@@ -114,12 +117,15 @@ def compare(
 def sandbox() -> None:
     """Run programs in the sandbox for another tool: JSON lines in, JSON lines out.
 
-    Each stdin line is {"id": ..., "source": "<python program>", "limits": {...}} (limits optional: wall_s, cpu_s,
-    memory_bytes, file_bytes, disk_bytes, open_files, processes); each stdout line is a mimo.sandbox/1 result:
-    {"id", "status": passed|failed|timed out|error, "output", "exit_code", "isolation", "wall_s", "detail"}. The
-    program sees only the standard library, no network and an empty environment; its output is kept to its tail,
-    with the caller's secrets scrubbed. Exit code 2 at a bad line, 3 when no sandbox works here (every result is
-    then an error)."""
+    In, per line: {"id": ..., "source": "<python program>", "limits": {...}} (limits optional, each bounded).
+
+    Limits: wall_s, cpu_s, memory_bytes, file_bytes, disk_bytes, open_files, processes.
+
+    Out, per line (mimo.sandbox/1): id, status (passed, failed, timed out, error), output, exit_code, isolation.
+
+    The program sees the standard library only, no network, an empty environment; output keeps its tail, scrubbed.
+
+    Exit codes: 0 done; 2 a bad line; 3 no sandbox works here (every result is then an error)."""
     raise typer.Exit(run_requests(sys.stdin, sys.stdout))
 
 
