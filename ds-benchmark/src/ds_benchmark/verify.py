@@ -140,10 +140,11 @@ class Tally:
     wrong: int = 0
     not_run: int = 0
     errors: int = 0
+    no_sandbox: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def count(self, record: TaskRecord) -> bool:
-        """Count one scored record; True when it is the first that could not be run."""
+    def count(self, record: TaskRecord) -> None:
+        """Count one scored record."""
         correct = record.verdict.get("correct")
         with self._lock:
             self.records += 1
@@ -151,7 +152,12 @@ class Tally:
             self.wrong += correct is False
             self.not_run += correct is None
             self.errors += record.error is not None or correct is None  # the stage sets a not-run record's error
-            return correct is None and self.not_run == 1
+
+    def sandbox_missing(self) -> bool:
+        """Note that a record could not be run for want of a sandbox; True the first time."""
+        with self._lock:
+            first, self.no_sandbox = not self.no_sandbox, True
+            return first
 
     def summary(self) -> str:
         """One line: records, correct, wrong, not run, errors."""
@@ -167,10 +173,12 @@ def score_stream(**kwargs: Any) -> tuple[int, Tally]:
     def score_and_count(record: TaskRecord, ctx: object) -> None:
         try:
             score_record(record, ctx)
+        except SandboxUnavailable as exc:
+            if tally.sandbox_missing():
+                print(f"score: {exc}; coding records get correct: null and an error", file=sys.stderr)
+            raise
         finally:
-            if tally.count(record):
-                print(f"score: {record.verdict['detail']}; coding records get correct: null and an error",
-                      file=sys.stderr)
+            tally.count(record)
 
     code = run_stage(STAGE, score_and_count, **kwargs)
-    return (EXIT_NO_SANDBOX if code == 0 and tally.not_run else code), tally
+    return (EXIT_NO_SANDBOX if code == 0 and tally.no_sandbox else code), tally
