@@ -3,9 +3,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from mimo_core import daemon
 from mimo_core.cli import app
-from mimo_core.settings import load_settings
 
 runner = CliRunner()
 
@@ -48,18 +46,13 @@ def test_version():
 
 
 @pytest.mark.model
-def test_check_says_when_it_starts_the_background_engine(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    real_models = load_settings().cache_dir / "models"
-    real_models.mkdir(parents=True, exist_ok=True)
-    (tmp_path / "models").symlink_to(real_models)
-    env = {"MIMO_CACHE_DIR": str(tmp_path), "MIMO_MODEL": "smollm2-135m", "MIMO_DRAFT_MODEL": "smollm2-135m",
-           "MIMO_ENGINE_IDLE_TIMEOUT_S": "60"}
-    try:
-        first = runner.invoke(app, ["config", "--check"], env=env)
-        second = runner.invoke(app, ["config", "--check"], env=env)
-    finally:
-        daemon.stop_engine(load_settings(env=env, dotenv_path=None))
+def test_check_says_when_it_starts_the_background_engine(engine_settings, monkeypatch):
+    settings = engine_settings(draft_model="smollm2-135m", engine_idle_timeout_s=60.0)
+    monkeypatch.chdir(settings.cache_dir)
+    env = {"MIMO_CACHE_DIR": str(settings.cache_dir), "MIMO_MODEL": settings.model,
+           "MIMO_DRAFT_MODEL": settings.draft_model, "MIMO_ENGINE_IDLE_TIMEOUT_S": "60"}
+    first = runner.invoke(app, ["config", "--check"], env=env)
+    second = runner.invoke(app, ["config", "--check"], env=env)
     assert first.exit_code == 0, first.output
     engine = json.loads(first.stdout)["check"]["engine"]
     assert engine["started"] is True and engine["idle_timeout_s"] == 60

@@ -9,21 +9,13 @@ import pytest
 
 from mimo_core import daemon
 from mimo_core.client import LLMClient
-from mimo_core.settings import load_settings
 
 pytestmark = pytest.mark.model
-MODEL = "smollm2-135m"
 
 
 @pytest.fixture
-def settings(tmp_path):
-    real_models = load_settings().cache_dir / "models"
-    real_models.mkdir(parents=True, exist_ok=True)
-    (tmp_path / "models").symlink_to(real_models)
-    s = load_settings(overrides={"cache_dir": tmp_path, "model": MODEL, "concurrency": 8,
-                                 "engine_idle_timeout_s": 120.0}, env={}, dotenv_path=None)
-    yield s
-    daemon.stop_engine(s)
+def settings(engine_settings):
+    return engine_settings(concurrency=8)
 
 
 def test_eight_concurrent_calls_after_the_engine_exited_start_one_engine(settings, monkeypatch):

@@ -19,16 +19,8 @@ MODEL = "smollm2-135m"
 
 
 @pytest.fixture
-def settings(tmp_path):
-    """A private engine folder, sharing the model files of the real cache so nothing is pulled twice."""
-    real_models = load_settings().cache_dir / "models"
-    real_models.mkdir(parents=True, exist_ok=True)
-    (tmp_path / "models").symlink_to(real_models)
-    s = load_settings(
-        overrides={"cache_dir": tmp_path, "model": MODEL, "engine_idle_timeout_s": 120.0}, env={}, dotenv_path=None
-    )
-    yield s
-    daemon.stop_engine(s)
+def settings(engine_settings):
+    return engine_settings()
 
 
 def _ask(settings, text="Say hi."):
