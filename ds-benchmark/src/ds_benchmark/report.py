@@ -13,6 +13,7 @@ from mimo_core.record import SECTIONS, TaskRecord
 
 from .results import Configuration, Outcome, Results
 from .score import figures, is_confident, percentiles, record_score
+from .verify import Verdict
 
 
 def wall_time(records: Iterable[TaskRecord]) -> float | None:
@@ -27,14 +28,15 @@ def outcome(record: TaskRecord, formula: str) -> Outcome:
     """The record's outcome, read from its verdict and never re-scored here (scoring runs a model's code, and this
     only reads). A record with no verdict, or whose answer could not be checked (`correct: null`), is an error that
     scores 0: it is neither right nor a wrong answer."""
-    v = record.verdict
-    correct = v.get("correct") if isinstance(v.get("correct"), bool) else None
     error = record.error
-    if "correct" not in v:
+    if record.verdict:
+        v = Verdict.from_dict(record.verdict, f"record {record.id!r}: verdict")
+        correct, confidence, detail = v.correct, v.confidence, v.detail
+        if correct is None:
+            error = error or f"not checked: {detail}"
+    else:
+        correct, confidence, detail = None, None, ""
         error = "not scored: run `ds-benchmark score` on the records first"
-    elif correct is None:
-        error = error or f"not checked: {v.get('detail', 'no reason given')}"
-    confidence = v.get("confidence") if isinstance(v.get("confidence"), (int, float)) else None
     return Outcome(
         id=str(record.id),
         domain=record.domain,
@@ -47,7 +49,7 @@ def outcome(record: TaskRecord, formula: str) -> Outcome:
         prompt_tokens=sum(e.prompt_tokens for e in record.trace),
         completion_tokens=sum(e.completion_tokens for e in record.trace),
         error=error,
-        detail=str(v.get("detail", "")),
+        detail=detail,
     )
 
 

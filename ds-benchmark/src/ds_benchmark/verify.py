@@ -11,6 +11,7 @@ from fractions import Fraction
 from typing import Any
 
 from mimo_core.answers import canonical_number, extract_answer, extract_code, extract_esi, extract_number
+from mimo_core.contract import Contract
 from mimo_core.record import TaskRecord
 from mimo_core.stage import run_stage
 
@@ -89,7 +90,22 @@ VERIFIERS: dict[str, Callable[[str, dict], Check]] = {
 }
 
 
-def verdict(record: TaskRecord, formula: str = "design") -> dict[str, Any]:
+@dataclass
+class Verdict(Contract):
+    """A record's `verdict` section; a checker's own findings (expected, got, isolation, ...) ride along in `extra`."""
+
+    EXTRA = "keep"
+
+    correct: bool | None  # None: the answer could not be checked (no sandbox); it scores 0 and is an error
+    confidence: float | None
+    difficulty: float
+    score: float
+    overconfident_wrong: bool
+    detail: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def verdict(record: TaskRecord, formula: str = "design") -> Verdict:
     """The record's verdict: correct, confidence, difficulty, score, overconfident_wrong, detail (and checker extras).
 
     A record with no answer or no usable reference is scored wrong, with the reason in `detail`; a coding answer that
@@ -112,23 +128,24 @@ def verdict(record: TaskRecord, formula: str = "design") -> dict[str, Any]:
             correct, detail = False, f"cannot check: {exc}"
         except SandboxUnavailable as exc:
             correct, detail, extra = None, f"not run: {exc}", {"isolation": None}
-    return {
-        "correct": correct,
-        "confidence": confidence,
-        "difficulty": record.difficulty,
-        "score": 0.0 if correct is None else record_score(correct, confidence, formula),
-        "overconfident_wrong": correct is False and is_confident(confidence),
-        "detail": detail,
-        **extra,
-    }
+    return Verdict(
+        correct=correct,
+        confidence=confidence,
+        difficulty=record.difficulty,
+        score=0.0 if correct is None else record_score(correct, confidence, formula),
+        overconfident_wrong=correct is False and is_confident(confidence),
+        detail=detail,
+        extra=extra,
+    )
 
 
 def score_record(record: TaskRecord, ctx: object = None) -> None:
     """The `score` stage's work on one record: write its verdict. A verdict of not run (`correct: null`) also raises
     SandboxUnavailable, so that the stage sets the record's `error` and marks its trace entry as an error."""
-    record.verdict = verdict(record)
-    if record.verdict["correct"] is None:
-        raise SandboxUnavailable(record.verdict["detail"])
+    checked = verdict(record)
+    record.verdict = checked.to_dict()
+    if checked.correct is None:
+        raise SandboxUnavailable(checked.detail)
 
 
 @dataclass
