@@ -4,6 +4,8 @@ template rendered with jinja2 as Hugging Face renders it."""
 from __future__ import annotations
 
 import json
+import re
+import secrets
 from typing import Any
 
 from gguf import GGUFReader
@@ -78,6 +80,7 @@ class Tokenizer:
         self._tokens = tokens
         control_ids = {i for i, kind in enumerate(token_types) if kind == CONTROL}
         self._added_ids = control_ids | {i for i, kind in enumerate(token_types) if kind == USER_DEFINED}
+        self._control_texts = [tokens[i] for i in sorted(control_ids)]
         self.eos_ids = {eos_id} | {i for i in control_ids if tokens[i] in END_OF_TURN}
         self.vocab_size = len(tokens)
         self._template_tokens = {"eos_token": tokens[eos_id], "bos_token": tokens[bos_id] if bos_id is not None else ""}
@@ -101,11 +104,15 @@ class Tokenizer:
 
     def encode(self, text: str, allow_special: bool = True) -> list[int]:
         """Token ids of `text`; with allow_special=False a control token's text is tokenized as ordinary text."""
-        return (self._backend if allow_special else self._plain).encode(text, add_special_tokens=False).ids
+        # The batch call releases the GIL (a single encode holds it), so a server thread encoding a long text leaves
+        # the event loop free
+        (encoding,) = (self._backend if allow_special else self._plain).encode_batch([text], add_special_tokens=False)
+        return encoding.ids
 
     def decode(self, ids: list[int], skip_special: bool = False) -> str:
         """The text of token ids (control tokens included unless skip_special)."""
-        return self._backend.decode(list(ids), skip_special_tokens=skip_special)
+        (text,) = self._backend.decode_batch([list(ids)], skip_special_tokens=skip_special)  # releases the GIL
+        return text
 
     def token_bytes(self, token_id: int) -> bytes:
         """The exact bytes of one token (a piece of a UTF-8 character for some)."""
@@ -125,6 +132,22 @@ class Tokenizer:
         return self._template.render(
             messages=messages, add_generation_prompt=add_generation_prompt, tools=None, **self._template_tokens
         )
+
+    def encode_chat(self, messages: list[dict]) -> list[int]:
+        """Token ids of a conversation's prompt, ready for the assistant's turn. Message text is tokenized as text:
+        `<|im_end|>` typed in a message stays characters, so it cannot close the turn or open another."""
+        rendered = self.render_chat(messages)
+        if not any(control in m["content"] for m in messages for control in self._control_texts):
+            return self.encode(rendered)  # the common case: token for token what the template alone gives
+        # Render again with a random mark for each message's text, then tokenize the template's pieces with their
+        # control tokens and each message's text without
+        marks = {f"<mimo-message-{secrets.token_hex(16)}>": m["content"] for m in messages}
+        skeleton = self.render_chat([{**m, "content": mark} for m, mark in zip(messages, marks)])
+        pieces = re.split(f"({'|'.join(marks)})", skeleton)
+        if any(skeleton.count(mark) != 1 for mark in marks) or "".join(marks.get(p, p) for p in pieces) != rendered:
+            raise ValueError("a message holds control-token text, and this model's chat template does not keep "
+                             "message text verbatim, so it cannot be kept apart from the template's control tokens")
+        return [i for p in pieces for i in (self.encode(marks[p], False) if p in marks else self.encode(p))]
 
 
 def _raise(message: str) -> None:
