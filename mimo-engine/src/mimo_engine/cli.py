@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from mimo_core.console import fail
+from mimo_core.console import EXIT_BAD_INPUT, add_version_option, fail
 from mimo_core.settings import SettingsError, load_settings
 from mimo_engine.pull import PullError, pull as pull_model
 from mimo_engine.registry import UnknownModelError, get_spec, model_status
@@ -19,15 +19,11 @@ PROG = "mimo-engine"
 app = typer.Typer(
     help="Run real small GGUF models in numpy and serve them over the OpenAI API "
     "(the embedded backend of mimo-pipeline). Models are cached in MIMO_CACHE_DIR and pulled on first use.",
+    no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-@app.callback(invoke_without_command=True)
-def _root(ctx: typer.Context) -> None:
-    if ctx.invoked_subcommand is None:  # bare `mimo-engine`: show what it can do
-        typer.echo(ctx.get_help())
+add_version_option(app, "mimo-engine")
 
 
 def _cache_dir() -> Path:
@@ -51,28 +47,55 @@ def _print_json(data: Any) -> None:
     sys.stdout.flush()
 
 
-@app.command()
+@app.command(epilog="Limits: request bodies over --max-body-mib are refused with 413 before they are read; a "
+             "model not named here answers 404 (model_not_found); one that fails to load or pull, 503; past the batch "
+             "and queue, 429 with Retry-After; prompt token ids must be within the vocabulary (400); message text "
+             "is tokenized as text, never as control tokens. A client that hangs up has its sequences stopped. "
+             "SIGTERM or Ctrl-C: no new connections, requests in flight get --drain-timeout seconds, then end with "
+             "an error.")
 def serve(
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8000, min=1, max=65535, help="Port to listen on."),
     model: list[str] = typer.Option(
-        [], "--model", "-m", callback=_known_models,
-        help="A model to load at start (repeatable). Other registry models load on their first request.",
+        [], "--model", "-m", callback=_known_models, help="A model to load at start and serve (repeatable).",
     ),  # fmt: skip
+    allow: list[str] = typer.Option(
+        [], "--allow", callback=_known_models,
+        help="A model to serve too, loaded (and pulled if needed) on its first request (repeatable).",
+    ),  # fmt: skip
+    allow_pull: bool = typer.Option(False, "--allow-pull", help="Serve every registry model, loading and pulling it "
+                                    "on its first request: any client may then make the server download up to "
+                                    "1.1 GB and hold several GB of memory."),
     max_batch_size: int = typer.Option(8, min=1, help="Most sequences decoded together per model."),
     max_queue: int = typer.Option(32, min=0, help="Sequences that may wait beyond the batch; past it: 429."),
+    max_body_mib: float = typer.Option(4.0, min=0.001, help="Largest request body in MiB; a larger one: 413."),
     idle_timeout: float = typer.Option(0.0, min=0.0, help="Exit after this many seconds without requests (0: never)."),
+    drain_timeout: float = typer.Option(10.0, min=0.0, help="On SIGTERM, seconds requests in flight may still run "
+                                        "before they are cut."),
     step_tokens: int = typer.Option(128, min=1, help="Token budget of one engine step: decode tokens first, then "
                                     "prompt chunks, so a long prompt shares steps with running streams."),
     kv_cache_gib: float = typer.Option(1.0, min=0.01, help="KV cache pool per model, in GiB (backed lazily)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Log only warnings and errors: no start line, no "
+                               "line per request."),
 ) -> None:
-    """Serve /v1/chat/completions, /v1/completions, /v1/models, /health and /metrics."""
-    from mimo_engine.server import ServerOptions, serve as run_server  # the web and model stack: not for --help
+    """Serve the OpenAI API for the models named with --model, --allow or --allow-pull.
 
-    options = ServerOptions(max_batch_size=max_batch_size, max_queue=max_queue, step_tokens=step_tokens,
-                            kv_cache_bytes=int(kv_cache_gib * (1 << 30)), idle_timeout_s=idle_timeout,
-                            cache_dir=_cache_dir())
-    run_server(host, port, model, options)
+    Endpoints: /v1/chat/completions, /v1/completions, /v1/models, /health, /metrics. Logs on stderr: a start line,
+    model loads, one line per request."""
+    from mimo_engine.scheduler import Unavailable  # the web and model stack: not for --help
+    from mimo_engine.server import ServerOptions, serve as run_server
+
+    if not (model or allow or allow_pull):
+        raise typer.BadParameter("name a model to serve with --model (loaded at start) or --allow (loaded on first "
+                                 "request), or pass --allow-pull")
+    options = ServerOptions(allow=tuple(allow), allow_pull=allow_pull, max_batch_size=max_batch_size,
+                            max_queue=max_queue, step_tokens=step_tokens, kv_cache_bytes=int(kv_cache_gib * (1 << 30)),
+                            max_body_bytes=int(max_body_mib * (1 << 20)), idle_timeout_s=idle_timeout,
+                            drain_s=drain_timeout, cache_dir=_cache_dir())
+    try:
+        run_server(host, port, model, options, quiet=quiet)
+    except Unavailable as exc:
+        fail(str(exc), code=1, prog=PROG)
 
 
 @app.command()
@@ -116,7 +139,9 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except typer.TyperException as exc:  # a usage error: bad option value, unknown command or model
-        fail(exc.format_message(), prog=PROG)
+        if exc.format_message():
+            fail(exc.format_message(), prog=PROG)
+        sys.exit(EXIT_BAD_INPUT)  # bare `mimo-engine`: the help has been shown
     except SettingsError as exc:
         fail(str(exc), prog=PROG)
     sys.exit(code if isinstance(code, int) else 0)

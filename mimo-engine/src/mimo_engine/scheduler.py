@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Awaitable, Callable, Iterable
+from typing import AsyncIterator, Callable, Iterable
 
 import numpy as np
 from tiered_kv_cache import KVPool, NoFreeBlocks
@@ -55,11 +55,16 @@ class QueueFull(RuntimeError):
 
 
 class UnknownModel(LookupError):
-    """No model of that name is served or known to the registry."""
+    """No model of that name is served here."""
 
-    def __init__(self, name: str) -> None:
-        super().__init__(f"The model `{name}` does not exist")
+    def __init__(self, name: str, served: Iterable[str]) -> None:
+        super().__init__(f"The model `{name}` does not exist or is not served here; "
+                         f"served: {', '.join(sorted(served)) or 'none'}")
         self.name = name
+
+
+class Unavailable(RuntimeError):
+    """The request cannot be served now: its model failed to load, or the server is shutting down."""
 
 
 # Events a request receives on its asyncio queue, in order: Delta* per choice, then one Done or Failed.
@@ -140,15 +145,12 @@ class Request:
             if not isinstance(event, Delta):
                 return
 
-    async def result(self, is_disconnected: Callable[[], Awaitable[bool]] | None = None) -> Done | Failed:
-        """Wait for the end; if `is_disconnected` reports the client gone, cancel and return a Failed."""
+    async def result(self) -> Done | Failed:
+        """Wait for the end; if the waiting task is cancelled (its client went away), the request is cancelled."""
         try:
             async for event in self.events():
-                if not isinstance(event, Delta):
-                    return event
-                if is_disconnected is not None and await is_disconnected():
-                    break
-            return Failed("the client disconnected")
+                pass
+            return event  # the last one: Done or Failed
         finally:
             self.cancel()  # a no-op once Done has arrived
 
@@ -211,10 +213,13 @@ class ModelWorker:
         return bool(self._waiting or self._prefilling or self._running)
 
     def submit(self, request: Request) -> None:
-        """Queue a request; raises InvalidRequest if it can never run, QueueFull if the queue is at capacity."""
+        """Queue a request; raises InvalidRequest if it can never run, QueueFull if the queue is at capacity,
+        Unavailable once the worker is closed."""
         self._validate(request)
         request.report.model = self.model.name
         with self._wakeup:
+            if self._closed:
+                raise Unavailable("the server is shutting down")
             queued = sum(r.params.n for r in self._waiting) + self._sequences()
             if queued + request.params.n > self.capacity:
                 self.metrics.rejected += 1
@@ -507,16 +512,25 @@ class Engine:
         return dict(self._workers)
 
     def worker(self, name: str) -> ModelWorker:
-        """The worker of model `name`, loading (and pulling) it first if needed; blocks while it loads."""
+        """The worker of model `name`, loading (and pulling) it first if needed; blocks while it loads.
+        UnknownModel if `name` is not served here, Unavailable if it fails to load (the log says why)."""
         if name in self._workers:
             return self._workers[name]
         if name not in self.available:
-            raise UnknownModel(name)
+            raise UnknownModel(name, self.available)
         with self._guard:
             lock = self._locks.setdefault(name, threading.Lock())
         with lock:  # one load per model; other models stay servable meanwhile
             if name not in self._workers:
-                self._workers[name] = ModelWorker(self._load(name), **self._worker_options)
+                log.info("loading %s", name)
+                started = time.monotonic()
+                try:
+                    model = self._load(name)
+                except Exception as exc:  # pip's output, a bad file, no memory: for the log, not for the client
+                    log.error("could not load %s: %s", name, exc)
+                    raise Unavailable(f"the model `{name}` could not be loaded; the server's log says why") from exc
+                self._workers[name] = ModelWorker(model, **self._worker_options)
+                log.info("loaded %s in %.1f s", name, time.monotonic() - started)
         return self._workers[name]
 
     def touch(self) -> None:

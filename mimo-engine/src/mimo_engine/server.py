@@ -1,4 +1,10 @@
-"""The OpenAI-compatible HTTP server over the continuous-batching engine."""
+"""The OpenAI-compatible HTTP server over the continuous-batching engine.
+
+What a hostile client meets: bodies over `max_body_bytes` are refused (413) before they are read; tokenizing and
+model loads run off the event loop, so `/health` answers while they work; only the models the operator named are
+served; a client that hangs up has its sequences stopped and freed; SIGTERM stops accepting at once and cuts what
+is still running after a bounded drain.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -42,13 +49,18 @@ from mimo_engine.scheduler import (
     ModelWorker,
     QueueFull,
     Request,
+    Unavailable,
     UnknownModel,
     KV_CACHE_BYTES,
     STEP_TOKENS,
 )
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("mimo_engine.access")
 
+MAX_BODY_BYTES = 4 << 20  # a full 32k-token context is about 150 KB of text: 4 MiB leaves room for lists of prompts
+DRAIN_S = 10.0  # after SIGTERM, how long requests in flight may run before they are cut
+CUT_GRACE_S = 5.0  # after the cut, how long responses get to send their error before connections are dropped
 
 
 # ---------------------------------------------------------------- request bodies
@@ -146,6 +158,22 @@ def error_response(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+class ClientGone(Exception):
+    """The client closed its connection before its response was ready."""
+
+
+class BodyTooLarge(StarletteHTTPException):
+    """A request body over the server's limit (raised while it arrives, before it is parsed)."""
+
+    def __init__(self, limit_bytes: int) -> None:
+        super().__init__(413, f"the request body is over this server's limit of {limit_bytes / (1 << 20):g} MiB")
+
+
+def too_large(exc: BodyTooLarge) -> JSONResponse:
+    """The 413 response to a body over the limit."""
+    return error_response(413, exc.detail, None, "request_too_large")
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid_body(_: HttpRequest, exc: RequestValidationError) -> JSONResponse:
@@ -163,7 +191,20 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(UnknownModel)
     async def _unknown(_: HttpRequest, exc: UnknownModel) -> JSONResponse:
-        return error_response(404, str(exc), "model", "model_not_found")
+        hint = "; `mimo-engine serve` serves more with --model, --allow or --allow-pull" if exc.name in MODELS else ""
+        return error_response(404, f"{exc}{hint}", "model", "model_not_found")
+
+    @app.exception_handler(Unavailable)
+    async def _unavailable(_: HttpRequest, exc: Unavailable) -> JSONResponse:
+        return error_response(503, str(exc), None, "unavailable", "server_error")
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(_: HttpRequest, exc: BodyTooLarge) -> JSONResponse:
+        return too_large(exc)
+
+    @app.exception_handler(ClientGone)
+    async def _gone(_: HttpRequest, exc: ClientGone) -> JSONResponse:
+        return error_response(499, str(exc), None, "client_closed_request")  # nobody reads it; the access log does
 
     @app.exception_handler(QueueFull)
     async def _full(_: HttpRequest, exc: QueueFull) -> JSONResponse:
@@ -206,13 +247,15 @@ def usage(reports: list[MimoReport]) -> dict[str, Any]:
 
 def submit_all(
     worker: ModelWorker, prompts: list[list[int]], params: SamplingParams, mimo: MimoRequest,
-    prompt_logprobs: int | None = None,
+    prompt_logprobs: int | None = None, load_s: float = 0.0,
 ) -> list[Request]:
-    """Submit one request per prompt; if any is refused, cancel those already queued and re-raise."""
+    """Submit one request per prompt (`load_s`: how long it waited for its model to load); if any is refused,
+    cancel those already queued and re-raise."""
     requests: list[Request] = []
     try:
         for prompt in prompts:
             request = Request(prompt, params, prompt_logprobs, mimo)
+            request.report.load_s = load_s
             worker.submit(request)
             requests.append(request)
     except Exception:
@@ -243,13 +286,31 @@ async def merged_events(requests: list[Request]) -> AsyncIterator[tuple[int, Del
             task.cancel()
 
 
+async def hangup(http: HttpRequest) -> None:
+    """Return when the client closes its connection (its body was read already, so only that can arrive)."""
+    while (await http.receive())["type"] != "http.disconnect":
+        pass
+
+
 async def gather_results(requests: list[Request], http: HttpRequest) -> list[Done]:
-    """Wait for every request; a failure of any becomes a 500 (nobody reads it if the client is gone)."""
-    results = await asyncio.gather(*(r.result(http.is_disconnected) for r in requests))
-    failed = [r.message for r in results if isinstance(r, Failed)]
+    """Wait for every request. If the client hangs up first, its requests are cancelled (their sequences stop and
+    free their blocks) and ClientGone is raised; a failed request is a 503."""
+
+    async def every_result() -> list[Done | Failed]:
+        return await asyncio.gather(*(r.result() for r in requests))
+
+    results, gone = asyncio.create_task(every_result()), asyncio.create_task(hangup(http))
+    try:
+        await asyncio.wait({results, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:  # also when this handler itself is cancelled
+        gone.cancel()
+        results.cancel()  # a no-op once every request has finished
+    if not results.done():
+        raise ClientGone("the client closed the connection")
+    failed = [r.message for r in results.result() if isinstance(r, Failed)]
     if failed:
-        raise RuntimeError(failed[0])
-    return results
+        raise Unavailable(failed[0])
+    return results.result()
 
 
 def sse(payload: dict[str, Any] | str) -> str:
@@ -266,85 +327,152 @@ def _failure_event(message: str) -> str:
 
 @dataclass(frozen=True)
 class ServerOptions:
-    """How the server runs: batch and queue limits, idle exit, where models are cached."""
+    """How the server runs: which models it serves, batch, queue and body limits, idle exit, shutdown drain."""
 
+    allow: tuple[str, ...] = ()  # registry models served too, loaded on their first request
+    allow_pull: bool = False  # serve every registry model, loading (and pulling) it on its first request
     max_batch_size: int = 8
     max_queue: int = 32
     step_tokens: int = STEP_TOKENS
     kv_cache_bytes: int = KV_CACHE_BYTES
+    max_body_bytes: int = MAX_BODY_BYTES
     idle_timeout_s: float = 0.0  # 0: never exit when idle
+    drain_s: float = DRAIN_S
     cache_dir: Path | None = None
 
 
-def create_app(
-    models: list[str],
-    options: ServerOptions = ServerOptions(),
-    *,
-    load: Callable[[str], LoadedModel] | None = None,
-    available: list[str] | None = None,
-    on_idle: Callable[[], None] | None = None,
-) -> FastAPI:
-    """The FastAPI app: preloads `models`, serves any other known model lazily, calls `on_idle` after the idle timeout.
+def served_models(models: list[str], options: ServerOptions) -> set[str]:
+    """The models a server started with `models` may serve: those, the allowed ones, or with allow_pull all."""
+    return set(MODELS) if options.allow_pull else {*models, *options.allow}
 
-    `load` and `available` stand in for the runtime and the registry (tests); `on_idle` stops the app's server.
-    """
+
+def build_engine(models: list[str], options: ServerOptions) -> Engine:
+    """The engine serving `served_models`, with `models` loaded now; Unavailable if one of them cannot load."""
     engine = Engine(
-        MODELS if available is None else available,
-        load or (lambda name: LoadedModel.load(name, options.cache_dir)),
+        served_models(models, options),
+        lambda name: LoadedModel.load(name, options.cache_dir),
         max_batch_size=options.max_batch_size,
         max_queue=options.max_queue,
         step_tokens=options.step_tokens,
         kv_cache_bytes=options.kv_cache_bytes,
     )
+    try:
+        for name in models:
+            engine.worker(name)
+    except Unavailable:
+        engine.close()
+        raise
+    return engine
+
+
+def create_app(engine: Engine, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+    """The FastAPI app over `engine`, behind the `Gate` middleware; the engine is closed when the app shuts down."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        for name in models:
-            await asyncio.to_thread(engine.worker, name)
-        timeout_s = options.idle_timeout_s
-        watcher = asyncio.create_task(_watch_idle(engine, timeout_s, on_idle)) if timeout_s else None
         try:
             yield
         finally:
-            if watcher:
-                watcher.cancel()
             await asyncio.to_thread(engine.close)
 
     app = FastAPI(title="mimo-engine", lifespan=lifespan)
-    app.state.engine = engine
+    app.add_middleware(Gate, engine=engine, max_body_bytes=max_body_bytes)
     _install_error_handlers(app)
-
-    @app.middleware("http")
-    async def _touch(request: HttpRequest, call_next: Callable) -> Any:
-        engine.touch()  # any request, /health included, keeps an idle-timeout server alive
-        return await call_next(request)
-
     _add_info_routes(app, engine)
     _add_chat_route(app, engine)
     _add_completion_route(app, engine)
     return app
 
 
-async def _watch_idle(engine: Engine, timeout_s: float, on_idle: Callable[[], None] | None) -> None:
-    """Call `on_idle` once nothing has arrived or run for `timeout_s` seconds."""
-    while True:
-        await asyncio.sleep(min(1.0, timeout_s / 4))
-        if not engine.busy() and time.monotonic() - engine.last_active() >= timeout_s:
-            log.warning("idle for %.0f s: exiting", timeout_s)
-            if on_idle:
-                on_idle()
-            return
+class Gate:
+    """ASGI middleware: refuses a body over `max_body_bytes` with 413 before it is parsed (by its Content-Length, or
+    as a chunked body grows past it), counts every request as activity for the idle timeout, and logs one access
+    line per request. Plain ASGI rather than `@app.middleware`, which would hide a client's disconnect."""
+
+    def __init__(self, app: Callable, engine: Engine, max_body_bytes: int) -> None:
+        self.app = app
+        self.engine = engine
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        self.engine.touch()  # any request, /health included, keeps an idle-timeout server alive
+        started, status = time.perf_counter(), 500
+
+        async def send_status(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            if self._declared_length(scope) > self.max_body_bytes:
+                await too_large(BodyTooLarge(self.max_body_bytes))(scope, receive, send_status)
+            else:
+                await self.app(scope, self._bounded(receive), send_status)
+        finally:
+            client = "%s:%s" % tuple(scope.get("client") or ("-", "-"))
+            access_log.info('%s "%s %s" %d %.3f s', client, scope["method"], scope["path"], status,
+                            time.perf_counter() - started)
+
+    @staticmethod
+    def _declared_length(scope: dict) -> int:
+        value = dict(scope["headers"]).get(b"content-length", b"0")
+        return int(value) if value.isdigit() else 0  # h11 has refused a malformed one already
+
+    def _bounded(self, receive: Callable) -> Callable:
+        received = 0
+
+        async def bounded_receive() -> dict:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_body_bytes:
+                raise BodyTooLarge(self.max_body_bytes)
+            return message
+
+        return bounded_receive
 
 
-async def resolve(engine: Engine, name: str) -> ModelWorker:
-    """The worker of a model; a model not yet loaded loads in a thread, so the server keeps serving the others."""
-    return engine.workers().get(name) or await asyncio.to_thread(engine.worker, name)
+async def in_daemon_thread(fn: Callable, *args: Any) -> Any:
+    """`fn(*args)` in a daemon thread: unlike asyncio.to_thread, the process may exit while it runs (a model pull
+    must not hold up a shutdown for minutes)."""
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def settle(method: str, value: Any) -> None:
+        if not future.done():
+            getattr(future, method)(value)
+
+    def run() -> None:
+        try:
+            outcome = ("set_result", fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+            outcome = ("set_exception", exc)
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody is waiting
+            loop.call_soon_threadsafe(settle, *outcome)
+
+    threading.Thread(target=run, name=f"mimo-engine:{fn.__name__}", daemon=True).start()
+    return await future
+
+
+async def resolve(engine: Engine, name: str) -> tuple[ModelWorker, float]:
+    """The worker of a model and the seconds this request waited for it to load (0 when it was loaded); a model
+    not yet loaded loads off the event loop, so the server keeps serving the others."""
+    worker = engine.workers().get(name)
+    if worker is not None:
+        return worker, 0.0
+    started = time.perf_counter()
+    worker = await in_daemon_thread(engine.worker, name)
+    return worker, round(time.perf_counter() - started, 6)
 
 
 def _add_info_routes(app: FastAPI, engine: Engine) -> None:
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "models_loaded": engine.loaded(), "pid": os.getpid()}
+        return {"status": "ok", "pid": os.getpid(), "models_loaded": engine.loaded(),
+                "models_served": sorted(engine.available), "busy": engine.busy()}
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
@@ -372,14 +500,11 @@ def _add_chat_route(app: FastAPI, engine: Engine) -> None:
         if max_tokens is not None and max_tokens < 1:
             raise InvalidRequest("max_tokens must be at least 1", "max_tokens")
         params = body.sampling(max_tokens, body.logprobs, body.top_logprobs)
-        worker = await resolve(engine, body.model)
-        tokenizer = worker.model.tokenizer
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-        try:
-            rendered = tokenizer.render_chat(messages, add_generation_prompt=True)
-        except Exception as exc:  # the model's own template rejects the conversation (e.g. role order)
-            raise InvalidRequest(f"the chat template rejected the messages: {exc}", "messages") from None
-        requests = submit_all(worker, [tokenizer.encode(rendered, allow_special=True)], params, body.extension())
+        worker, load_s = await resolve(engine, body.model)
+        tokenizer = worker.model.tokenizer
+        prompt = await asyncio.to_thread(_chat_prompt, tokenizer, messages)
+        requests = submit_all(worker, [prompt], params, body.extension(), load_s=load_s)
         head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": body.model}
         if body.stream:
             return StreamingResponse(_chat_stream(head, requests, tokenizer, body), media_type="text/event-stream")
@@ -399,6 +524,14 @@ def _add_chat_route(app: FastAPI, engine: Engine) -> None:
             "usage": usage([done.report]),
             "mimo": mimo_report([done.report], body.extension()),
         }
+
+
+def _chat_prompt(tokenizer: Any, messages: list[dict]) -> list[int]:
+    """The token ids of a conversation, its message text tokenized as text (no control tokens from a user)."""
+    try:
+        return tokenizer.encode_chat(messages)
+    except Exception as exc:  # the model's own template rejects the conversation (e.g. role order)
+        raise InvalidRequest(f"the chat template rejected the messages: {exc}", "messages") from None
 
 
 async def _chat_stream(head: dict, requests: list[Request], tokenizer: Any, body: ChatBody) -> AsyncIterator[str]:
@@ -437,16 +570,17 @@ class Prompt:
 
 
 def _completion_prompts(body: CompletionBody, tokenizer: Any) -> list[Prompt]:
-    """The prompts of a body: a string, strings, token ids or lists of token ids."""
+    """The prompts of a body: a string, strings, token ids or lists of token ids (each id within the vocabulary).
+    A string is the caller's whole prompt, so control-token text in it is the control token."""
     prompts = body.prompt
     if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
         prompts = [prompts]
     if not prompts:
         raise InvalidRequest("prompt must not be empty", "prompt")
-    return [
-        Prompt(p, tokenizer.encode(p, allow_special=True)) if isinstance(p, str) else Prompt(tokenizer.decode(p), p)
-        for p in prompts
-    ]
+    for ids in (p for p in prompts if not isinstance(p, str) and p):
+        if min(ids) < 0 or max(ids) >= tokenizer.vocab_size:
+            raise InvalidRequest(f"prompt token ids must be from 0 to {tokenizer.vocab_size - 1}", "prompt")
+    return [Prompt(p, tokenizer.encode(p)) if isinstance(p, str) else Prompt(tokenizer.decode(p), p) for p in prompts]
 
 
 def _add_completion_route(app: FastAPI, engine: Engine) -> None:
@@ -455,21 +589,21 @@ def _add_completion_route(app: FastAPI, engine: Engine) -> None:
         if body.max_tokens < (0 if body.echo else 1):
             raise InvalidRequest("max_tokens must be at least 1 (0 only with echo)", "max_tokens")
         params = body.sampling(body.max_tokens, body.logprobs is not None, body.logprobs or 0)
-        worker = await resolve(engine, body.model)
+        worker, load_s = await resolve(engine, body.model)
         tokenizer = worker.model.tokenizer
-        prompts = _completion_prompts(body, tokenizer)
+        prompts = await asyncio.to_thread(_completion_prompts, body, tokenizer)
         scoring = body.logprobs if body.echo and body.logprobs is not None else None
-        requests = submit_all(worker, [p.tokens for p in prompts], params, body.extension(), scoring)
+        requests = submit_all(worker, [p.tokens for p in prompts], params, body.extension(), scoring, load_s)
         head = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": body.model}
         if body.stream:
             stream = _completion_stream(head, requests, prompts, tokenizer, body)
             return StreamingResponse(stream, media_type="text/event-stream")
         results = await gather_results(requests, http)
-        choices = [
+        choices = await asyncio.to_thread(lambda: [  # echo's logprobs cover whole prompts: off the event loop
             _completion_choice(position * body.n + c.index, prompt, done, c, tokenizer, body)
             for position, (prompt, done) in enumerate(zip(prompts, results))
             for c in done.choices
-        ]
+        ])
         reports = [done.report for done in results]
         return {
             **head,
@@ -524,7 +658,7 @@ async def _completion_stream(
                 logprobs = completion_logprobs([event.logprob.token], [event.logprob], [offset], tokenizer)
             choice = {"index": index, "text": event.text, "logprobs": logprobs, "finish_reason": event.finish_reason}
             yield sse({**head, "choices": [choice]})
-    if len(stats) == len(requests):
+    if len(reports) == len(requests):
         final = {**head, "choices": [], "mimo": mimo_report(reports, body.extension())}
         if body.stream_options.include_usage:
             final["usage"] = usage(reports)
@@ -535,13 +669,78 @@ async def _completion_stream(
 # ---------------------------------------------------------------- running it
 
 
-def serve(host: str, port: int, models: list[str], options: ServerOptions = ServerOptions()) -> None:
-    """Run the server until interrupted or, with an idle timeout, until idle that long."""
-    server: uvicorn.Server | None = None
+class EngineServer(uvicorn.Server):
+    """uvicorn's server plus the engine's start line, its idle exit, and a bounded drain on shutdown: it stops
+    accepting at once, lets requests in flight run for `drain_s`, then fails what is left (streams end with an
+    error event) and exits."""
 
-    def stop() -> None:
-        server.should_exit = True
+    def __init__(self, config: uvicorn.Config, engine: Engine, options: ServerOptions) -> None:
+        super().__init__(config)
+        self.engine = engine
+        self.options = options
+        self._idle: asyncio.Task | None = None
 
-    app = create_app(models, options, on_idle=stop)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
-    server.run()
+    async def startup(self, sockets: list | None = None) -> None:
+        await super().startup(sockets)
+        if not self.started:  # uvicorn has said why (the port is taken, say)
+            return
+        log.info("%s", start_line(self.config.host, self.config.port, self.engine, self.options))
+        if self.options.idle_timeout_s:
+            self._idle = asyncio.create_task(self._exit_when_idle(self.options.idle_timeout_s))
+
+    async def shutdown(self, sockets: list | None = None) -> None:
+        if self._idle:
+            self._idle.cancel()
+        in_flight = len(self.server_state.tasks)
+        if in_flight:
+            log.info("stopping: no new connections; %d requests in flight may run %g s more", in_flight,
+                     self.options.drain_s)
+        cut = asyncio.create_task(self._cut_after(self.options.drain_s))
+        try:
+            await super().shutdown(sockets)
+        finally:
+            cut.cancel()
+
+    async def _cut_after(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        log.warning("drain of %g s over: stopping the requests still running", seconds)
+        await asyncio.to_thread(self.engine.close)  # each request fails with "the server is shutting down"
+
+    async def _exit_when_idle(self, timeout_s: float) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, timeout_s / 4))
+            if not self.engine.busy() and time.monotonic() - self.engine.last_active() >= timeout_s:
+                log.info("idle for %g s: exiting", timeout_s)
+                self.should_exit = True
+                return
+
+
+def start_line(host: str, port: int, engine: Engine, options: ServerOptions) -> str:
+    """What the server says once it listens: where, which models, and its limits."""
+    loaded = engine.loaded()
+    lazy = "any registry model" if options.allow_pull else ", ".join(sorted(engine.available - set(loaded)))
+    return (f"mimo-engine serving http://{host}:{port}/v1 (pid {os.getpid()}); loaded: {', '.join(loaded) or 'none'}"
+            f"; on first request: {lazy or 'none'}; body limit {options.max_body_bytes / (1 << 20):g} MiB, "
+            f"batch {options.max_batch_size}, queue {options.max_queue}, drain {options.drain_s:g} s")
+
+
+def log_to_stderr(quiet: bool = False) -> None:
+    """Timestamped log lines on stderr: the start line, model loads, one line per request, warnings and errors;
+    `quiet` keeps only warnings and errors."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    logging.getLogger().addHandler(handler)
+    logging.getLogger().setLevel(logging.WARNING)
+    logging.getLogger("mimo_engine").setLevel(logging.WARNING if quiet else logging.INFO)
+
+
+def serve(host: str, port: int, models: list[str], options: ServerOptions = ServerOptions(),
+          quiet: bool = False) -> None:
+    """Load `models`, then serve until SIGTERM / Ctrl-C or, with an idle timeout, until idle that long.
+    Unavailable if a model named to load at start cannot be loaded."""
+    log_to_stderr(quiet)
+    engine = build_engine(models, options)
+    config = uvicorn.Config(create_app(engine, options.max_body_bytes), host=host, port=port, log_config=None,
+                            log_level="warning", access_log=False,
+                            timeout_graceful_shutdown=int(options.drain_s + CUT_GRACE_S))
+    EngineServer(config, engine, options).run()
