@@ -1,4 +1,10 @@
-"""The shared embedded engine: one `mimo-engine serve` process per cache dir, found or started under a lock."""
+"""The shared embedded engine: one `mimo-engine serve` process per cache dir, found or started under a lock.
+
+It serves the models the settings name (oracle and draft), loading each on its first request. A tool whose settings
+name another model gets an engine serving both sets; the old engine is stopped if idle, or else left to finish its
+work and exit on its idle timeout. An engine slow to answer its health check is busy, not hung: it is replaced only
+after `HUNG_AFTER_S` without an answer.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +25,10 @@ from filelock import FileLock
 from .settings import Settings
 
 STARTUP_TIMEOUT_S = 120.0
+HEALTH_TIMEOUT_S = 2.0
+HUNG_AFTER_S = 30.0  # a live engine that has not answered /health for this long is taken as hung
+STOP_TIMEOUT_S = 30.0  # SIGTERM lets requests in flight drain (the engine's default is 10 s), then SIGKILL
+LOG_MAX_BYTES = 8 << 20  # past this, engine.log moves to engine.log.1 when the next engine starts
 
 
 class EngineError(RuntimeError):
@@ -68,14 +78,30 @@ def is_engine_process(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] != "Z" and b"mimo_engine" in cmdline
 
 
-def is_healthy(state: EngineState, timeout_s: float = 2.0) -> bool:
+def engine_health(state: EngineState, timeout_s: float = HEALTH_TIMEOUT_S, patience_s: float = 0.0) -> dict | None:
+    """The engine's /health answer, or None if its process is gone or it refuses connections. A live engine that
+    does not answer within `timeout_s` is asked again until `patience_s` have passed: busy is not hung."""
+    deadline = time.monotonic() + patience_s
+    while is_engine_process(state.pid):
+        try:
+            response = httpx.get(f"http://127.0.0.1:{state.port}/health", timeout=timeout_s)
+            return response.json() if response.status_code == 200 else None
+        except httpx.TimeoutException:
+            if time.monotonic() >= deadline:
+                return None
+        except (httpx.HTTPError, ValueError):
+            return None
+    return None
+
+
+def is_healthy(state: EngineState, timeout_s: float = HEALTH_TIMEOUT_S) -> bool:
     """Whether the recorded process is alive and answers its health check."""
-    if not is_engine_process(state.pid):
-        return False
-    try:
-        return httpx.get(f"http://127.0.0.1:{state.port}/health", timeout=timeout_s).status_code == 200
-    except httpx.HTTPError:
-        return False
+    return engine_health(state, timeout_s) is not None
+
+
+def engine_models(settings: Settings) -> list[str]:
+    """The models the shared engine must serve for these settings: the oracle and the draft model."""
+    return sorted({settings.oracle_model, settings.drafter_model})
 
 
 def _free_port() -> int:
@@ -84,7 +110,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _start(settings: Settings) -> EngineState:
+def _start(settings: Settings, models: list[str]) -> EngineState:
     if importlib.util.find_spec("mimo_engine") is None:
         raise EngineError(
             "MIMO_BASE_URL is unset and the embedded engine is not installed: "
@@ -96,10 +122,14 @@ def _start(settings: Settings) -> EngineState:
         sys.executable, "-m", "mimo_engine", "serve",
         "--host", "127.0.0.1", "--port", str(port),
         "--idle-timeout", str(settings.engine_idle_timeout_s),
+        *(arg for name in models for arg in ("--allow", name)),
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k != "MIMO_API_KEY"}  # the engine needs no key: never hand it one
     env["MIMO_CACHE_DIR"] = str(settings.cache_dir)
-    with open(folder / "engine.log", "ab") as log:
+    log_path = folder / "engine.log"
+    if log_path.is_file() and log_path.stat().st_size > LOG_MAX_BYTES:
+        os.replace(log_path, folder / "engine.log.1")
+    with open(log_path, "ab") as log:
         # A session of its own: the engine outlives the tool that started it and serves the whole pipe.
         process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True
@@ -108,26 +138,30 @@ def _start(settings: Settings) -> EngineState:
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            tail = (folder / "engine.log").read_text(errors="replace").strip().splitlines()[-1:]
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-1:]
             raise EngineError(f"the embedded engine exited at start (code {process.returncode}): {' '.join(tail)}")
         if is_healthy(state, timeout_s=1.0):
             return state
         time.sleep(0.2)
     process.kill()
-    raise EngineError(f"the embedded engine did not answer within {STARTUP_TIMEOUT_S:.0f} s; see {folder / 'engine.log'}")
+    raise EngineError(f"the embedded engine did not answer within {STARTUP_TIMEOUT_S:.0f} s; see {log_path}")
 
 
 def ensure_engine(settings: Settings) -> str:
-    """The base URL of the shared engine, started if no healthy one is recorded; safe across processes."""
+    """The base URL of the shared engine serving the settings' models, started (or replaced, see the module's
+    docstring) when the recorded one is gone, hung, or serves other models; safe across processes."""
     folder = engine_dir(settings)
     folder.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(folder / "daemon.lock"), timeout=STARTUP_TIMEOUT_S + 30):
+    with FileLock(str(folder / "daemon.lock"), timeout=STARTUP_TIMEOUT_S + HUNG_AFTER_S + STOP_TIMEOUT_S + 30):
         state = read_state(settings)
-        if state is not None and is_healthy(state):
+        health = engine_health(state, patience_s=HUNG_AFTER_S) if state is not None else None
+        served = set(health.get("models_served", ())) if health else set()
+        wanted = set(engine_models(settings))
+        if state is not None and health is not None and wanted <= served:
             return state.base_url
-        if state is not None:
-            _stop_pid(state.pid)  # recorded but not answering: hung or half-dead, so replace it
-        state = _start(settings)
+        if state is not None and not (health and health.get("busy")):
+            _stop_pid(state.pid)  # gone, hung, or idle; a busy one finishes its work and exits when idle
+        state = _start(settings, sorted(wanted | served))
         tmp = folder / "state.json.tmp"
         tmp.write_text(json.dumps(state.to_dict()))
         os.replace(tmp, folder / "state.json")
@@ -138,7 +172,7 @@ def _stop_pid(pid: int) -> bool:
     if not is_engine_process(pid):
         return False
     os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + STOP_TIMEOUT_S
     while time.monotonic() < deadline and is_engine_process(pid):
         time.sleep(0.1)
     if is_engine_process(pid):
