@@ -10,6 +10,16 @@ from tiered_kv_cache import KVCacheManager, KVPool, NoFreeBlocks
 BS = 4
 
 
+class CopyRecorder:
+    """A pool that only records copy-on-write copies."""
+
+    block_nbytes = 0
+    block_shape = ()
+
+    def __init__(self, copies):
+        self.copy_block = lambda src, dst: copies.append((src, dst))
+
+
 def manager(num_blocks=16, **kwargs):
     return KVCacheManager(num_blocks, BS, fingerprint="test-model", **kwargs)
 
@@ -19,13 +29,13 @@ def test_lookup_finds_committed_prefix_blocks_and_stops_one_token_short():
     prompt = list(range(12))
     m.allocate("a", len(prompt))
     m.commit("a", prompt)
-    assert m.lookup(prompt) == m.block_table("a")[:2]  # 12 tokens: block 3 would leave no token to compute
-    assert m.lookup(prompt + [99]) == m.block_table("a")  # one more token: all three blocks reusable
-    assert m.lookup([0, 1, 2, 7, 4, 5, 6, 7, 8]) == m.block_table("a")[:0]  # differs in block 0: nothing
+    assert m.lookup(prompt).blocks == m.block_table("a")[:2]  # 12 tokens: block 3 would leave no token to compute
+    assert m.lookup(prompt + [99]).blocks == m.block_table("a")  # one more token: all three blocks reusable
+    assert m.lookup([0, 1, 2, 7, 4, 5, 6, 7, 8]).blocks == m.block_table("a")[:0]  # differs in block 0: nothing
     other = KVCacheManager(16, BS, fingerprint="another-model")
     other.allocate("a", 12)
     other.commit("a", prompt)
-    assert other.lookup(prompt + [99]) and not set(m._cached) & set(other._cached)  # fingerprints separate chains
+    assert other.lookup(prompt + [99]).blocks and not set(m._cached) & set(other._cached)  # fingerprints separate chains
 
 
 def test_shared_blocks_are_freed_only_when_the_last_holder_frees_them():
@@ -33,7 +43,7 @@ def test_shared_blocks_are_freed_only_when_the_last_holder_frees_them():
     prompt = list(range(9))
     m.allocate("a", 9)
     m.commit("a", prompt)
-    prefix = m.lookup(prompt)
+    prefix = m.lookup(prompt).blocks
     m.allocate("b", 9, prefix=prefix)
     assert all(m.ref_count(b) == 2 for b in prefix)
     used = m.num_used_blocks
@@ -46,7 +56,7 @@ def test_shared_blocks_are_freed_only_when_the_last_holder_frees_them():
 
 def test_fork_is_copy_on_write():
     copies = []
-    m = manager(copy_block=lambda src, dst: copies.append((src, dst)))
+    m = manager(pool=CopyRecorder(copies))
     m.allocate("p", 6)  # one full block and a partial one
     m.fork("p", "c")
     assert m.block_table("c") == m.block_table("p") and copies == []
@@ -62,14 +72,14 @@ def test_truncate_releases_trailing_blocks_and_a_committed_block_is_not_written_
     tokens = list(range(12))
     m.allocate("s", 12)
     m.commit("s", tokens)
-    m.allocate("t", 12, prefix=m.lookup(tokens + [0]))
+    m.allocate("t", 12, prefix=m.lookup(tokens + [0]).blocks)
     free = m.num_free_blocks
     m.truncate("s", 5)  # rollback: block 2 released by s, block 1 now partial
     assert m.num_tokens("s") == 5 and len(m.block_table("s")) == 2 and m.num_free_blocks == free
     shared = m.block_table("s")[1]
     m.allocate("s", 6)  # writing into the block t still reads: s gets a copy
     assert m.block_table("s")[1] != shared and m.block_table("t")[1] == shared
-    assert m.lookup(tokens + [0]) == m.block_table("t")  # t's committed blocks are intact
+    assert m.lookup(tokens + [0]).blocks == m.block_table("t")  # t's committed blocks are intact
     with pytest.raises(ValueError):
         m.truncate("s", 7)
 
@@ -85,9 +95,9 @@ def test_allocation_failure_changes_nothing_and_eviction_takes_the_least_recentl
         m.allocate("c", 12)
     assert "c" not in m and m.num_free_blocks == 2
     m.allocate("c", 4)
-    assert m.num_cached_blocks == 1 and m.stats.evictions == 1
+    assert m.num_cached_blocks == 1 and m.stats.demotions["hbm->dram"] == 1
     # a's blocks were freed tail first, so its tail block was the least recently freed and went; its head remains
-    assert m.lookup(list(range(8)) + [0]) == [0]
+    assert m.lookup(list(range(8)) + [0]).blocks == [0]
 
 
 def test_a_thousand_random_requests_leak_nothing_and_every_sequence_reads_its_own_tokens():
@@ -95,7 +105,7 @@ def test_a_thousand_random_requests_leak_nothing_and_every_sequence_reads_its_ow
     # sequence must read back exactly its own tokens from the pool.
     rng = random.Random(7)
     pool = KVPool(n_layer=1, n_kv_head=1, head_dim=1, num_blocks=64, block_size=BS)
-    m = KVCacheManager(64, BS, fingerprint="f", copy_block=pool.copy_block)
+    m = KVCacheManager(64, BS, fingerprint="f", pool=pool)
     live: dict[int, list[int]] = {}
     vocabulary = [rng.sample(range(50), 6) for _ in range(4)]  # a few shared prompt heads
 
@@ -110,7 +120,7 @@ def test_a_thousand_random_requests_leak_nothing_and_every_sequence_reads_its_ow
         op = rng.random()
         if op < 0.5 or not live:
             tokens = rng.choice(vocabulary) + [rng.randrange(50) for _ in range(rng.randrange(1, 12))]
-            prefix = m.lookup(tokens)
+            prefix = m.lookup(tokens).blocks
             try:
                 m.allocate(request, len(prefix) * BS, prefix=prefix)
                 write(request, tokens, len(prefix) * BS)
@@ -143,4 +153,4 @@ def test_a_thousand_random_requests_leak_nothing_and_every_sequence_reads_its_ow
     for seq in list(live):
         m.free(seq)
     assert m.num_free_blocks == 64 and all(m.ref_count(b) == 0 for b in range(64))
-    assert m.stats.hit_tokens > 0 and m.stats.copies > 0 and m.stats.evictions > 0
+    assert m.stats.total_hit_tokens > 0 and m.stats.copies > 0 and m.stats.demotions["hbm->dram"] > 0

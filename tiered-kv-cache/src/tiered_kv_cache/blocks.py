@@ -22,17 +22,21 @@ def root_hash(fingerprint: str) -> BlockHash:
 
 def chain(parent: BlockHash, token_ids: Sequence[int]) -> BlockHash:
     """The hash of a block of `token_ids` that follows the block hashed `parent`."""
-    tokens = np.asarray(token_ids, dtype=np.int64).tobytes()
-    return hashlib.blake2b(parent + tokens, digest_size=16).digest()
+    return hashlib.blake2b(parent + np.asarray(token_ids, dtype=np.int64).tobytes(), digest_size=16).digest()
 
 
 def block_hashes(root: BlockHash, token_ids: Sequence[int], block_size: int, start: int = 0,
                  parent: BlockHash | None = None) -> list[BlockHash]:
     """Hashes of the full blocks of `token_ids` from block index `start` on, chained from `parent` (the hash of block
     `start - 1`; the root when `start` is 0). A trailing partial block has no hash."""
+    end = len(token_ids) // block_size
+    if end <= start:
+        return []
+    data = np.asarray(token_ids[start * block_size : end * block_size], dtype=np.int64).tobytes()  # once, not per block
+    step = block_size * 8
     hashes = []
     parent = root if parent is None else parent
-    for index in range(start, len(token_ids) // block_size):
-        parent = chain(parent, token_ids[index * block_size : (index + 1) * block_size])
+    for offset in range(0, len(data), step):
+        parent = hashlib.blake2b(parent + data[offset : offset + step], digest_size=16).digest()
         hashes.append(parent)
     return hashes

@@ -26,6 +26,8 @@ class KVPool:
         shape = (n_layer, n_kv_head, num_blocks * block_size, head_dim)
         self.k = xp.zeros(shape, dtype=dtype)  # [L, Hkv, slots, hd]
         self.v = xp.zeros(shape, dtype=dtype)  # [L, Hkv, slots, hd]
+        self.block_shape = (2, n_layer, n_kv_head, block_size, head_dim)  # one block's keys and values, as moved
+        self.block_nbytes = self.block_bytes(n_layer, n_kv_head, head_dim, block_size, self.k.itemsize)
 
     @staticmethod
     def block_bytes(n_layer: int, n_kv_head: int, head_dim: int, block_size: int = 16, itemsize: int = 4) -> int:
@@ -53,6 +55,21 @@ class KVPool:
             return self.k[layer, :, start : start + num_tokens], self.v[layer, :, start : start + num_tokens]
         slots = self.slots(table, 0, num_tokens)  # [S]
         return self.k[layer][:, slots], self.v[layer][:, slots]
+
+    def read_block(self, block_id: int) -> np.ndarray:
+        """A host copy of one block's keys and values in every layer ([2, L, Hkv, block_size, hd]), to move it to
+        a lower tier."""
+        bs = self.block_size
+        kv = self.xp.stack([self.k[:, :, block_id * bs : (block_id + 1) * bs],
+                            self.v[:, :, block_id * bs : (block_id + 1) * bs]])  # [2, L, Hkv, bs, hd]
+        return kv if self.xp is np else self.xp.asnumpy(kv)
+
+    def write_block(self, block_id: int, data: np.ndarray) -> None:
+        """Put a block's keys and values ([2, L, Hkv, block_size, hd], from `read_block`) back into block `block_id`."""
+        bs = self.block_size
+        kv = self.xp.asarray(data)
+        self.k[:, :, block_id * bs : (block_id + 1) * bs] = kv[0]
+        self.v[:, :, block_id * bs : (block_id + 1) * bs] = kv[1]
 
     def copy_block(self, src: int, dst: int) -> None:
         """Copy block `src` into block `dst` in every layer (copy-on-write)."""
