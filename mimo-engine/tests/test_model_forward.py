@@ -87,7 +87,7 @@ def test_a_reused_prefix_gives_the_logits_of_a_prefill_from_scratch(core):
     ids = core.model.tokenizer.encode(PARAGRAPH)[:50]
     scratch = prefill(core, "a", ids)
     reused = core.add("b", ids + [13], reuse=True)
-    assert reused == 48  # three full blocks; the last token is always computed
+    assert reused == {"hbm": 48, "dram": 0, "disk": 0}  # three full blocks; the last token is always computed
     (rest,) = core.step([Work("b", core.pending("b"), "all")])
     # the same float32 math in a different blocking: measured 4.8e-5 on logits up to 40, i.e. 1.2e-6 of their scale
     assert np.abs(rest[:2] - scratch[48:]).max() <= 1e-5 * np.abs(scratch).max()

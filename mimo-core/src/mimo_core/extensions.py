@@ -80,11 +80,15 @@ class MimoRequest(Contract):
 
 @dataclass
 class CacheReport(Contract):
-    """Prompt tokens served from cached blocks and prompt tokens computed, for one request."""
+    """Prompt tokens served from cached blocks (in all, and by the tier each block was found in) and prompt tokens
+    computed, for one request."""
 
     enabled: bool = True
     cached_tokens: int = figure("prompt tokens served from cached KV blocks instead of being prefilled")
     prefilled_tokens: int = figure("prompt tokens computed by prefill")
+    hbm_hit_tokens: int = figure("prompt tokens served from KV blocks found in the engine's pool (tier hbm)")
+    dram_hit_tokens: int = figure("prompt tokens served from KV blocks brought up from the host tier (dram)")
+    disk_hit_tokens: int = figure("prompt tokens served from KV blocks brought up from the disk tier")
 
 
 @dataclass

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from tiered_kv_cache.policy import POLICIES
+from tiered_kv_cache.tiers import DISK_BYTES, DRAM_BYTES, TierSizes
 
 from mimo_core.console import EXIT_BAD_INPUT, add_version_option, fail
 from mimo_core.settings import SettingsError, load_settings
@@ -15,6 +17,7 @@ from mimo_engine.pull import PullError, pull as pull_model
 from mimo_engine.registry import UnknownModelError, get_spec, model_status
 
 PROG = "mimo-engine"
+GIB = 1 << 30
 
 app = typer.Typer(
     help="Run real small GGUF models in numpy and serve them over the OpenAI API "
@@ -36,6 +39,13 @@ def _known_model(name: str) -> str:
         return get_spec(name).name
     except UnknownModelError as exc:
         raise typer.BadParameter(str(exc)) from None
+
+
+def _known_policy(name: str) -> str:
+    """Typer callback: an eviction policy's name, or a usage error listing the known ones."""
+    if name not in POLICIES:
+        raise typer.BadParameter(f"unknown eviction policy {name!r}; known: {', '.join(POLICIES)}")
+    return name
 
 
 def _known_models(names: list[str]) -> list[str]:
@@ -75,6 +85,12 @@ def serve(
     step_tokens: int = typer.Option(128, min=1, help="Token budget of one engine step: decode tokens first, then "
                                     "prompt chunks, so a long prompt shares steps with running streams."),
     kv_cache_gib: float = typer.Option(1.0, min=0.01, help="KV cache pool per model, in GiB (backed lazily)."),
+    kv_dram_gib: float = typer.Option(DRAM_BYTES / GIB, min=0.0, help="Host-memory KV tier per model, in GiB: "
+                                      "blocks evicted from the pool wait here (0: none)."),
+    kv_disk_gib: float = typer.Option(DISK_BYTES / GIB, min=0.0, help="Disk KV tier per model, in GiB, under "
+                                      "MIMO_CACHE_DIR/kv: checksummed, kept for the next engine process (0: none)."),
+    kv_policy: str = typer.Option("lru", callback=_known_policy, help=f"Eviction policy of every KV tier: "
+                                  f"{', '.join(POLICIES)}."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Log only warnings and errors: no start line, no "
                                "line per request."),
 ) -> None:
@@ -90,6 +106,8 @@ def serve(
                                  "request), or pass --allow-pull")
     options = ServerOptions(allow=tuple(allow), allow_pull=allow_pull, max_batch_size=max_batch_size,
                             max_queue=max_queue, step_tokens=step_tokens, kv_cache_bytes=int(kv_cache_gib * (1 << 30)),
+                            kv_tiers=TierSizes(int(kv_dram_gib * GIB), int(kv_disk_gib * GIB), kv_policy,
+                                               _cache_dir() / "kv"),
                             max_body_bytes=int(max_body_mib * (1 << 20)), idle_timeout_s=idle_timeout,
                             drain_s=drain_timeout, cache_dir=_cache_dir())
     try:

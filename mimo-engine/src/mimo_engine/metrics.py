@@ -3,7 +3,9 @@
 Per-request figures are declared on the `mimo` report (`mimo_core.extensions.MimoReport`, with `figure(...)`):
 when a request finishes, `WorkerMetrics.finished` adds its counters to the server's totals and observes its
 histograms, so a request's `mimo` report and /metrics can never disagree. What only exists server-wide (the queue,
-the KV blocks, latency between tokens, tokens per step) is declared below, once.
+the KV blocks, latency between tokens, tokens per step) is declared below, once; the block traffic between KV tiers
+(hits and misses per tier, promotions, demotions, drops, bytes per link) is declared once in
+`tiered_kv_cache.CacheStats` and exported here as counters labelled by tier or link.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Callable
+
+from tiered_kv_cache import CacheStats
 
 from mimo_core.extensions import CacheReport, MimoReport, figures
 
@@ -154,4 +158,22 @@ def prometheus_text(engine: Engine) -> str:
     gauges = {model: w.gauges() for model, w in workers}
     for f in fields(WorkerGauges):
         family(f.name, "gauge", f.metadata["help"], [("", {"model": m}, getattr(g, f.name)) for m, g in gauges.items()])
+    for f in fields(CacheStats):
+        family(f"kv_{f.name}_total", "counter", f.metadata["help"], tier_samples(workers, f.name, f.metadata["label"]))
+    family("kv_tier_blocks", "gauge", "Blocks each KV tier holds now (hbm: committed blocks).",
+           [("", {"model": m, "tier": t}, n) for m, w in workers for t, n in w.core.blocks.tier_blocks().items()])
+    family("kv_tier_capacity_blocks", "gauge", "Blocks each KV tier may hold.",
+           [("", {"model": m, "tier": t}, n) for m, w in workers for t, n in w.core.blocks.tier_capacity().items()])
     return "\n".join(lines) + "\n"
+
+
+def tier_samples(workers: list[tuple[str, ModelWorker]], name: str, label: str | None) -> list:
+    """Samples of one `CacheStats` figure per model, split by its label (tier or link) when it has one."""
+    samples = []
+    for model, w in workers:
+        value = getattr(w.core.blocks.stats, name)
+        if label is None:
+            samples.append(("", {"model": model}, value))
+        else:
+            samples += [("", {"model": model, label: key}, count) for key, count in dict(value).items()]
+    return samples

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from gguf import GGUFReader
-from tiered_kv_cache import KVCacheManager, KVPool
+from tiered_kv_cache import KVCacheManager, KVPool, Prefix, TierConfig
 
 from mimo_core.settings import load_settings
 from mimo_engine.gguf_model import load_weights, read_config
@@ -94,25 +94,26 @@ class Work:
 class EngineCore:
     """Sequences over one model: their tokens, their KV blocks (pool + manager), and the step that computes them."""
 
-    def __init__(self, model: LoadedModel, num_blocks: int) -> None:
+    def __init__(self, model: LoadedModel, num_blocks: int, tiers: TierConfig = TierConfig()) -> None:
         self.model = model
         self.pool = model.new_pool(num_blocks)
-        self.blocks = KVCacheManager(num_blocks, BLOCK_SIZE, model.fingerprint, copy_block=self.pool.copy_block)
+        self.blocks = KVCacheManager(num_blocks, BLOCK_SIZE, model.fingerprint, pool=self.pool, tiers=tiers)
         self.plan = WeightPlan.native(model.config.n_layer)
         self.sequences: dict[Hashable, SequenceTokens] = {}
 
-    def add(self, seq_id: Hashable, prompt: Sequence[int], reuse: bool = True) -> int:
-        """Start a sequence from `prompt`; with `reuse`, its longest cached prefix is taken from committed blocks.
-        Returns how many prompt tokens were reused (they are not computed again). NoFreeBlocks if the pool is short."""
+    def add(self, seq_id: Hashable, prompt: Sequence[int], reuse: bool = True) -> dict[str, int]:
+        """Start a sequence from `prompt`; with `reuse`, its longest cached prefix is taken from cached blocks, in
+        whichever tier they are. Returns the prompt tokens reused from each tier (they are not computed again).
+        NoFreeBlocks if the pool is short."""
         if not prompt:
             raise ValueError("a sequence needs at least one prompt token")
         if len(prompt) > self.model.config.context_length:
             raise ValueError(f"{len(prompt)} prompt tokens exceed {self.model.name}'s context of "
                              f"{self.model.config.context_length}")
-        prefix = self.blocks.lookup(prompt) if reuse else []
-        self.blocks.allocate(seq_id, len(prefix) * BLOCK_SIZE, prefix=prefix)
-        self.sequences[seq_id] = SequenceTokens(list(prompt), len(prefix) * BLOCK_SIZE)
-        return len(prefix) * BLOCK_SIZE
+        prefix = self.blocks.lookup(prompt) if reuse else Prefix([], [])
+        self.blocks.allocate(seq_id, len(prefix.blocks) * BLOCK_SIZE, prefix=prefix.blocks)
+        self.sequences[seq_id] = SequenceTokens(list(prompt), len(prefix.blocks) * BLOCK_SIZE)
+        return prefix.tokens_by_tier(BLOCK_SIZE)
 
     def append(self, seq_id: Hashable, token_ids: Sequence[int]) -> None:
         """Tokens to compute in a later step (a sampled token, a drafted block)."""
@@ -139,6 +140,12 @@ class EngineCore:
         """Forget the sequence and release its blocks; harmless if it is already gone."""
         self.sequences.pop(seq_id, None)
         self.blocks.free(seq_id)
+
+    def close(self) -> None:
+        """Forget every sequence and move the cached blocks down to the disk tier, for the next engine process."""
+        for seq_id in list(self.sequences):
+            self.free(seq_id)
+        self.blocks.spill()
 
     def pending(self, seq_id: Hashable) -> int:
         """Tokens of the sequence not yet in the KV cache."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable, Iterable
 
 import numpy as np
-from tiered_kv_cache import KVPool, NoFreeBlocks
+from tiered_kv_cache import KVPool, NoFreeBlocks, TierSizes
 
 from mimo_core.extensions import MimoReport, MimoRequest
 from mimo_engine.metrics import WorkerGauges, WorkerMetrics
@@ -177,25 +177,31 @@ class Prefill:
     request: Request
 
 
+def block_bytes(model: LoadedModel) -> int:
+    """Bytes of one KV block of the model, keys and values of every layer."""
+    c = model.config
+    return KVPool.block_bytes(c.n_layer, c.n_kv_head, c.head_dim, BLOCK_SIZE)
+
+
 def kv_blocks(model: LoadedModel, max_batch_size: int, kv_cache_bytes: int) -> int:
     """Blocks in the pool: enough for every running sequence at full context, within the byte budget, and never
     fewer than one full context."""
-    c = model.config
-    per_block = KVPool.block_bytes(c.n_layer, c.n_kv_head, c.head_dim, BLOCK_SIZE)
-    one_context = math.ceil(c.context_length / BLOCK_SIZE) + 1  # a request alone always fits
-    return max(one_context, min(max_batch_size * one_context, kv_cache_bytes // per_block))
+    one_context = math.ceil(model.config.context_length / BLOCK_SIZE) + 1  # a request alone always fits
+    return max(one_context, min(max_batch_size * one_context, kv_cache_bytes // block_bytes(model)))
 
 
 class ModelWorker:
     """Serves one model: a bounded waiting queue and a thread that runs the continuous-batching loop."""
 
     def __init__(self, model: LoadedModel, max_batch_size: int = 8, max_queue: int = 32,
-                 step_tokens: int = STEP_TOKENS, kv_cache_bytes: int = KV_CACHE_BYTES) -> None:
+                 step_tokens: int = STEP_TOKENS, kv_cache_bytes: int = KV_CACHE_BYTES,
+                 kv_tiers: TierSizes = TierSizes()) -> None:
         self.model = model
         self.max_batch_size = max_batch_size
         self.capacity = max_batch_size + max_queue  # sequences running plus waiting
         self.step_tokens = step_tokens
-        self.core = EngineCore(model, kv_blocks(model, max_batch_size, kv_cache_bytes))
+        self.core = EngineCore(model, kv_blocks(model, max_batch_size, kv_cache_bytes),
+                               kv_tiers.in_blocks(block_bytes(model)))
         self.metrics = WorkerMetrics()
         self.last_active = time.monotonic()
         self._ids = itertools.count()
@@ -247,7 +253,7 @@ class ModelWorker:
             kv_blocks_used=blocks.num_used_blocks,
             kv_blocks_free=blocks.num_free_blocks,
             kv_blocks_cached=blocks.num_cached_blocks,
-            prefix_hit_rate=blocks.stats.hit_tokens / looked_up if looked_up else 0.0,
+            prefix_hit_rate=blocks.stats.total_hit_tokens / looked_up if looked_up else 0.0,
             tokens_per_s=self.metrics.tokens_per_s(),
         )
 
@@ -282,6 +288,10 @@ class ModelWorker:
         self._fail_admitted("the server is shutting down")
         for request in self._waiting:
             request.emit(Failed("the server is shutting down"))
+        try:
+            self.core.close()  # cached blocks go down to the disk tier, for the next process
+        except Exception:  # a failing disk must not stop the shutdown
+            log.exception("model %s: could not move its KV blocks to disk", self.model.name)
 
     def _schedule(self) -> list[Work]:
         """This step's work: a token for every decoding sequence, then prompt chunks within the token budget."""
@@ -318,8 +328,10 @@ class ModelWorker:
                 return False
             self._waiting.popleft()
         request.report.queued_s = round(time.monotonic() - request.submitted_at, 6)
-        request.report.cache.cached_tokens = cached
-        request.report.cache.prefilled_tokens = len(request.prompt) - cached
+        cache = request.report.cache
+        cache.hbm_hit_tokens, cache.dram_hit_tokens, cache.disk_hit_tokens = cached["hbm"], cached["dram"], cached["disk"]
+        cache.cached_tokens = sum(cached.values())
+        cache.prefilled_tokens = len(request.prompt) - cache.cached_tokens
         self._prefilling.append(Prefill(seq_id, request))
         return True
 
@@ -493,11 +505,12 @@ class Engine:
         max_queue: int = 32,
         step_tokens: int = STEP_TOKENS,
         kv_cache_bytes: int = KV_CACHE_BYTES,
+        kv_tiers: TierSizes = TierSizes(),
     ) -> None:
         self.available = set(available)
         self._load = load
         self._worker_options = dict(max_batch_size=max_batch_size, max_queue=max_queue, step_tokens=step_tokens,
-                                    kv_cache_bytes=kv_cache_bytes)
+                                    kv_cache_bytes=kv_cache_bytes, kv_tiers=kv_tiers)
         self._workers: dict[str, ModelWorker] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()

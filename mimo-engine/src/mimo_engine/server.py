@@ -26,6 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from tiered_kv_cache import TierSizes
 
 from mimo_core.contract import ContractError
 from mimo_core.extensions import MimoReport, MimoRequest, PendingReport
@@ -335,6 +336,7 @@ class ServerOptions:
     max_queue: int = 32
     step_tokens: int = STEP_TOKENS
     kv_cache_bytes: int = KV_CACHE_BYTES
+    kv_tiers: TierSizes = TierSizes()  # dram and disk below the pool; the disk tier only with a folder
     max_body_bytes: int = MAX_BODY_BYTES
     idle_timeout_s: float = 0.0  # 0: never exit when idle
     drain_s: float = DRAIN_S
@@ -355,6 +357,7 @@ def build_engine(models: list[str], options: ServerOptions) -> Engine:
         max_queue=options.max_queue,
         step_tokens=options.step_tokens,
         kv_cache_bytes=options.kv_cache_bytes,
+        kv_tiers=options.kv_tiers,
     )
     try:
         for name in models:
