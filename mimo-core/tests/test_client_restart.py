@@ -21,7 +21,7 @@ def settings(engine_settings):
 def test_eight_concurrent_calls_after_the_engine_exited_start_one_engine(settings, monkeypatch):
     starts = []
     real_start = daemon._start
-    monkeypatch.setattr(daemon, "_start", lambda s: starts.append(1) or real_start(s))
+    monkeypatch.setattr(daemon, "_start", lambda *args: starts.append(1) or real_start(*args))
     messages = [{"role": "user", "content": "Say hi."}]
 
     async def go():
