@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
+from precision_router.policy import Policy, static_policy
 from tiered_kv_cache import KVPool
 
 from mimo_core.extensions import MimoRequest
@@ -53,6 +54,15 @@ class FakeModel:
 
     def new_pool(self, num_blocks: int) -> KVPool:
         return KVPool(1, 1, 1, num_blocks, BLOCK_SIZE)
+
+    def policy(self, name: str | None) -> Policy:  # LoadedModel's precision side: every policy reads one form
+        return static_policy(name or "native")
+
+    def plan(self, policy: Policy, entropy: float | None = None) -> None:
+        return None
+
+    def plan_reads(self, plan: None) -> tuple[dict, int, int]:
+        return {}, 0, 0
 
     def forward(self, batch: StepBatch, pool: KVPool) -> np.ndarray:
         if self.fail:

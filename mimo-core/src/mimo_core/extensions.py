@@ -92,6 +92,51 @@ class CacheReport(Contract):
 
 
 @dataclass
+class PrecisionReport(Contract):
+    """The weight formats a request's computed tokens read (prompt and generated), for one request: tokens per
+    format per layer group (`attn`, `mlp`, `head`), and the weight bytes the products read for them, each token
+    counted with every byte of the forms it read (a product shared by several tokens is counted for each)."""
+
+    policy: str = "native"
+    tokens: dict[str, dict[str, int]] = field(default_factory=dict)  # layer group -> format -> tokens
+    weight_bytes: int = figure("weight bytes read for computed tokens (every byte of the forms each token read)")
+    weights_read: int = figure("weights (parameters) read for computed tokens; 8 * weight_bytes / weights_read is "
+                               "the average bits per weight read")
+    bits_per_weight: float = 0.0  # 8 * weight_bytes / weights_read
+    weight_bytes_per_token: float = 0.0
+
+    def count(self, formats: dict[str, set[str]], weight_bytes: int, weights: int, tokens: int) -> None:
+        """Add `tokens` tokens that read `formats` (layer group -> formats), `weight_bytes` bytes of `weights`
+        parameters each."""
+        for group, names in formats.items():
+            row = self.tokens.setdefault(group, {})
+            for name in names:
+                row[name] = row.get(name, 0) + tokens
+        self.weight_bytes += weight_bytes * tokens
+        self.weights_read += weights * tokens
+        self._derive()
+
+    def _derive(self) -> None:
+        self.bits_per_weight = round(8 * self.weight_bytes / self.weights_read, 4) if self.weights_read else 0.0
+        computed = sum(next(iter(self.tokens.values()), {}).values())  # every token reads every group once
+        self.weight_bytes_per_token = round(self.weight_bytes / computed, 1) if computed else 0.0
+
+    @classmethod
+    def combine(cls, reports: list[PrecisionReport]) -> PrecisionReport:
+        """One report over several prompts of a request."""
+        out = cls(policy=reports[0].policy)
+        for r in reports:
+            for group, counts in r.tokens.items():
+                row = out.tokens.setdefault(group, {})
+                for name, n in counts.items():
+                    row[name] = row.get(name, 0) + n
+            out.weight_bytes += r.weight_bytes
+            out.weights_read += r.weights_read
+        out._derive()
+        return out
+
+
+@dataclass
 class PendingReport(Contract):
     """An extension the engine does not apply yet: said so, with what was asked."""
 
@@ -117,7 +162,7 @@ class MimoReport(Contract):
     steps: int = figure("engine steps the request took part in", None)
     batch_sizes: list[int] = field(default_factory=list)  # the distinct numbers of sequences its steps ran with
     cache: CacheReport = field(default_factory=CacheReport)
-    precision: PendingReport = field(default_factory=PendingReport)
+    precision: PrecisionReport = field(default_factory=PrecisionReport)
     speculation: PendingReport = field(default_factory=PendingReport)
 
     @classmethod
@@ -125,7 +170,8 @@ class MimoReport(Contract):
         """One report over several prompts of a request: counts add up; times, which overlap, take the longest."""
         first = reports[0]
         out = cls(model=first.model, batch_sizes=sorted(set().union(*(r.batch_sizes for r in reports))),
-                  cache=CacheReport(first.cache.enabled), precision=first.precision, speculation=first.speculation)
+                  cache=CacheReport(first.cache.enabled), speculation=first.speculation,
+                  precision=PrecisionReport.combine([r.precision for r in reports]))
         for part, parts in ((out, reports), (out.cache, [r.cache for r in reports])):
             for f in dataclasses.fields(part):
                 values = [getattr(p, f.name) for p in parts]

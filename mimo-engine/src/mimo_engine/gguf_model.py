@@ -1,14 +1,16 @@
-"""Read a model's architecture and float32 weights from a GGUF file (the `gguf` package's reader and dequantizer)."""
+"""Read a model's architecture and its weights, in the formats the engine holds them in, from a GGUF file."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
-from gguf import GGUFReader
+from gguf import GGMLQuantizationType, GGUFReader
 from gguf.quants import dequantize
+from precision_router.formats import BLOCK, Packed, quantize
+from precision_router.policy import native_format
 
-from mimo_engine.model import LayerWeights, ModelConfig, ModelWeights
+from mimo_engine.model import LayerWeights, ModelConfig, ModelWeights, Weight
 from mimo_engine.xp import xp
 
 # llama GGUFs store q and k rows permuted so that rope rotates adjacent pairs; qwen2 keeps the HF order (halves)
@@ -59,42 +61,79 @@ def read_config(reader: GGUFReader) -> ModelConfig:
     )
 
 
-def load_weights(reader: GGUFReader, config: ModelConfig) -> ModelWeights:
-    """Dequantize every tensor to float32, matrices transposed to [in, out] and fused per block."""
+def packed_rows(t: Any, fmt: str) -> Any:
+    """GGUF tensor `t` ([out, in] rows) in format `fmt`: a Q8_0 tensor's blocks as they are, anything else
+    dequantized and quantized. An f32 result is a float32 array; the others are `Packed`."""
+    if fmt == "q8_0" and t.tensor_type == GGMLQuantizationType.Q8_0:
+        raw = np.asarray(t.data).reshape(t.data.shape[0], -1, 2 + BLOCK)  # [out, in/32, fp16 scale + 32 int8]
+        codes = np.ascontiguousarray(raw[..., 2:]).view(np.int8).reshape(raw.shape[0], -1)  # [out, in]
+        scales = np.ascontiguousarray(raw[..., :2]).view(np.float16)[..., 0]  # [out, in/32]
+        return Packed("q8_0", codes.shape, codes, scales)
+    values = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32)  # [out, in]
+    return values if fmt == "f32" else quantize(values, fmt)
+
+
+def stack(parts: list[Any]) -> Any:
+    """Matrices of one format side by side along the output axis (their rows), as one weight."""
+    if isinstance(parts[0], np.ndarray):
+        return np.concatenate(parts)
+    scales = None if parts[0].scales is None else np.concatenate([p.scales for p in parts])
+    codes = np.concatenate([p.codes for p in parts])
+    return Packed(parts[0].fmt, (codes.shape[0], parts[0].shape[1]), codes, scales)
+
+
+def load_weights(reader: GGUFReader, config: ModelConfig, held: dict[str, set[str]]) -> tuple[ModelWeights, dict]:
+    """Every linear weight in its native format (`native_format` of its GGUF types) and in each format of
+    `held[group]` ("native" included or not); matrices fused per block (q/k/v, gate/up). float32 weights are
+    [in, out] arrays for BLAS, packed ones [out, in] for their kernel. Also returns the native format of each
+    group: {"attn": [per layer], "mlp": [per layer], "head": format}."""
     tensors = {t.name: t for t in reader.tensors}
 
-    def array(name: str) -> np.ndarray:  # GGUF's [out, in] matrices and vectors, as float32 host arrays
+    def vector(name: str) -> Any:  # a copy, so that nothing keeps the file's memory map alive
         t = tensors[name]
-        return np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32)
+        return xp.array(np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32))
 
-    def vector(name: str) -> Any:
-        return xp.array(array(name))  # a copy, so that nothing keeps the file's memory map alive
+    def native(*names: str) -> str:  # one format per group and layer: the widest its tensors need
+        return native_format([tensors[n].tensor_type.name for n in names])
 
-    def matrix(*names: str) -> Any:  # [in, sum of outs]: the named matrices side by side
-        stacked = np.concatenate([array(n) for n in names])  # [out, in], as GGUF stores it
-        # BLAS streams a matrix fastest along its longer side (measured: ~25 vs ~18 GB/s for ffn_down at batch 1
-        # and 8), so keep GGUF's [out, in] rows under the [in, out] view when the input side is the longer one
-        return xp.asarray(stacked.T if stacked.shape[1] > stacked.shape[0] else np.ascontiguousarray(stacked.T))
+    def weight(group: str, native: str, *names: str) -> Weight:  # format -> stored form
+        stored: Weight = {}
+        for fmt in {native, *held.get(group, ())} - {"native"}:
+            rows = stack([packed_rows(tensors[n], fmt) for n in names])  # [out, in]
+            # BLAS streams a matrix fastest along its longer side (measured: ~25 vs ~18 GB/s for ffn_down at batch
+            # 1 and 8), so keep GGUF's [out, in] rows under the [in, out] view when the input side is the longer one
+            stored[fmt] = (xp.asarray(rows.T if rows.shape[1] > rows.shape[0] else np.ascontiguousarray(rows.T))
+                           if fmt == "f32" else rows)
+        return stored
 
-    layers = []
+    layers, natives = [], {"attn": [], "mlp": []}
     for i in range(config.n_layer):
         p = f"blk.{i}."
         has_bias = f"{p}attn_q.bias" in tensors
+        qkv = [p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"]
+        gate_up = [p + "ffn_gate.weight", p + "ffn_up.weight"]
+        attn, mlp = native(*qkv, p + "attn_output.weight"), native(*gate_up, p + "ffn_down.weight")
+        natives["attn"].append(attn)
+        natives["mlp"].append(mlp)
         layers.append(
             LayerWeights(
                 attn_norm=vector(p + "attn_norm.weight"),
-                wqkv=matrix(p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"),
+                wqkv=weight("attn", attn, *qkv),
                 bqkv=xp.concatenate([vector(p + f"attn_{x}.bias") for x in "qkv"]) if has_bias else None,
-                wo=matrix(p + "attn_output.weight"),
+                wo=weight("attn", attn, p + "attn_output.weight"),
                 ffn_norm=vector(p + "ffn_norm.weight"),
-                w_gate_up=matrix(p + "ffn_gate.weight", p + "ffn_up.weight"),
-                w_down=matrix(p + "ffn_down.weight"),
+                w_gate_up=weight("mlp", mlp, *gate_up),
+                w_down=weight("mlp", mlp, p + "ffn_down.weight"),
             )
         )
-    if "output.weight" in tensors:
-        lm_head = matrix("output.weight")  # [d, V]
-        token_embd = xp.array(array("token_embd.weight"))  # [V, d]
-    else:  # tied embeddings: one array serves both
-        lm_head = matrix("token_embd.weight")  # [d, V]
-        token_embd = lm_head.T  # [V, d]
-    return ModelWeights(token_embd=token_embd, layers=layers, output_norm=vector("output_norm.weight"), lm_head=lm_head)
+    head_name = "output.weight" if "output.weight" in tensors else "token_embd.weight"  # else tied embeddings
+    natives["head"] = native(head_name)
+    lm_head = weight("head", natives["head"], head_name)
+    embd = tensors["token_embd.weight"]
+    if head_name == "token_embd.weight" and natives["head"] != "f32":
+        token_embd = lm_head[natives["head"]]  # tied: the packed head's rows are the embeddings
+    else:
+        token_embd = packed_rows(embd, native_format([embd.tensor_type.name]))  # [V, d]: rows looked up
+    weights = ModelWeights(token_embd=token_embd, layers=layers, output_norm=vector("output_norm.weight"),
+                           lm_head=lm_head)
+    return weights, natives

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Callable
 
 from tiered_kv_cache import CacheStats
 
-from mimo_core.extensions import CacheReport, MimoReport, figures
+from mimo_core.extensions import CacheReport, MimoReport, PrecisionReport, figures
 
 if TYPE_CHECKING:
     from mimo_engine.scheduler import Engine, ModelWorker
@@ -48,14 +48,20 @@ class WorkerGauges:
     tokens_per_s: float = gauge("Tokens generated per second over the last 10 s.")
 
 
+REPORT_PARTS = (("", MimoReport), ("cache_", CacheReport), ("precision_", PrecisionReport))
+
+
 def report_figures() -> list[tuple[str, str, str]]:
-    """(name, help, metric kind) of every figure the `mimo` report declares; the cache's are prefixed `cache_`."""
+    """(name, help, metric kind) of every figure the `mimo` report declares; a part's are prefixed with its name."""
     return [(prefix + f.name, f.metadata["help"], f.metadata["metric"])
-            for part, prefix in ((MimoReport, ""), (CacheReport, "cache_")) for f in figures(part)]
+            for prefix, part in REPORT_PARTS for f in figures(part)]
 
 
 def _report_value(report: MimoReport, name: str) -> float:
-    return getattr(report.cache, name.removeprefix("cache_")) if name.startswith("cache_") else getattr(report, name)
+    for prefix, _ in REPORT_PARTS[1:]:
+        if name.startswith(prefix):
+            return getattr(getattr(report, prefix[:-1]), name.removeprefix(prefix))
+    return getattr(report, name)
 
 
 @dataclass

@@ -2,15 +2,21 @@
 
 Shapes: N rows of a batch (the new tokens of all sequences, packed), d = n_embd, H = n_head, Hkv = n_kv_head,
 hd = head_dim, S = cached positions of one sequence, V = vocab_size. Every product with a weight goes through
-`linear`, so that a quantized weight type can slot in there. Everything stays float32.
+`linear`, on one of the weight's stored forms: a float32 [in, out] array (BLAS) or a packed [out, in] matrix
+(`precision_router.kernels`). Each layer group of a step may read a different form for different rows (`Routes`);
+activations stay float32.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
+
+import numpy as np
+from precision_router.formats import Packed, dequantize
+from precision_router.kernels import matmul
 
 from mimo_engine.xp import xp
 
@@ -18,6 +24,9 @@ Array = Any  # an xp.ndarray (numpy or CuPy)
 # attend(layer, q [N, H, hd], k [N, Hkv, hd], v [N, Hkv, hd]) -> [N, H hd]: stores the rows' new keys and values in
 # the KV cache and returns each row's attention over its own sequence's positions up to its own
 Attend = Callable[[int, Array, Array, Array], Array]
+Weight = dict[str, Any]  # format -> stored form: "f32" a float32 [in, out] array, any other a Packed [out, in]
+# which rows of a step read which form of a weight group: (format, row indices, or None for every row) pairs
+Route = tuple[tuple[str, Any], ...]
 
 
 @dataclass(frozen=True)
@@ -41,31 +50,74 @@ class ModelConfig:
 
 @dataclass
 class LayerWeights:
-    """One transformer block's weights. Matrices are [in, out] arrays, so `linear` is a plain x @ w; their memory
-    order (C, or F when in > out) is whichever BLAS reads faster."""
+    """One transformer block's weights. Each matrix is a `Weight`, its stored forms by format; a float32 form is an
+    [in, out] array whose memory order (C, or F when in > out) is whichever BLAS reads faster."""
 
     attn_norm: Array  # [d]
-    wqkv: Array  # [d, (H + 2 Hkv) hd]: q, k and v fused into one product
+    wqkv: Weight  # [d, (H + 2 Hkv) hd]: q, k and v fused into one product
     bqkv: Array | None  # [(H + 2 Hkv) hd]: qwen2's q/k/v biases; None for llama
-    wo: Array  # [H hd, d]
+    wo: Weight  # [H hd, d]
     ffn_norm: Array  # [d]
-    w_gate_up: Array  # [d, 2 ff]: SwiGLU's gate and up fused into one product
-    w_down: Array  # [ff, d]
+    w_gate_up: Weight  # [d, 2 ff]: SwiGLU's gate and up fused into one product
+    w_down: Weight  # [ff, d]
 
 
 @dataclass
 class ModelWeights:
     """All weights: embeddings, one `LayerWeights` per block, the final norm and the output head."""
 
-    token_embd: Array  # [V, d]
+    token_embd: Array | Packed  # [V, d], rows looked up
     layers: list[LayerWeights]
     output_norm: Array  # [d]
-    lm_head: Array  # [d, V]; with tied embeddings token_embd is its transposed view
+    lm_head: Weight  # [d, V]
 
 
-def linear(x: Array, w: Array) -> Array:
-    """The product of activations with a weight stored [in, out]: the one place every weight is read."""
-    return x @ w  # [N, in] @ [in, out] -> [N, out]
+@dataclass
+class Routes:
+    """The forms a step reads: a Route per block for attention and for the MLP, one for the head; and, filled in
+    as the products run, what they read: (group, format) -> [bytes, product calls]."""
+
+    attn: list[Route]
+    mlp: list[Route]
+    head: Route
+    read: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+
+
+def stored_format(w: Array | Packed) -> str:
+    """The format of a stored form."""
+    return w.fmt if isinstance(w, Packed) else "f32"
+
+
+def linear(x: Array, w: Array | Packed) -> Array:
+    """The product of activations with one stored form of a weight: the one place every weight is read."""
+    return matmul(x, w) if isinstance(w, Packed) else x @ w  # [N, in] @ [in, out] -> [N, out]
+
+
+def routed(x: Array, weight: Weight, route: Route, group: str, routes: Routes) -> Array:
+    """x @ W where each set of rows reads its own form of W (one product per form); counts the bytes read."""
+    out = None
+    for fmt, rows in route:
+        w = weight[fmt]
+        part = linear(x if rows is None else x[rows], w)  # [rows, out]
+        if rows is None:
+            out = part
+        else:
+            out = xp.empty((x.shape[0], part.shape[1]), dtype=part.dtype) if out is None else out  # [N, out]
+            out[rows] = part
+        seen = routes.read.setdefault((group, stored_format(w)), [0, 0])
+        seen[0] += w.nbytes
+        seen[1] += 1
+    return out
+
+
+def embed(table: Array | Packed, tokens: Array) -> Array:
+    """The embedding rows of `tokens`, decoded from a packed table."""
+    if not isinstance(table, Packed):
+        return table[tokens]  # [N, d]
+    ids = np.asarray(tokens)
+    rows = Packed(table.fmt, (len(ids), table.shape[1]), table.codes[ids],
+                  None if table.scales is None else table.scales[ids])
+    return xp.asarray(dequantize(rows))  # [N, d]
 
 
 def rms_norm(x: Array, g: Array, eps: float) -> Array:
@@ -132,37 +184,40 @@ def attention(q: Array, k: Array, v: Array) -> Array:
     return out.transpose(2, 0, 1, 3).reshape(T, n_head * hd)  # [T, H hd]
 
 
-def mlp(x: Array, layer: LayerWeights) -> Array:
+def mlp(x: Array, layer: LayerWeights, route: Route, routes: Routes) -> Array:
     """SwiGLU feed-forward."""
-    gate_up = linear(x, layer.w_gate_up)  # [N, 2 ff]
+    gate_up = routed(x, layer.w_gate_up, route, "mlp", routes)  # [N, 2 ff]
     ff = gate_up.shape[-1] // 2
-    return linear(silu(gate_up[:, :ff]) * gate_up[:, ff:], layer.w_down)  # [N, d]
+    return routed(silu(gate_up[:, :ff]) * gate_up[:, ff:], layer.w_down, route, "mlp", routes)  # [N, d]
 
 
-def block(x: Array, index: int, layer: LayerWeights, config: ModelConfig, rope: Rope, attend: Attend) -> Array:
+def block(x: Array, index: int, layer: LayerWeights, config: ModelConfig, rope: Rope, attend: Attend,
+          routes: Routes) -> Array:
     """One pre-norm transformer block over the packed rows of a step; `attend` is the KV cache's side of it."""
     N = x.shape[0]
     H, Hkv, hd = config.n_head, config.n_kv_head, config.head_dim
-    qkv = linear(rms_norm(x, layer.attn_norm, config.norm_eps), layer.wqkv)  # [N, (H + 2 Hkv) hd]
+    route = routes.attn[index]
+    qkv = routed(rms_norm(x, layer.attn_norm, config.norm_eps), layer.wqkv, route, "attn", routes)  # [N, (H+2Hkv)hd]
     if layer.bqkv is not None:
         qkv += layer.bqkv  # [N, (H + 2 Hkv) hd]
     qk = apply_rope(qkv[:, : (H + Hkv) * hd].reshape(N, H + Hkv, hd), rope)  # [N, H + Hkv, hd]
     q, k = qk[:, :H], qk[:, H:]  # [N, H, hd], [N, Hkv, hd]: one rope call rotates both
     q *= 1.0 / math.sqrt(hd)  # [N, H, hd]: attention's scale, once for every sequence of the batch
     v = qkv[:, (H + Hkv) * hd :].reshape(N, Hkv, hd)  # [N, Hkv, hd]
-    x = x + linear(attend(index, q, k, v), layer.wo)  # [N, d]
-    return x + mlp(rms_norm(x, layer.ffn_norm, config.norm_eps), layer)  # [N, d]
+    x = x + routed(attend(index, q, k, v), layer.wo, route, "attn", routes)  # [N, d]
+    return x + mlp(rms_norm(x, layer.ffn_norm, config.norm_eps), layer, routes.mlp[index], routes)  # [N, d]
 
 
-def hidden_states(weights: ModelWeights, config: ModelConfig, tokens: Array, positions: Array, attend: Attend) -> Array:
+def hidden_states(weights: ModelWeights, config: ModelConfig, tokens: Array, positions: Array, attend: Attend,
+                  routes: Routes) -> Array:
     """Final-normed hidden states of a step's tokens, packed from several sequences, at their `positions`."""
     rope = rope_tables(positions, config)  # [N, 1, hd] tables
-    x = weights.token_embd[tokens]  # [N, d]
+    x = embed(weights.token_embd, tokens)  # [N, d]
     for index, layer in enumerate(weights.layers):
-        x = block(x, index, layer, config, rope, attend)  # [N, d]
+        x = block(x, index, layer, config, rope, attend, routes)  # [N, d]
     return rms_norm(x, weights.output_norm, config.norm_eps)  # [N, d]
 
 
-def logits(h: Array, weights: ModelWeights) -> Array:
-    """Next-token logits of hidden states."""
-    return linear(h, weights.lm_head)  # [N, V]
+def logits(h: Array, weights: ModelWeights, routes: Routes) -> Array:
+    """Next-token logits of hidden states (the rows the head's route names are rows of `h`)."""
+    return routed(h, weights.lm_head, routes.head, "head", routes)  # [N, V]

@@ -8,17 +8,22 @@ later prompt that starts the same way reuses them.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from gguf import GGUFReader
+from precision_router import policy
+from precision_router.kernels import configure_threads
+from precision_router.policy import GROUPS, POLICIES, Assignment, Policy, entropy_nats
 from tiered_kv_cache import KVCacheManager, KVPool, Prefix, TierConfig
 
 from mimo_core.settings import load_settings
 from mimo_engine.gguf_model import load_weights, read_config
-from mimo_engine.model import ModelConfig, ModelWeights, hidden_states, logits
+from mimo_engine.model import ModelConfig, ModelWeights, Routes, hidden_states, logits
 from mimo_engine.paged_attention import PagedAttention
 from mimo_engine.pull import ensure_model
 from mimo_engine.registry import MODELS
@@ -27,50 +32,204 @@ from mimo_engine.tokenizer import Tokenizer
 from mimo_engine.xp import to_numpy, xp
 
 BLOCK_SIZE = 16  # tokens per KV block
+DEFAULT_POLICIES = ("native", "q8_0", "mxfp4", "experts-mxfp4", "entropy")  # hold native and MXFP4 forms
+CALIBRATION_TEXT = policy.calibration_text()
+
+
+def served_policies() -> tuple[str, ...]:
+    """The precision policies a model is loaded for: MIMO_PRECISION_POLICIES (comma-separated, or "all"), else
+    DEFAULT_POLICIES. The first is what a request that names none runs under."""
+    raw = os.environ.get("MIMO_PRECISION_POLICIES", "").strip()
+    if raw == "all":
+        return POLICIES
+    names = tuple(p.strip() for p in raw.split(",") if p.strip()) or DEFAULT_POLICIES
+    for name in names:
+        policy.parse(name)  # UnknownPolicy names the policies
+    return names
+
+
+class PolicyNotServed(ValueError):
+    """A policy whose weight formats the loaded model does not hold."""
 
 
 @dataclass
 class LoadedModel:
-    """A model's config, tokenizer and float32 weights, ready to run."""
+    """A model's config, tokenizer and weights (held in the formats its precision policies read), ready to run."""
 
     name: str
     config: ModelConfig
     tokenizer: Tokenizer
     weights: ModelWeights
     fingerprint: str  # what a KV block's identity depends on besides its tokens: weights, KV dtype and layout
+    natives: dict[str, Any]  # each group's native format: {"attn": [per block], "mlp": [per block], "head": fmt}
+    policies: dict[str, Policy] = field(default_factory=dict)  # served, by name; the first is the default
+    calibration: np.ndarray | None = None  # next-token entropies (nats) of the native model on calibration text
+    _plans: dict[Any, WeightPlan] = field(default_factory=dict, repr=False)
+    _reads: dict[WeightPlan, tuple] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def load(cls, name: str, cache_dir: Path | None = None) -> LoadedModel:
-        """Load registry model `name` from `cache_dir` (default: MIMO_CACHE_DIR), pulling it on first use."""
+    def load(cls, name: str, cache_dir: Path | None = None, policies: Sequence[str] | None = None) -> LoadedModel:
+        """Load registry model `name` from `cache_dir` (default: MIMO_CACHE_DIR), pulling it on first use, with its
+        weights in the formats of `policies` (default: `served_policies()`)."""
         cache_dir = load_settings().cache_dir if cache_dir is None else cache_dir
-        return cls.from_gguf(name, ensure_model(name, cache_dir))
+        return cls.from_gguf(name, ensure_model(name, cache_dir), policies)
 
     @classmethod
-    def from_gguf(cls, name: str, path: Path) -> LoadedModel:
-        """Load the GGUF file at `path` under the name `name`."""
+    def from_gguf(cls, name: str, path: Path, policies: Sequence[str] | None = None) -> LoadedModel:
+        """Load the GGUF file at `path` under the name `name` (`policies` as for `load`)."""
+        names = tuple(policies or served_policies())
         reader = GGUFReader(path)
         config = read_config(reader)
         spec = MODELS.get(name)
         weights_id = spec.sha256 if spec else f"{path.resolve()}:{path.stat().st_size}:{path.stat().st_mtime_ns}"
-        fingerprint = f"{weights_id}:kv=float32:block={BLOCK_SIZE}"  # the tokenizer is part of the same GGUF
-        return cls(name, config, Tokenizer.from_gguf(reader), load_weights(reader, config), fingerprint)
+        # the tokenizer is part of the same GGUF; prompts are computed under the default policy's formats
+        fingerprint = f"{weights_id}:weights={names[0]}:kv=float32:block={BLOCK_SIZE}"
+        statics = {n: policy.static_policy(n) for n in names if policy.parse(n)[0] != "entropy"}
+        held = {g: {getattr(p.high, g) for p in statics.values()} for g in GROUPS}
+        if len(statics) < len(names):  # entropy: native and the low format
+            held = {g: held[g] | {"native", policy.LOW_FORMAT} for g in GROUPS}
+        weights, natives = load_weights(reader, config, held)
+        if any(f != "f32" for g in GROUPS for f in held[g] | set(np.ravel(natives[g]))):
+            configure_threads()  # packed kernels do the heavy work: numba gets the cores, BLAS one thread
+        model = cls(name, config, Tokenizer.from_gguf(reader), weights, fingerprint, natives)
+        for n in names:
+            model.policies[n] = statics.get(n) or model.calibrated(n)
+        return model
+
+    def policy(self, name: str | None) -> Policy:
+        """Policy `name` (None: the default): any policy whose formats this model holds is served, not only those
+        it was loaded for. UnknownPolicy or PolicyNotServed otherwise, naming the policies loaded."""
+        if name is None:
+            return next(iter(self.policies.values()))
+        if name not in self.policies:
+            kind, _ = policy.parse(name)
+            candidate = Policy(name, Assignment.every("native"), thresholds={"attn": 0.0}) if kind == "entropy" \
+                else policy.static_policy(name)
+            reads = (candidate.high, candidate.low) if candidate.thresholds else (candidate.high,)
+            if not all(self.holds(self.resolve(a)) for a in reads):
+                raise PolicyNotServed(f"precision policy {name!r} reads weight formats {self.name} was not loaded "
+                                      f"with (loaded for: {', '.join(self.policies)}; MIMO_PRECISION_POLICIES "
+                                      f"chooses them at start)")
+            self.policies[name] = self.calibrated(name) if kind == "entropy" else candidate
+        return self.policies[name]
+
+    def holds(self, plan: WeightPlan) -> bool:
+        """Whether every weight the plan names is held in the plan's format."""
+        w = self.weights
+        return (all(f in layer.wqkv for layer, f in zip(w.layers, plan.attn))
+                and all(f in layer.w_gate_up for layer, f in zip(w.layers, plan.mlp)) and plan.head in w.lm_head)
+
+    def calibrated(self, name: str) -> Policy:
+        """The entropy policy `name`, its thresholds set from this model's calibration entropies."""
+        if self.calibration is None:
+            self.calibration = calibration_entropies(self)
+        native = self.plan_bytes(self.resolve(WeightPlan.native(self.config.n_layer)))
+        counts = self.group_weights()
+        bits = {g: 8 * sum(b for (group, _), b in native.items() if group == g) / counts[g] for g in GROUPS}
+        return policy.entropy_policy(name, self.calibration, counts, bits)
+
+    def plan(self, p: Policy, entropy: float | None = None) -> WeightPlan:
+        """The weight plan of a token under policy `p` whose previous next-token entropy was `entropy` (None: a
+        prompt token), with "native" resolved to each group's format."""
+        return self.resolve(p.assign(entropy))
+
+    def resolve(self, plan: WeightPlan | Assignment) -> WeightPlan:
+        """A plan (or an assignment) with every "native" replaced by that group's own format; cached."""
+        if plan not in self._plans:
+            if isinstance(plan, Assignment):
+                plan = WeightPlan.every(self.config.n_layer, plan.attn, plan.mlp, plan.head)
+            n = self.natives
+            self._plans[plan] = WeightPlan(
+                attn=tuple(n["attn"][i] if f == "native" else f for i, f in enumerate(plan.attn)),
+                mlp=tuple(n["mlp"][i] if f == "native" else f for i, f in enumerate(plan.mlp)),
+                head=n["head"] if plan.head == "native" else plan.head)
+        return self._plans[plan]
+
+    def group_weights(self) -> dict[str, int]:
+        """Parameters of each layer group's linear weights (what one token reads once)."""
+        def size(weight: dict) -> int:
+            return next(iter(weight.values())).size
+
+        w = self.weights
+        return {"attn": sum(size(layer.wqkv) + size(layer.wo) for layer in w.layers),
+                "mlp": sum(size(layer.w_gate_up) + size(layer.w_down) for layer in w.layers), "head": size(w.lm_head)}
+
+    def plan_bytes(self, plan: WeightPlan) -> dict[tuple[str, str], int]:
+        """Weight bytes one token under `plan` reads, by (layer group, format)."""
+        out: dict[tuple[str, str], int] = {}
+        for i, layer in enumerate(self.weights.layers):
+            for group, fmt, matrices in (("attn", plan.attn[i], (layer.wqkv, layer.wo)),
+                                         ("mlp", plan.mlp[i], (layer.w_gate_up, layer.w_down))):
+                out[group, fmt] = out.get((group, fmt), 0) + sum(m[fmt].nbytes for m in matrices)
+        out["head", plan.head] = out.get(("head", plan.head), 0) + self.weights.lm_head[plan.head].nbytes
+        return out
+
+    def plan_reads(self, plan: WeightPlan | None) -> tuple[dict[str, set[str]], int, int]:
+        """What one token under `plan` (None: the default) reads: the formats of each layer group, the weight bytes,
+        and the weights; cached."""
+        plan = self.resolve(plan or WeightPlan.native(self.config.n_layer))
+        if plan not in self._reads:
+            formats = {g: set(f) for g, f in plan.groups().items()}
+            self._reads[plan] = formats, sum(self.plan_bytes(plan).values()), sum(self.group_weights().values())
+        return self._reads[plan]
 
     def new_pool(self, num_blocks: int) -> KVPool:
         """A KV pool of `num_blocks` blocks shaped for this model."""
         c = self.config
         return KVPool(c.n_layer, c.n_kv_head, c.head_dim, num_blocks, BLOCK_SIZE, xp.float32, xp)
 
-    def forward(self, batch: StepBatch, pool: KVPool) -> np.ndarray:
+    def routes(self, batch: StepBatch) -> Routes:
+        """Which rows of the step read which form of each layer group: sequences whose plans pick the same format
+        for a group share one product; the head's rows are rows of the wanted logits."""
+        plans = [self.resolve(s.weight_plan) for s in batch.sequences]
+        if len(set(plans)) == 1:  # the common case: every row reads the same forms
+            p = plans[0]
+            return Routes([((f, None),) for f in p.attn], [((f, None),) for f in p.mlp], ((p.head, None),))
+        token_rows = np.split(np.arange(batch.num_tokens), np.cumsum([s.num_tokens for s in batch.sequences])[:-1])
+        logit_rows = np.split(np.arange(batch.num_logits),
+                              np.cumsum([len(s.logit_indices) for s in batch.sequences])[:-1])
+
+        def route(formats: list[str], rows: list[np.ndarray]) -> Route:
+            chosen: dict[str, list[np.ndarray]] = {}
+            for fmt, r in zip(formats, rows):
+                chosen.setdefault(fmt, []).append(r)
+            if len(chosen) == 1:
+                return ((formats[0], None),)
+            return tuple((fmt, xp.asarray(np.concatenate(parts))) for fmt, parts in chosen.items())
+
+        n = self.config.n_layer
+        return Routes([route([p.attn[i] for p in plans], token_rows) for i in range(n)],
+                      [route([p.mlp[i] for p in plans], token_rows) for i in range(n)],
+                      route([p.head for p in plans], logit_rows))
+
+    def forward(self, batch: StepBatch, pool: KVPool, read: dict | None = None) -> np.ndarray:
         """Run one step: store every scheduled token's keys and values in `pool`, and return float32 logits
-        [batch.num_logits, V] for the wanted positions, sequence by sequence in batch order."""
-        if len({s.weight_plan for s in batch.sequences}) > 1:
-            raise ValueError("a step runs under one weight plan")
+        [batch.num_logits, V] for the wanted positions, sequence by sequence in batch order. Each sequence reads
+        the weight formats of its plan; `read`, if given, gets what the products read: (group, format) -> [bytes,
+        product calls]."""
+        routes = self.routes(batch)
         tokens = xp.asarray([t for s in batch.sequences for t in s.token_ids])  # [N]
         positions = xp.concatenate([xp.arange(s.start_position, s.end_position) for s in batch.sequences])  # [N]
-        h = hidden_states(self.weights, self.config, tokens, positions, PagedAttention(batch, pool))  # [N, d]
+        h = hidden_states(self.weights, self.config, tokens, positions, PagedAttention(batch, pool), routes)  # [N, d]
         starts = np.cumsum([0, *(s.num_tokens for s in batch.sequences)])
         wanted = [first + i for s, first in zip(batch.sequences, starts) for i in s.logit_indices]
-        return to_numpy(logits(h[xp.asarray(wanted, dtype=xp.int64)], self.weights))  # [num_logits, V]
+        out = to_numpy(logits(h[xp.asarray(wanted, dtype=xp.int64)], self.weights, routes))  # [num_logits, V]
+        if read is not None:
+            for key, (nbytes, calls) in routes.read.items():
+                total = read.setdefault(key, [0, 0])
+                total[0] += nbytes
+                total[1] += calls
+        return out
+
+
+def calibration_entropies(model: LoadedModel) -> np.ndarray:
+    """Next-token entropies (nats) of the model under its native formats at every position of the calibration
+    text: what the entropy policy's thresholds are quantiles of."""
+    ids = model.tokenizer.encode(CALIBRATION_TEXT)[: model.config.context_length]
+    blocks = -(-len(ids) // BLOCK_SIZE)
+    step = StepBatch((ScheduledSequence("calibration", tuple(ids), 0, tuple(range(blocks)), tuple(range(len(ids))),
+                                        WeightPlan.native(model.config.n_layer)),))
+    return entropy_nats(model.forward(step, model.new_pool(blocks)))
 
 
 @dataclass
@@ -89,6 +248,7 @@ class Work:
     seq_id: Hashable
     num_tokens: int
     logits: str = "last"
+    plan: WeightPlan | None = None  # the weight formats its tokens read (None: the engine's default)
 
 
 class EngineCore:
@@ -167,7 +327,7 @@ class EngineCore:
                 done.append(w.seq_id)
                 wanted = {"last": (w.num_tokens - 1,), "all": tuple(range(w.num_tokens)), "none": ()}[w.logits]
                 scheduled.append(ScheduledSequence(w.seq_id, tuple(seq.token_ids[start:end]), start, tuple(table),
-                                                   wanted, self.plan))
+                                                   wanted, w.plan or self.plan))
         except BaseException:
             for seq_id in done:  # give back what this batch allocated beyond the computed tokens
                 self.blocks.truncate(seq_id, self.sequences[seq_id].num_computed)

@@ -21,11 +21,13 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable, Iterable
 
 import numpy as np
+from precision_router.policy import Policy, entropy_nats
 from tiered_kv_cache import KVPool, NoFreeBlocks, TierSizes
 
 from mimo_core.extensions import MimoReport, MimoRequest
 from mimo_engine.metrics import WorkerGauges, WorkerMetrics
 from mimo_engine.runtime import BLOCK_SIZE, EngineCore, LoadedModel, Work
+from mimo_engine.step import WeightPlan
 from mimo_engine.sampling import (
     InvalidRequest,
     SamplingParams,
@@ -114,6 +116,7 @@ class Request:
         self.params = params
         self.prompt_logprobs = prompt_logprobs  # None: not wanted; k: score each prompt token, with the top k
         self.mimo = mimo or MimoRequest()
+        self.policy: Policy | None = None  # the precision policy, resolved by the worker it is submitted to
         self.report = MimoReport(model="")
         self.report.cache.enabled = self.mimo.cache_enabled
         self.cancelled = False
@@ -167,6 +170,7 @@ class Choice:
     stop: StopMatcher
     max_tokens: int
     last_token_at: float = 0.0
+    plan: WeightPlan | None = None  # the weight formats its next token reads (the precision policy's choice)
 
 
 @dataclass
@@ -223,6 +227,7 @@ class ModelWorker:
         Unavailable once the worker is closed."""
         self._validate(request)
         request.report.model = self.model.name
+        request.report.precision.policy = request.policy.name
         with self._wakeup:
             if self._closed:
                 raise Unavailable("the server is shutting down")
@@ -267,6 +272,10 @@ class ModelWorker:
             raise InvalidRequest(f"the prompt has {len(request.prompt)} tokens; this model's context is {context}")
         if request.params.n > self.max_batch_size:
             raise InvalidRequest(f"n may be at most the server's max batch size, {self.max_batch_size}", "n")
+        try:
+            request.policy = self.model.policy(request.mimo.precision and request.mimo.precision.policy)
+        except ValueError as exc:  # an unknown policy, or one whose formats this model does not hold
+            raise InvalidRequest(str(exc), "mimo.precision.policy") from None
 
     def _sequences(self) -> int:
         """Sequences admitted: decoding choices, and the choices that prompts being prefilled will become."""
@@ -295,7 +304,7 @@ class ModelWorker:
 
     def _schedule(self) -> list[Work]:
         """This step's work: a token for every decoding sequence, then prompt chunks within the token budget."""
-        work = [Work(c.seq_id, 1) for c in self._running]
+        work = [Work(c.seq_id, 1, plan=c.plan) for c in self._running]
         budget = self.step_tokens - len(work)
         for prefill in self._prefilling:
             if budget <= 0:
@@ -311,7 +320,8 @@ class ModelWorker:
         pending = self.core.pending(prefill.seq_id)
         n = min(pending, budget)
         scored = prefill.request.prompt_logprobs is not None
-        return Work(prefill.seq_id, n, "all" if scored else "last" if n == pending else "none")
+        return Work(prefill.seq_id, n, "all" if scored else "last" if n == pending else "none",
+                    self.model.plan(prefill.request.policy))
 
     def _admit(self) -> bool:
         """Start the oldest waiting request if the batch has room for its choices and the pool for its prompt."""
@@ -361,6 +371,7 @@ class ModelWorker:
                     report.prefill_s = round(report.prefill_s + elapsed, 6)
                 else:
                     report.decode_s = round(report.decode_s + elapsed, 6)
+            self._count_reads(request, w)
             if w.seq_id in prefilling:
                 self._prefilled(prefilling[w.seq_id], logits)
             else:
@@ -368,6 +379,11 @@ class ModelWorker:
         self.metrics.steps += 1
         self.metrics.step_tokens.observe(sum(w.num_tokens for w in work))
         self.last_active = time.monotonic()
+
+    def _count_reads(self, request: Request, work: Work) -> None:
+        """Add the weight formats and bytes that `work`'s tokens read to its request's precision report."""
+        formats, weight_bytes, weights = self.model.plan_reads(work.plan)
+        request.report.precision.count(formats, weight_bytes, weights, work.num_tokens)
 
     def _prefilled(self, prefill: Prefill, logits: np.ndarray) -> None:
         """A prompt chunk ran: keep scored rows; once the whole prompt is in, fork its choices and sample each."""
@@ -438,6 +454,8 @@ class ModelWorker:
             self._finish(choice, "length", text + self._tail(choice), logprob)
         else:
             choice.result.text += text
+            choice.plan = self.model.plan(request.policy, float(entropy_nats(logits)) if request.policy.thresholds
+                                          else None)  # what the next token reads, from this distribution
             self.core.append(choice.seq_id, [token])
             request.emit(Delta(choice.result.index, text, logprob))
 

@@ -226,12 +226,11 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 
 def mimo_report(reports: list[MimoReport], mimo: MimoRequest) -> dict[str, Any]:
-    """The `mimo` field of a response: the engine's report over the request's prompts, and the extensions it does not
-    apply yet, said so with what was asked."""
+    """The `mimo` field of a response: the engine's report over the request's prompts, and speculation, which it does
+    not apply yet, said so with what was asked."""
     report = MimoReport.combine(reports)
-    for name in ("precision", "speculation"):
-        asked = getattr(mimo, name)
-        setattr(report, name, PendingReport(applied=False, requested=None if asked is None else asked.to_dict()))
+    asked = mimo.speculation
+    report.speculation = PendingReport(applied=False, requested=None if asked is None else asked.to_dict())
     return report.to_dict()
 
 

@@ -2,7 +2,8 @@
 
 Each iteration the scheduler builds one `StepBatch`. For every sequence it schedules, a `ScheduledSequence` says which
 tokens run this step (a prefill chunk, one decode token, or a drafted block to verify), where they go (their first
-position and the sequence's KV block table), which of them need logits, and which weight formats each layer reads.
+position and the sequence's KV block table), which of them need logits, and which weight format each layer group
+reads (sequences of one step may read different formats: the forward pass runs their rows as groups).
 `LoadedModel.forward(batch, pool)` runs the whole batch in one pass and returns those logits, in batch order.
 """
 
@@ -14,15 +15,26 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class WeightPlan:
-    """Which stored form of its weights each layer reads. One plan exists until weights are held in several
-    formats: every layer reads the float32 weights the engine loaded."""
+    """Which stored form of its weights each layer group reads: a format per block for attention (fused q/k/v and
+    output) and for the MLP, and one for the output head. "native" stands for each group's GGUF precision."""
 
-    formats: tuple[str, ...]
+    attn: tuple[str, ...]
+    mlp: tuple[str, ...]
+    head: str
+
+    @classmethod
+    def every(cls, n_layer: int, attn: str, mlp: str, head: str) -> WeightPlan:
+        """The same format for a group in every block."""
+        return cls((attn,) * n_layer, (mlp,) * n_layer, head)
 
     @classmethod
     def native(cls, n_layer: int) -> WeightPlan:
-        """The plan every request runs under today: each layer at the precision the engine holds it in."""
-        return cls(("float32",) * n_layer)
+        """Every group at the GGUF's own precision (the engine's default policy)."""
+        return cls.every(n_layer, "native", "native", "native")
+
+    def groups(self) -> dict[str, tuple[str, ...]]:
+        """Each layer group's formats: {"attn": per block, "mlp": per block, "head": (one,)}."""
+        return {"attn": self.attn, "mlp": self.mlp, "head": (self.head,)}
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,114 @@
+"""Weights held packed on the real smollm2-135m: f32 unchanged, plans read the formats they report, mixed steps."""
+
+import httpx
+import numpy as np
+import pytest
+from precision_router.policy import static_policy
+
+from mimo_engine.runtime import EngineCore, LoadedModel, Work
+from mimo_engine.step import WeightPlan
+
+pytestmark = pytest.mark.model
+
+MODEL = "smollm2-135m"
+# greedy continuations of the engine before weights were held packed (everything dequantized to float32 at load)
+BEFORE = {
+    "The capital of France is": [7042, 30, 198, 198, 504, 2988, 314, 42, 216, 34, 32, 33, 40, 29, 32, 33],
+    "def fibonacci(n):": [472, 585, 304, 1758, 216, 32, 42, 448, 1003, 216, 33, 472, 1003, 304, 1672, 3987],
+}
+
+
+@pytest.fixture(scope="module")
+def model() -> LoadedModel:
+    return LoadedModel.load(MODEL, policies=("native", "mxfp4", "f32"))
+
+
+def greedy(core: EngineCore, seq_id, text: str, plan: WeightPlan, n: int = 16) -> list[int]:
+    token = int(core.prefill(seq_id, core.model.tokenizer.encode(text), "last")[-1].argmax())
+    out = [token]
+    for _ in range(n - 1):
+        core.append(seq_id, [token])
+        (logits,) = core.step([Work(seq_id, 1, plan=plan)])
+        token = int(logits[0].argmax())
+        out.append(token)
+    return out
+
+
+def test_f32_greedy_output_is_unchanged_from_before():
+    f32 = LoadedModel.load(MODEL, policies=("f32",))  # f32 as the default: the prompt too runs in float32
+    core = EngineCore(f32, num_blocks=16)
+    plan = f32.plan(f32.policy("f32"))
+    for i, (text, expected) in enumerate(BEFORE.items()):
+        assert greedy(core, i, text, plan) == expected
+
+
+def test_a_per_layer_plan_reads_the_formats_it_reports(model):
+    n = model.config.n_layer
+    plan = WeightPlan(attn=tuple("mxfp4" if i % 2 else "q8_0" for i in range(n)), mlp=("mxfp4",) * n, head="f32")
+    core = EngineCore(model, num_blocks=16)
+    ids = model.tokenizer.encode("Every layer group reads the form its plan names.")
+    core.add("s", ids, reuse=False)
+    batch = core.batch([Work("s", len(ids), "last", plan)])
+    read: dict = {}
+    model.forward(batch, core.pool, read)
+    expected = model.plan_bytes(plan)
+    assert {key: nbytes for key, (nbytes, _) in read.items()} == expected
+    assert set(expected) == {("attn", "q8_0"), ("attn", "mxfp4"), ("mlp", "mxfp4"), ("head", "f32")}
+    assert expected["attn", "mxfp4"] < expected["attn", "q8_0"] / 1.9  # MXFP4 really is fewer bytes
+    formats, weight_bytes, weights = model.plan_reads(plan)
+    assert formats == {"attn": {"q8_0", "mxfp4"}, "mlp": {"mxfp4"}, "head": {"f32"}}
+    assert weight_bytes == sum(expected.values()) and weights == sum(model.group_weights().values())
+
+
+def test_sequences_with_different_plans_share_a_step_and_get_their_own_logits(model):
+    native, mxfp4 = model.plan(model.policy("native")), model.plan(model.policy("mxfp4"))
+    ids = model.tokenizer.encode("The three primary colours are red, yellow and")
+    core = EngineCore(model, num_blocks=32)
+    alone = {}
+    for name, plan in (("native", native), ("mxfp4", mxfp4)):
+        core.add(name, ids, reuse=False)
+        (alone[name],) = core.step([Work(name, len(ids), "last", plan)])
+    for name in alone:
+        core.add(("mixed", name), ids, reuse=False)
+    read: dict = {}
+    batch = core.batch([Work(("mixed", "native"), len(ids), "last", native),
+                        Work(("mixed", "mxfp4"), len(ids), "last", mxfp4)])
+    mixed = model.forward(batch, core.pool, read)
+    np.testing.assert_allclose(mixed[0], alone["native"][0], atol=2e-3)
+    np.testing.assert_allclose(mixed[1], alone["mxfp4"][0], atol=2e-3)
+    assert np.abs(alone["native"] - alone["mxfp4"]).max() > 0.1  # the two plans really computed differently
+    assert {fmt for _, fmt in read} == {"q8_0", "mxfp4"}
+
+
+def test_entropy_policy_is_calibrated_to_its_target_bits(model):
+    with pytest.raises(ValueError, match="was not loaded with"):
+        model.policy("bf16")
+    entropy = model.policy("entropy@5.5")
+    assert entropy.target_bits == 5.5 and len(set(entropy.thresholds.values())) == 1
+    low, high = model.plan(entropy, 0.0), model.plan(entropy, 100.0)
+    assert set(low.mlp) == {"mxfp4"} and set(high.mlp) == {"q8_0"} and model.plan(entropy) == high
+    below = np.mean(model.calibration < entropy.thresholds["mlp"])  # share of calibration tokens at MXFP4
+    bits = below * 4.25 + (1 - below) * 8.5
+    assert abs(bits - 5.5) < 0.1
+
+
+def test_the_response_reports_formats_and_bytes_and_metrics_derive_them(server):
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 6,
+            "temperature": 0, "mimo": {"precision": {"policy": "experts-mxfp4"}}}
+    reply = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=120).json()
+    report = reply["mimo"]["precision"]
+    computed = reply["usage"]["prompt_tokens"] - reply["usage"]["prompt_tokens_details"]["cached_tokens"]
+    tokens = computed + reply["usage"]["completion_tokens"] - 1  # the last sampled token is never computed
+    assert report["policy"] == "experts-mxfp4"
+    assert report["tokens"] == {"attn": {"q8_0": tokens}, "mlp": {"mxfp4": tokens}, "head": {"q8_0": tokens}}
+    assert 5.0 < report["bits_per_weight"] < 6.5
+    assert report["weight_bytes"] == report["weight_bytes_per_token"] * tokens
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert f'mimo_engine_precision_weight_bytes_total{{model="{MODEL}"}}' in metrics
+    bad = httpx.post(f"{server.url}/v1/chat/completions", json={**body, "mimo": {"precision": {"policy": "fp3"}}})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "mimo.precision.policy"
+
+
+def test_static_policies_assign_one_format_everywhere():
+    assert static_policy("mxfp4").assign(0.1).formats() == {"mxfp4"}
+    assert static_policy("experts-mxfp4").assign(None).mlp == "mxfp4"
