@@ -68,6 +68,8 @@ def test_one_verification_request_per_round_and_the_bookkeeping(engine_settings)
         assert r.accepted == len(r.scores) or r.scores[r.accepted] is None or r.scores[r.accepted] < 5.0
         assert r.oracle_step == (r.accepted < r.drafted or r.drafted == 0) or result.stopped != "end"
     assert result.draft_tokens.completion > 0 and result.oracle_tokens.prompt > 0
+    # the record's prefix, computed once, is served from the engine's prefix cache to the later oracle prompts
+    assert 0 < result.oracle_tokens.cached < result.oracle_tokens.prompt
     assert result.stopped in ("answer", "end", "max_steps", "max_tokens")
 
 

@@ -50,6 +50,7 @@ class Run(Contract):
     accepted: int
     time_s: dict[str, float]
     error: str | None = None
+    cached_tokens: int = 0  # prompt tokens served from the engine's prefix cache
 
 
 @dataclass
@@ -70,6 +71,7 @@ class Arm(Contract):
     draft_tokens: int
     oracle_tokens: int
     prompt_tokens: int
+    cached_tokens: int
     acceptance_rate: float | None
     time_s: dict[str, float]  # draft, verify, oracle summed over records
     errors: int
@@ -138,7 +140,8 @@ async def run_one(reasoner: Reasoner, record: TaskRecord, ctx: StageContext, pai
     return Run(pairing, arm, record.id, record.domain, record.difficulty, reasoning.answer, reasoning.confidence,
                reasoning.wall_s, reasoning.draft_tokens.completion, reasoning.oracle_tokens.completion,
                reasoning.draft_tokens.prompt + reasoning.oracle_tokens.prompt, reasoning.drafted_steps,
-               reasoning.accepted_steps, reasoning.time_s)
+               reasoning.accepted_steps, reasoning.time_s,
+               cached_tokens=reasoning.draft_tokens.cached + reasoning.oracle_tokens.cached)
 
 
 async def warm_up(ctx: StageContext, capabilities: backend.Capabilities) -> None:
@@ -224,6 +227,7 @@ def arm_figures(pairing: str, arm: str, runs: list[Run], correct: list[bool], ba
         draft_tokens=sum(r.draft_tokens for r in runs),
         oracle_tokens=sum(r.oracle_tokens for r in runs),
         prompt_tokens=sum(r.prompt_tokens for r in runs),
+        cached_tokens=sum(r.cached_tokens for r in runs),
         acceptance_rate=round(sum(r.accepted for r in runs) / drafted, 4) if drafted else None,
         time_s=phases,
         errors=sum(r.error is not None for r in runs),

@@ -68,9 +68,12 @@ class Chain:
 
 
 def count(tokens: Tokens, result: Completion) -> None:
-    """Add a call's usage to a model's tokens."""
+    """Add a call's usage to a model's tokens (cached ones from the embedded engine's report)."""
     tokens.prompt += result.usage.prompt_tokens
     tokens.completion += result.usage.completion_tokens
+    cache = (result.engine or {}).get("cache")
+    if isinstance(cache, dict) and isinstance(cache.get("cached_tokens"), int):
+        tokens.cached += cache["cached_tokens"]
 
 
 def keep(chain: Chain, step: Step, domain: str, options: Options) -> bool:

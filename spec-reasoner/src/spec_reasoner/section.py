@@ -39,10 +39,12 @@ class Round(Contract):
 
 @dataclass
 class Tokens(Contract):
-    """Tokens one model read and wrote for the record."""
+    """Tokens one model read and wrote for the record; `cached`: prompt tokens the endpoint served from its prefix
+    cache instead of computing them (as far as it reports them)."""
 
     prompt: int = 0
     completion: int = 0
+    cached: int = 0
 
 
 @dataclass
