@@ -1,8 +1,9 @@
 """`mimo-engine bench`: prefill and decode speed of a model against this machine's memory-bandwidth roofline.
 
-Decoding one token reads every weight once, so with float32 weights it can go no faster than
-bandwidth / weight bytes per token: that is the roofline single-stream decode is measured against. A batch of B
-sequences reads the weights once per step for all B tokens, which is why batched decode should scale.
+Decoding one token reads every weight once, so it can go no faster than bandwidth / weight bytes per token, the
+bytes of the forms the precision policy reads (`--policy`; float32 reads 4 bytes a weight, q8_0 1.06, mxfp4 0.53):
+that is the roofline single-stream decode is measured against. A batch of B sequences reads the weights once per
+step for all B tokens, which is why batched decode should scale.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from mimo_core.profiles import measure_memory_bandwidth, measure_read_bandwidth,
 from mimo_engine.runtime import BLOCK_SIZE, EngineCore, LoadedModel, Work
 from mimo_engine.sampling import SamplingParams
 from mimo_engine.scheduler import STEP_TOKENS, Delta, ModelWorker, Request
+from mimo_engine.step import WeightPlan
 
 BENCH_TEXT = (
     "The history of computing is a story of machines that learned to do arithmetic faster than people, and then "
@@ -42,11 +44,12 @@ def measure_bandwidth() -> dict[str, float]:
     }
 
 
-def weight_bytes_per_token(model: LoadedModel) -> int:
-    """Bytes of weights one decode step reads: every block's matrices and vectors, the final norm and the lm_head."""
-    w = model.weights
-    per_layer = sum(a.nbytes for layer in w.layers for a in vars(layer).values() if a is not None)
-    return per_layer + w.output_norm.nbytes + w.lm_head.nbytes  # the embedding table: one row per token, negligible
+def weight_bytes_per_token(model: LoadedModel, plan: WeightPlan) -> int:
+    """Bytes of weights one decode step under `plan` reads: every block's matrices in the plan's formats and its
+    vectors, the final norm and the lm_head (the embedding table: one row per token, negligible)."""
+    vectors = sum(v.nbytes for layer in model.weights.layers
+                  for v in (layer.attn_norm, layer.ffn_norm, layer.bqkv) if v is not None)
+    return sum(model.plan_bytes(plan).values()) + vectors + model.weights.output_norm.nbytes
 
 
 @dataclass
@@ -64,6 +67,7 @@ class BenchResult(Contract):
     SCHEMA = "mimo.engine-bench/1"
 
     model: str
+    policy: str
     cpu_count: int
     load_average: dict[str, float]  # before and after: other work on the cores skews every figure
     load_s: float
@@ -71,7 +75,8 @@ class BenchResult(Contract):
     prefill_tokens_per_s: float
     decode: dict[str, DecodeFigures]  # by batch size
     bandwidth_gb_s: dict[str, float]
-    fp32_weight_bytes_per_token: int
+    weight_bytes_per_token: int
+    bits_per_weight: float
     roofline_tokens_per_s: float
     decode_fraction_of_roofline: float
     batch8_over_batch1: float
@@ -79,13 +84,16 @@ class BenchResult(Contract):
 
 
 def run_bench(
-    name: str, cache_dir: Path | None = None, prompt_tokens: int = 128, decode_steps: int = 16, repeats: int = 5
+    name: str, cache_dir: Path | None = None, prompt_tokens: int = 128, decode_steps: int = 16, repeats: int = 5,
+    policy: str = "native",
 ) -> BenchResult:
-    """Prefill tokens/s, decode tokens/s per batch size (medians), bandwidth and fp32 roofline of model `name`."""
+    """Prefill tokens/s, decode tokens/s per batch size (medians), bandwidth and roofline of model `name` with its
+    weights read under precision policy `policy` (a static one: the model holds only its formats)."""
     load_average_before = os.getloadavg()[0]
     started = time.perf_counter()
-    model = LoadedModel.load(name, cache_dir)
+    model = LoadedModel.load(name, cache_dir, policies=(policy,))
     load_s = time.perf_counter() - started
+    plan = model.plan(model.policy(policy))
     prompt = model.tokenizer.encode(BENCH_TEXT * (prompt_tokens // 20 + 1))[:prompt_tokens]
     blocks_per_sequence = (prompt_tokens + decode_steps + 1) // BLOCK_SIZE + 2
     core = EngineCore(model, num_blocks=blocks_per_sequence * (max(BATCH_SIZES) + 1))
@@ -118,11 +126,12 @@ def run_bench(
               for batch, times in steps.items()}
 
     bandwidth = measure_bandwidth()
-    bytes_per_token = weight_bytes_per_token(model)
+    bytes_per_token = weight_bytes_per_token(model, plan)
     roofline = bandwidth["read"] * 1e9 / bytes_per_token
     single = decode["1"].tokens_per_s
     return BenchResult(
         model=name,
+        policy=policy,
         cpu_count=os.cpu_count() or 1,
         load_average={"before": load_average_before, "after": os.getloadavg()[0]},
         load_s=round(load_s, 2),
@@ -130,7 +139,8 @@ def run_bench(
         prefill_tokens_per_s=round(len(prompt) / prefill_s, 1),
         decode=decode,
         bandwidth_gb_s={k: round(v, 2) for k, v in bandwidth.items()},
-        fp32_weight_bytes_per_token=bytes_per_token,
+        weight_bytes_per_token=bytes_per_token,
+        bits_per_weight=round(8 * sum(model.plan_bytes(plan).values()) / sum(model.group_weights().values()), 3),
         roofline_tokens_per_s=round(roofline, 2),
         decode_fraction_of_roofline=round(single / roofline, 3),
         batch8_over_batch1=round(decode["8"].tokens_per_s / single, 2),

@@ -139,6 +139,8 @@ def bench(
     interference: bool = typer.Option(False, help="Instead: inter-token latency of 4 decoding streams while an "
                                       "800-token prompt arrives, and that prompt's time to first token."),
     step_tokens: int = typer.Option(128, min=1, help="With --interference: the engine's per-step token budget."),
+    policy: str = typer.Option("native", help="Precision policy the weights are read under: native, f32, bf16, "
+                               "q8_0, mxfp8, mxfp4 or experts-mxfp4; the roofline counts its bytes."),
 ) -> None:
     """Measure prefill and decode tokens/s at batch 1, 4 and 8 against the memory-bandwidth roofline."""
     from mimo_engine.bench import run_bench, run_interference  # the model stack: not for --help
@@ -146,7 +148,10 @@ def bench(
     if interference:
         result = run_interference(model, cache_dir=_cache_dir(), step_tokens=step_tokens).to_dict()
     else:
-        result = run_bench(model, cache_dir=_cache_dir()).to_dict()
+        try:
+            result = run_bench(model, cache_dir=_cache_dir(), policy=policy).to_dict()
+        except ValueError as exc:  # an unknown policy, or entropy (calibrated per token: the sweep measures it)
+            fail(str(exc), prog=PROG)
     if out:
         out.write_text(json.dumps(result, indent=2) + "\n")
     _print_json(result)

@@ -258,7 +258,7 @@ class EngineCore:
         self.model = model
         self.pool = model.new_pool(num_blocks)
         self.blocks = KVCacheManager(num_blocks, BLOCK_SIZE, model.fingerprint, pool=self.pool, tiers=tiers)
-        self.plan = WeightPlan.native(model.config.n_layer)
+        self.plan = model.plan(model.policy(None))  # the weight formats of work that names none
         self.sequences: dict[Hashable, SequenceTokens] = {}
 
     def add(self, seq_id: Hashable, prompt: Sequence[int], reuse: bool = True) -> dict[str, int]:
