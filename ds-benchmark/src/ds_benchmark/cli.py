@@ -35,6 +35,8 @@ def suite(
     domains: list[str] = typer.Option(list(DOMAINS), "--domains", help="Domains: --domains math coding triage."),
     seed: int = typer.Option(0, "--seed", help="The suite is the same for the same seed."),
     dataset: str | None = typer.Option(None, "--dataset", help="gsm8k:PATH takes math from GSM8K's JSONL."),
+    math_source: str = typer.Option("gsm8k", "--math-source",
+                                    help="Math from: gsm8k (GSM8K's test set, shipped) or templates (our stories)."),
 ) -> None:
     """Write N task records (JSONL, with `reference`) to stdout."""
     gsm8k = None
@@ -44,7 +46,7 @@ def suite(
             fail(f"--dataset {dataset!r}: expected gsm8k:PATH")
         gsm8k = Path(path)
     try:
-        records = build_suite(n, [*domains, *ctx.args], seed, gsm8k)
+        records = build_suite(n, [*domains, *ctx.args], seed, gsm8k, math_source)
     except (ValueError, OSError) as exc:
         fail(str(exc))
     for record in records:

@@ -10,6 +10,7 @@ from mimo_core.record import TaskRecord
 from . import coding, math, triage
 
 DOMAINS = ("math", "coding", "triage")
+MATH_SOURCES = ("gsm8k", "templates")
 
 
 def split(n: int, domains: list[str]) -> dict[str, int]:
@@ -18,22 +19,28 @@ def split(n: int, domains: list[str]) -> dict[str, int]:
     return {domain: base + (i < extra) for i, domain in enumerate(domains)}
 
 
-def build_suite(n: int, domains: list[str], seed: int, gsm8k: Path | None = None) -> list[TaskRecord]:
-    """The suite's records, interleaved across domains; each domain draws from its own seeded generator."""
+def build_suite(n: int, domains: list[str], seed: int, gsm8k: Path | None = None,
+                math_source: str = "gsm8k") -> list[TaskRecord]:
+    """The suite's records, interleaved across domains; each domain draws from its own seeded generator.
+
+    Math comes from GSM8K's test set (`math_source="gsm8k"`, or the GSM8K-format file `gsm8k`) or our templates."""
     unknown = [d for d in domains if d not in DOMAINS]
     if unknown or not domains or len(set(domains)) != len(domains):
         raise ValueError(f"domains must be distinct names among {', '.join(DOMAINS)}; got {' '.join(domains)}")
     if n < 1:
         raise ValueError("--n must be at least 1")
-    name = "+".join(domains) + (f" (math from gsm8k:{gsm8k.name})" if gsm8k and "math" in domains else "")
+    if math_source not in MATH_SOURCES:
+        raise ValueError(f"math source {math_source!r}: one of {', '.join(MATH_SOURCES)}")
+    source = f"gsm8k:{gsm8k.name}" if gsm8k else math_source
+    name = "+".join(domains) + (f" (math from {source})" if "math" in domains else "")
     config = {"disabled": [], "seed": seed, "suite": name}
     per_domain = {}
     for domain, count in split(n, domains).items():
         # A string seed is hashed deterministically, and one generator per domain keeps a domain's tasks the same
         # whatever other domains are asked for.
         rng = random.Random(f"{seed}:{domain}")
-        if domain == "math" and gsm8k:
-            items = math.generate_gsm8k(gsm8k, count, rng)
+        if domain == "math" and (gsm8k or math_source == "gsm8k"):
+            items = math.generate_gsm8k(count, rng, gsm8k or math.GSM8K)
         else:
             items = {"math": math.generate, "coding": coding.generate, "triage": triage.generate}[domain](count, rng)
         per_domain[domain] = [

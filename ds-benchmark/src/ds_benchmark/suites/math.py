@@ -1,12 +1,12 @@
-"""Arithmetic word problems: a chain of 1-5 operations told as a short story, with an exact integer answer.
+"""Math word problems: GSM8K's test set (the default; shipped as package data, MIT licence, see data/), or our
+templates, a chain of 1-5 operations told as a short story, for a difficulty under control.
 
-Also GSM8K's JSONL (`question`, `answer` ending in `#### N`) where a user has the file."""
+Any file in GSM8K's JSONL format (`question`, `answer`: the solution, a step per line, ending in `#### N`) works."""
 
 from __future__ import annotations
 
 import json
 import random
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +21,8 @@ THINGS = (("marbles", "wins", "loses"), ("stickers", "buys", "gives away"), ("bo
 TIMES = {2: "twice", 3: "three times", 4: "four times", 5: "five times"}
 PARTS = {2: "half", 3: "a third", 4: "a quarter", 5: "a fifth"}
 MAX_VALUE = 10_000
+GSM8K = Path(__file__).parent / "data" / "gsm8k_test.jsonl"
+MAX_STEPS = 8  # GSM8K solutions take 2-11 steps; the three of over 8 count as 8
 
 
 def _problem(ops: int, rng: random.Random) -> tuple[str, int]:
@@ -71,8 +73,15 @@ def generate(n: int, rng: random.Random) -> Iterator[tuple[str, dict, float]]:
         yield task, {"answer": str(answer)}, float(ops)
 
 
-def generate_gsm8k(path: Path, n: int, rng: random.Random) -> Iterator[tuple[str, dict, float]]:
-    """`n` problems sampled from a GSM8K JSONL file; difficulty = the solution's <<calculator>> steps, 1-5."""
+def solution_steps(solution: str) -> int:
+    """The steps of a GSM8K solution: its lines before `####`, or its <<calculator>> annotations if more."""
+    work = solution.rsplit("####", 1)[0]
+    lines = sum(1 for line in work.splitlines() if line.strip())
+    return max(lines, work.count("<<"), 1)
+
+
+def read_gsm8k(path: Path = GSM8K) -> list[tuple[str, str, str]]:
+    """(question, solution, the answer after `####` as written) of every row of a GSM8K JSONL file."""
     rows = []
     with open(path, encoding="utf-8") as stream:
         for line_no, line in enumerate(stream, start=1):
@@ -80,15 +89,21 @@ def generate_gsm8k(path: Path, n: int, rng: random.Random) -> Iterator[tuple[str
                 continue
             try:
                 row = json.loads(line)
-                final = parse_number(row["answer"].rsplit("####", 1)[1])
+                final = row["answer"].rsplit("####", 1)[1].strip()
             except (json.JSONDecodeError, KeyError, IndexError, AttributeError, TypeError):
                 raise ValueError(f"{path}: line {line_no}: not a GSM8K row (question, answer ending in '#### N')") \
                     from None
-            if final is None:
+            if parse_number(final) is None:
                 raise ValueError(f"{path}: line {line_no}: no number after '####'")
             rows.append((row["question"], row["answer"], final))
+    return rows
+
+
+def generate_gsm8k(n: int, rng: random.Random, path: Path = GSM8K) -> Iterator[tuple[str, dict, float]]:
+    """`n` distinct problems sampled from GSM8K; difficulty = the reference solution's steps (1-8)."""
+    rows = read_gsm8k(path)
     if n > len(rows):
-        raise ValueError(f"{path} has {len(rows)} problems; {n} math tasks were asked for")
+        raise ValueError(f"{path.name} has {len(rows)} problems; {n} math tasks were asked for")
     for question, solution, final in rng.sample(rows, n):
-        steps = len(re.findall(r"<<", solution)) or solution.count("\n")
-        yield question, {"answer": canonical_number(final)}, float(min(max(steps, 1), 5))
+        answer = canonical_number(parse_number(final))  # type: ignore[arg-type]
+        yield question, {"answer": answer}, float(min(solution_steps(solution), MAX_STEPS))
