@@ -1,0 +1,87 @@
+"""`precision-router`: a thin command line over the library; parses, calls one function, prints JSON."""
+
+from __future__ import annotations
+
+import json
+import sys
+from importlib import resources
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from mimo_core.console import add_version_option, fail
+from mimo_core.settings import SettingsError
+
+PROG = "precision-router"
+app = typer.Typer(help="Weight precision per token and per layer: the route stage, per-format error reports, and "
+                  "the bytes a decoded token reads.", no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False)
+add_version_option(app, "precision-router")
+
+
+def _print_json(data: object) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+@app.command()
+def route(concurrency: int | None = typer.Option(None, "--concurrency", min=1, help="Records routed at once.")) -> None:
+    """Pipeline stage: read records (JSONL) on stdin, write each with `precision` on stdout.
+
+    The policy comes from the record's domain (math and coding 7 bits per weight, triage 6, general 5.5) and a
+    short probe of the model's next-token entropy (one bit more when it is uncertain). Disabled
+    (config.disabled: precision-router): native precision. Against a remote backend: backend "unsupported"."""
+    from mimo_core.stage import run_stage  # the model client: not for --help
+
+    from precision_router.route import baseline, route as route_record
+
+    raise typer.Exit(run_stage("precision-router", route_record, component="precision-router", baseline=baseline,
+                               concurrency=concurrency))
+
+
+@app.command()
+def quantize(model: str = typer.Option(..., "--model", "-m", help="Registry model name (pulled if needed)."),
+             out: Path | None = typer.Option(None, help="Also write the JSON to this file.")) -> None:
+    """Per weight tensor of the model's GGUF: SQNR, max error and bits per weight for each format."""
+    from mimo_core.settings import load_settings
+    from mimo_engine.pull import ensure_model
+    from mimo_engine.registry import UnknownModelError, get_spec
+
+    from precision_router.quantize_report import quantize_gguf
+
+    try:
+        path = ensure_model(get_spec(model).name, load_settings().cache_dir)
+    except UnknownModelError as exc:
+        fail(str(exc), prog=PROG)
+    console = Console(stderr=True)
+    with console.status("quantizing") as status:
+        report = quantize_gguf(path, lambda name: status.update(f"quantizing {name}"))
+    if out:
+        out.write_text(json.dumps(report, indent=2) + "\n")
+    _print_json(report)
+
+
+@app.command()
+def cost(model_config: str = typer.Option(..., "--model-config", help="YAML of the model's shape, or the name of "
+                                          "a shipped one: smollm2-135m, qwen2.5-coder-0.5b, mimo-v2.5-pro."),
+         profile: str = typer.Option(..., "--profile", help="Hardware profile: h100-sxm, h200, 8xh200, "
+                                     "this-machine."),
+         accepted: float = typer.Option(1.0, "--accepted", min=1.0, help="Tokens accepted per verification pass "
+                                        "(speculative decoding), to scale the bound.")) -> None:
+    """Weight bytes read per decoded token and the bandwidth-bound single-stream decode tokens/s."""
+    from precision_router.cost import cost as model_cost, load_model_config
+
+    shipped = resources.files("precision_router") / "models" / f"{model_config}.yaml"
+    path = Path(str(shipped)) if shipped.is_file() else Path(model_config)
+    try:
+        _print_json(model_cost(load_model_config(path), profile, accepted))
+    except (OSError, ValueError) as exc:
+        fail(str(exc), prog=PROG)
+
+
+def main() -> None:
+    """Entry point: bad input ends with one line on stderr and exit code 2."""
+    try:
+        app()
+    except SettingsError as exc:
+        fail(str(exc), prog=PROG)
