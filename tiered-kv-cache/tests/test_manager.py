@@ -5,7 +5,7 @@ import random
 import numpy as np
 import pytest
 
-from tiered_kv_cache import KVCacheManager, KVPool, NoFreeBlocks
+from tiered_kv_cache import TIERS, KVCacheManager, KVPool, NoFreeBlocks, TierConfig
 
 BS = 4
 
@@ -100,14 +100,16 @@ def test_allocation_failure_changes_nothing_and_eviction_takes_the_least_recentl
     assert m.lookup(list(range(8)) + [0]).blocks == [0]
 
 
-def test_a_thousand_random_requests_leak_nothing_and_every_sequence_reads_its_own_tokens():
-    # Each position's key is its token id: after any mix of prefix reuse, forks, rollbacks and frees, every live
-    # sequence must read back exactly its own tokens from the pool.
+@pytest.mark.parametrize("policy, dram, disk", [("lru", 0, 0), ("lru", 8, 16), ("slru", 8, 16), ("s3fifo", 8, 16)])
+def test_a_thousand_random_requests_leak_nothing_and_every_sequence_reads_its_own_tokens(tmp_path, policy, dram, disk):
+    # Each position's key is its token id: after any mix of prefix reuse (from any tier), forks, rollbacks and
+    # frees, every live sequence must read back exactly its own tokens from the pool: blocks it holds were never
+    # evicted, and blocks brought back from dram or disk hold what was computed. No tier ever holds more than it may.
     rng = random.Random(7)
-    pool = KVPool(n_layer=1, n_kv_head=1, head_dim=1, num_blocks=64, block_size=BS)
-    m = KVCacheManager(64, BS, fingerprint="f", pool=pool)
+    pool = KVPool(n_layer=1, n_kv_head=1, head_dim=1, num_blocks=32, block_size=BS)
+    m = KVCacheManager(32, BS, fingerprint="f", pool=pool, tiers=TierConfig(dram, disk, policy, tmp_path))
     live: dict[int, list[int]] = {}
-    vocabulary = [rng.sample(range(50), 6) for _ in range(4)]  # a few shared prompt heads
+    vocabulary = [rng.sample(range(50), 6) for _ in range(12)]  # shared prompt heads, more than hbm keeps
 
     def write(seq, tokens, start):
         table = m.allocate(seq, len(tokens))
@@ -150,7 +152,12 @@ def test_a_thousand_random_requests_leak_nothing_and_every_sequence_reads_its_ow
         for seq, tokens in live.items():
             k, _ = pool.read(0, m.block_table(seq), len(tokens))
             assert k.ravel().tolist() == tokens, f"sequence {seq} after request {request}"
+        held, capacity = m.tier_blocks(), m.tier_capacity()
+        assert all(held[tier] <= capacity[tier] for tier in TIERS), f"{held} after request {request}"
     for seq in list(live):
         m.free(seq)
-    assert m.num_free_blocks == 64 and all(m.ref_count(b) == 0 for b in range(64))
-    assert m.stats.total_hit_tokens > 0 and m.stats.copies > 0 and m.stats.demotions["hbm->dram"] > 0
+    assert m.num_free_blocks == 32 and all(m.ref_count(b) == 0 for b in range(32))
+    assert m.stats.hit_tokens["hbm"] > 0 and m.stats.copies > 0 and m.stats.demotions["hbm->dram"] > 0
+    if dram:
+        assert m.stats.hit_tokens["dram"] > 0 and m.stats.hit_tokens["disk"] > 0 and m.stats.drops > 0
+    assert len(list(tmp_path.rglob("*.kvb"))) == m.tier_blocks()["disk"]  # the disk tier's files are its blocks

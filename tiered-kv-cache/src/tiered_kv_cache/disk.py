@@ -66,11 +66,11 @@ def decode_block(blob: bytes, digest: str, key: BlockHash, shape: tuple[int, ...
     start = len(MAGIC) + 4
     try:
         header = json.loads(body[start : start + size])
-        dtype = np.dtype(header["dtype"])
+        stored = np.dtype(header["dtype"])
         found = tuple(int(n) for n in header["shape"])
         if header["fingerprint"] != digest or header["hash"] != key.hex():
             raise CorruptBlock("a block of another model or prefix")
-        data = np.frombuffer(body, dtype=dtype, offset=start + size).reshape(found)
+        data = np.frombuffer(body, dtype=stored, offset=start + size).reshape(found)
     except CorruptBlock:
         raise
     except (ValueError, TypeError, KeyError) as exc:  # a checksummed but ill-formed file: written by something else
