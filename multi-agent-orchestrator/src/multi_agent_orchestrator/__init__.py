@@ -1,0 +1,1 @@
+"""N agents in parallel, forks at uncertain tokens, a confidence-weighted consensus vote, early stop."""

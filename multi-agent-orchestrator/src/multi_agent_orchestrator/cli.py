@@ -1,0 +1,121 @@
+"""`multi-agent-orchestrator`: run (the pipeline stage) and bench."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import typer
+
+from mimo_core.console import add_version_option, fail
+from mimo_core.settings import SettingsError, load_settings
+
+from .bench import BenchError, bench as run_bench
+from .confidence import MEASURES
+from .options import Options
+from .plot import save
+from .stage import run as run_stage
+from .vote import WEIGHTINGS
+
+PROG = "multi-agent-orchestrator"
+DEFAULTS = Options()
+
+app = typer.Typer(
+    help="N agents answer each task in parallel, fork at their most uncertain token, and vote; each vote weighs "
+    "the confidence measured from the agent's token logprobs, and the vote stops once it is decided.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+)
+add_version_option(app, PROG)
+
+
+def _options(**values: object) -> Options:
+    try:
+        return Options(**values)  # type: ignore[arg-type]
+    except ValueError as exc:
+        fail(str(exc), prog=PROG)
+
+
+def _settings(model: str | None, config: Path | None):
+    try:
+        return load_settings(overrides={"model": model}, config_file=config)
+    except SettingsError as exc:
+        fail(str(exc), prog=PROG)
+
+
+@app.command()
+def run(
+    file: Path | None = typer.Argument(None, help="Records (JSONL); stdin when absent."),
+    agents: int = typer.Option(DEFAULTS.agents, "--agents", help="Agents per record."),
+    branches: int = typer.Option(DEFAULTS.branches, "--branches", help="Continuations at an agent's fork (0: none)."),
+    fork_entropy: float = typer.Option(DEFAULTS.fork_entropy, "--fork-entropy",
+                                       help="Top-k entropy (nats) that makes a token a fork point."),
+    early_stop: bool = typer.Option(DEFAULTS.early_stop, "--early-stop/--no-early-stop",
+                                    help="Stop low-confidence traces, and the vote once it is decided."),
+    window: int = typer.Option(DEFAULTS.window, "--window", help="Also stop when this many answers in a row agree."),
+    weighting: str = typer.Option(DEFAULTS.weighting, "--weighting", help=f"One of {', '.join(WEIGHTINGS)}."),
+    measure: str = typer.Option(DEFAULTS.measure, "--measure", help=f"Trace confidence: {', '.join(MEASURES)}."),
+    max_tokens: int = typer.Option(DEFAULTS.max_tokens, "--max-tokens", help="Most tokens per agent."),
+    model: str | None = typer.Option(None, "--model", help="The agents' model (default: MIMO_MODEL)."),
+    concurrency: int | None = typer.Option(None, "--concurrency", min=1,
+                                           help="Records at once (default: MIMO_CONCURRENCY // agents, at least 1)."),
+    config: Path | None = typer.Option(None, "--config", help="YAML settings file."),
+) -> None:
+    """Read task records, write them on with `consensus` (the answer, its confidence and every vote)."""
+    options = _options(agents=agents, branches=branches, fork_entropy=fork_entropy, early_stop=early_stop,
+                       window=window, weighting=weighting, measure=measure, max_tokens=max_tokens)
+    settings = _settings(model, config)
+    try:
+        source = open(file, encoding="utf-8") if file else sys.stdin
+    except OSError as exc:
+        fail(f"{file}: {exc.strerror or exc}", prog=PROG)
+    with source:
+        raise typer.Exit(run_stage(options, settings, concurrency, source=source))
+
+
+def _numbers(text: str, name: str) -> list[int]:
+    try:
+        numbers = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        fail(f"{name} {text!r}: expected numbers separated by commas, such as 1,3,5,8", prog=PROG)
+    if any(n < 1 for n in numbers):
+        fail(f"{name} {text!r}: every number must be at least 1", prog=PROG)
+    return numbers
+
+
+@app.command()
+def bench(
+    n: int = typer.Option(30, "--n", min=1, help="Tasks, split evenly over the domains."),
+    domains: str = typer.Option("math", "--domains", help="ds-benchmark suite domains, comma-separated."),
+    seed: int = typer.Option(0, "--seed", help="The suite's seed (the same tasks for the same seed)."),
+    math_source: str | None = typer.Option(None, "--math-source", help="ds-benchmark suite's math source."),
+    agents: str = typer.Option("1,3,5,8", "--agents", help="Numbers of agents to compare, comma-separated."),
+    stop_agents: str = typer.Option("5,8", "--stop-agents", help="Numbers of agents run live with early stop."),
+    max_tokens: int = typer.Option(160, "--max-tokens", help="Most tokens per agent."),
+    model: str | None = typer.Option(None, "--model", help="The agents' model (default: MIMO_MODEL)."),
+    out: Path = typer.Option(Path("multi-agent-orchestrator/results/bench.json"), "--out", help="Results JSON."),
+    png: Path | None = typer.Option(Path("multi-agent-orchestrator/results/bench.png"), "--plot", help="Figure."),
+    runs: Path = typer.Option(Path("multi-agent-orchestrator/results/runs.jsonl"), "--runs",
+                              help="Every run, appended as it finishes."),
+    resume: bool = typer.Option(False, "--resume", help="Keep the runs already in --runs and do only the rest."),
+    config: Path | None = typer.Option(None, "--config", help="YAML settings file."),
+) -> None:
+    """Compare numbers of agents, majority and weighted votes, with and without early stop, on ds-benchmark tasks."""
+    suite_args = ["--n", str(n), "--domains", *domains.split(","), "--seed", str(seed)]
+    suite_args += ["--math-source", math_source] if math_source else []
+    options = _options(agents=max(_numbers(agents, "--agents")), max_tokens=max_tokens)
+    settings = _settings(model, config)
+    try:
+        results = run_bench(suite_args, _numbers(agents, "--agents"), _numbers(stop_agents, "--stop-agents"),
+                            dataclasses.replace(options, agents=DEFAULTS.agents), settings, runs, resume)
+    except BenchError as exc:
+        fail(str(exc), code=1, prog=PROG)
+    save(results, out, png)
+    for goal in results.goals:
+        print(f"{'met' if goal.met else 'NOT met'}: {goal.name}: {goal.detail}", file=sys.stderr)
+    print(out)
+
+
+def main() -> None:
+    """The console script."""
+    app()

@@ -1,0 +1,30 @@
+"""Control flow against a backend without logprobs (llama.cpp's chat): a fake stream stands in for it."""
+
+import asyncio
+
+from mimo_core.client import Completion, Usage
+from mimo_core.record import TaskRecord
+from mimo_core.settings import load_settings
+from mimo_core.stage import StageContext
+from multi_agent_orchestrator import orchestrate as module
+from multi_agent_orchestrator.options import Options
+from multi_agent_orchestrator.stream import Chunk
+
+
+def test_without_logprobs_the_vote_is_unweighted_and_says_so(monkeypatch):
+    answers = iter(["The answer is 7.", "The answer is 7.", "The answer is 9."])
+
+    async def no_logprobs(client, params, on_token):
+        text = next(answers)
+        on_token(Chunk(0, text))
+        return Completion([text], ["stop"], params["model"], Usage(1, 10, 5), 0.01, logprobs=None)
+
+    monkeypatch.setattr(module, "stream_chat", no_logprobs)
+    settings = load_settings(overrides={"model": "m", "base_url": "http://127.0.0.1:9"}, env={}, dotenv_path=None)
+    record = TaskRecord.from_dict({"id": 1, "domain": "math", "task": "3 + 4?"})
+    options = Options(agents=3, branches=2, early_stop=True)
+    consensus = asyncio.run(module.orchestrate(record, StageContext(settings, lambda: None), options))
+    assert consensus.answer == "7" and consensus.weighting == "unweighted" and consensus.measure == "none"
+    assert abs(consensus.confidence - 2 / 3) < 1e-6
+    assert any("no logprobs" in note for note in consensus.notes)
+    assert all(a.forked_from is None for a in consensus.agents)  # no entropy, no fork
