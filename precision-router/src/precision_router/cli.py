@@ -40,19 +40,17 @@ def route(concurrency: int | None = typer.Option(None, "--concurrency", min=1, h
 
 
 @app.command()
-def quantize(model: str = typer.Option(..., "--model", "-m", help="Registry model name (pulled if needed)."),
+def quantize(model: str = typer.Option(..., "--model", "-m", help="A model pulled into MIMO_CACHE_DIR "
+                                       "(`mimo-engine pull NAME`), or a GGUF file's path."),
              out: Path | None = typer.Option(None, help="Also write the JSON to this file.")) -> None:
     """Per weight tensor of the model's GGUF: SQNR, max error and bits per weight for each format."""
     from mimo_core.settings import load_settings
-    from mimo_engine.pull import ensure_model
-    from mimo_engine.registry import UnknownModelError, get_spec
 
     from precision_router.quantize_report import quantize_gguf
 
-    try:
-        path = ensure_model(get_spec(model).name, load_settings().cache_dir)
-    except UnknownModelError as exc:
-        fail(str(exc), prog=PROG)
+    path = Path(model) if model.endswith(".gguf") else load_settings().cache_dir / "models" / f"{model}.gguf"
+    if not path.is_file():
+        fail(f"{path} not found: pull the model first with `mimo-engine pull {model}`", prog=PROG)
     console = Console(stderr=True)
     with console.status("quantizing") as status:
         report = quantize_gguf(path, lambda name: status.update(f"quantizing {name}"))
