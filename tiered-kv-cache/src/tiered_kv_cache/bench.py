@@ -169,7 +169,7 @@ async def disk_runs(settings: Settings) -> DiskRun:
     await client.close()
     await asyncio.to_thread(daemon.stop_engine, settings)  # SIGTERM: cached blocks move down to disk
     client = LLMClient(settings)
-    await ask(client, WARMUP, True, WARMUP_TOKENS)  # the new process's first passes, before any figure
+    await agents_round(client, 2, reuse=True)  # the new process's first passes (cold and reusing), before any figure
     served = await ask(client, agent_messages(nonce, 0), True)
     cold = await ask(client, agent_messages(cold_nonce, 0), False)
     await client.close()
