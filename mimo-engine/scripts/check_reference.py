@@ -41,7 +41,7 @@ def compare(name: str, cache_dir: Path) -> dict:
     """Max abs logit difference and argmax agreement per prompt for registry model `name`."""
     path = ensure_model(name, cache_dir)
     started = time.perf_counter()
-    engine = LoadedModel.load(name, cache_dir)
+    engine = LoadedModel.load(name, cache_dir, policies=("f32",))  # float32 weights, as the reference computes
     reference = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
     load_s = time.perf_counter() - started
     chat = engine.tokenizer.render_chat([{"role": "user", "content": "Name three prime numbers."}])
