@@ -30,7 +30,8 @@ def test_a_bad_request_extension_says_where(data, message):
 def test_the_report_declares_its_metrics_once():
     names = {f.name: f.metadata["metric"] for f in figures(MimoReport)}
     assert names["prompt_tokens"] == "counter" and names["time_to_first_token_s"] == "histogram"
-    assert "batch_sizes" not in names and {f.name for f in figures(CacheReport)} == {"cached_tokens", "prefilled_tokens"}
+    assert "batch_sizes" not in names and {f.name for f in figures(CacheReport)} == {
+        "cached_tokens", "prefilled_tokens", "hbm_hit_tokens", "dram_hit_tokens", "disk_hit_tokens"}
     report = MimoReport(model="m", prompt_tokens=3, cache=CacheReport(cached_tokens=2, prefilled_tokens=1))
     assert MimoReport.from_dict(report.to_dict()) == report and report.to_dict()["schema"] == "mimo.engine-report/1"
 
