@@ -112,3 +112,17 @@ def test_the_response_reports_formats_and_bytes_and_metrics_derive_them(server):
 def test_static_policies_assign_one_format_everywhere():
     assert static_policy("mxfp4").assign(0.1).formats() == {"mxfp4"}
     assert static_policy("experts-mxfp4").assign(None).mlp == "mxfp4"
+
+
+def test_blocks_computed_under_another_plan_are_never_reused(model):
+    # a block's hash names its tokens and the model, not the formats its keys and values were computed with
+    mxfp4 = model.plan(model.policy("mxfp4"))
+    ids = model.tokenizer.encode("A prompt long enough to fill more than two blocks of sixteen tokens each, so that "
+                                 "a later request starting the same way would find them in the cache.")
+    core = EngineCore(model, num_blocks=32)
+    core.add("other", ids, reuse=False)
+    core.step([Work("other", len(ids), "last", mxfp4)])
+    assert core.add("later", ids + [13], reuse=True)["hbm"] == 0
+    core.add("default", ids, reuse=False)
+    core.step([Work("default", len(ids), "last")])
+    assert core.add("again", ids + [13], reuse=True)["hbm"] == len(ids) // 16 * 16

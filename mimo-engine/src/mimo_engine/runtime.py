@@ -234,10 +234,13 @@ def calibration_entropies(model: LoadedModel) -> np.ndarray:
 
 @dataclass
 class SequenceTokens:
-    """A sequence's tokens (prompt, then generated) and how many of them are in the KV cache."""
+    """A sequence's tokens (prompt, then generated), how many of them are in the KV cache, and how many of those
+    were computed under the engine's default weight plan (None: all). Only those may be committed for reuse: a
+    block's hash names its tokens and the model, not the weight formats its keys and values were computed with."""
 
     token_ids: list[int]
     num_computed: int = 0
+    default_until: int | None = None
 
 
 @dataclass(frozen=True)
@@ -286,7 +289,7 @@ class EngineCore:
         """A new sequence sharing every token and KV block of `seq_id` (blocks are copied only when written)."""
         self.blocks.fork(seq_id, child_id)
         seq = self.sequences[seq_id]
-        self.sequences[child_id] = SequenceTokens(list(seq.token_ids), seq.num_computed)
+        self.sequences[child_id] = SequenceTokens(list(seq.token_ids), seq.num_computed, seq.default_until)
 
     def truncate(self, seq_id: Hashable, num_tokens: int) -> None:
         """Keep only the first `num_tokens` tokens (rejected speculative tokens are rolled back)."""
@@ -295,6 +298,8 @@ class EngineCore:
         if seq.num_computed > num_tokens:
             seq.num_computed = num_tokens
             self.blocks.truncate(seq_id, num_tokens)
+        if seq.default_until is not None and seq.default_until >= num_tokens:
+            seq.default_until = None  # what was computed under another plan is gone
 
     def free(self, seq_id: Hashable) -> None:
         """Forget the sequence and release its blocks; harmless if it is already gone."""
@@ -352,10 +357,14 @@ class EngineCore:
         batch = self.batch(work)
         out = self.model.forward(batch, self.pool)  # [num_logits, V]
         results, row = [], 0
+        default = self.model.resolve(self.plan)
         for s in batch.sequences:
             seq = self.sequences[s.seq_id]
             seq.num_computed = s.end_position
-            self.blocks.commit(s.seq_id, seq.token_ids[: seq.num_computed])
+            if seq.default_until is None and self.model.resolve(s.weight_plan) != default:
+                seq.default_until = s.start_position
+            committable = seq.num_computed if seq.default_until is None else seq.default_until
+            self.blocks.commit(s.seq_id, seq.token_ids[:committable])
             results.append(out[row : row + len(s.logit_indices)])
             row += len(s.logit_indices)
         return results

@@ -333,13 +333,17 @@ class ModelWorker:
                 return False  # it waits until running sequences finish and free their blocks
             seq_id = next(self._ids)
             try:
-                cached = self.core.add(seq_id, request.prompt, reuse=request.reuse)
+                # cached blocks were computed under the default policy's formats: only a prompt read the same way
+                # may reuse them
+                same = self.model.plan(request.policy) == self.model.plan(self.model.policy(None))
+                cached = self.core.add(seq_id, request.prompt, reuse=request.reuse and same)
             except NoFreeBlocks:
                 return False
             self._waiting.popleft()
         request.report.queued_s = round(time.monotonic() - request.submitted_at, 6)
         cache = request.report.cache
-        cache.hbm_hit_tokens, cache.dram_hit_tokens, cache.disk_hit_tokens = cached["hbm"], cached["dram"], cached["disk"]
+        cache.hbm_hit_tokens, cache.dram_hit_tokens = cached["hbm"], cached["dram"]
+        cache.disk_hit_tokens = cached["disk"]
         cache.cached_tokens = sum(cached.values())
         cache.prefilled_tokens = len(request.prompt) - cache.cached_tokens
         self._prefilling.append(Prefill(seq_id, request))
