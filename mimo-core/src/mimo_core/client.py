@@ -219,7 +219,7 @@ class LLMClient:
 
     async def complete(
         self,
-        prompt: str,
+        prompt: str | list[str],
         *,
         model: str | None = None,
         max_tokens: int = 0,
@@ -230,7 +230,8 @@ class LLMClient:
         stop: list[str] | None = None,
         mimo: dict[str, Any] | None = None,
     ) -> Completion:
-        """A text completion; the defaults (echo, no new tokens, logprobs) score `prompt` token by token."""
+        """A text completion (one choice per prompt when `prompt` is a list); the defaults (echo, no new tokens,
+        logprobs) score `prompt` token by token."""
         params: dict[str, Any] = dict(
             model=model or self.settings.oracle_model,
             prompt=prompt,

@@ -39,7 +39,7 @@ class StageContext:
         """A chat completion whose calls and tokens count towards this record's trace entry."""
         return self._count(await self.client.chat(messages, **kwargs))
 
-    async def complete(self, prompt: str, **kwargs: Any):
+    async def complete(self, prompt: str | list[str], **kwargs: Any):
         """A text completion (e.g. echo with logprobs, to score text), counted like `chat`."""
         return self._count(await self.client.complete(prompt, **kwargs))
 

@@ -87,7 +87,7 @@ async def score(ctx: StageContext, mode: Scoring, model: str, record: TaskRecord
     if mode == "completions":
         prompt_list = [prompts.rate_text(record, s) for s in solutions]
         # A list of prompts is one request; the client passes it through to the endpoint as OpenAI's API allows.
-        results = [await ctx.complete(prompt_list, model=model, max_tokens=1, echo=False,  # type: ignore[arg-type]
+        results = [await ctx.complete(prompt_list, model=model, max_tokens=1, echo=False,
                                       logprobs=TOP_LOGPROBS)]
         choices = results[0].logprobs or []
     else:
