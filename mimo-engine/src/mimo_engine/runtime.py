@@ -357,11 +357,11 @@ class EngineCore:
         batch = self.batch(work)
         out = self.model.forward(batch, self.pool)  # [num_logits, V]
         results, row = [], 0
-        default = self.model.resolve(self.plan)
         for s in batch.sequences:
             seq = self.sequences[s.seq_id]
             seq.num_computed = s.end_position
-            if seq.default_until is None and self.model.resolve(s.weight_plan) != default:
+            # a plan equal to the default under another name is refused too: that costs reuse, never correctness
+            if seq.default_until is None and s.weight_plan != self.plan:
                 seq.default_until = s.start_position
             committable = seq.num_computed if seq.default_until is None else seq.default_until
             self.blocks.commit(s.seq_id, seq.token_ids[:committable])
