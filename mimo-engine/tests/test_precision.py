@@ -34,8 +34,10 @@ def greedy(core: EngineCore, seq_id, text: str, plan: WeightPlan, n: int = 16) -
     return out
 
 
-def test_f32_greedy_output_is_unchanged_from_before():
+def test_f32_greedy_output_is_unchanged_from_before(model):
     f32 = LoadedModel.load(MODEL, policies=("f32",))  # f32 as the default: the prompt too runs in float32
+    # KV computed under other default formats is another model's as far as the cache (and its disk tier) knows
+    assert f32.fingerprint != model.fingerprint and "q8_0" in model.fingerprint
     core = EngineCore(f32, num_blocks=16)
     plan = f32.plan(f32.policy("f32"))
     for i, (text, expected) in enumerate(BEFORE.items()):

@@ -26,7 +26,7 @@ def chat(client, **kwargs):
 @pytest.fixture(scope="module")
 def greedy(client):
     """One greedy reply that several tests compare against (each request costs a prefill on 2 cores)."""
-    return chat(client, max_tokens=8, temperature=0, extra_body={"mimo": {"precision": {"policy": "auto"}}})
+    return chat(client, max_tokens=8, temperature=0, extra_body={"mimo": {"precision": {"policy": "native"}}})
 
 
 def test_chat_answers_with_usage_and_mimo_figures(greedy):
@@ -37,7 +37,8 @@ def test_chat_answers_with_usage_and_mimo_figures(greedy):
     mimo = reply.model_extra["mimo"]
     assert mimo["model"] == MODEL and mimo["prompt_tokens"] == reply.usage.prompt_tokens
     assert mimo["prefill_s"] > 0 and mimo["decode_s"] > 0 and mimo["batch_sizes"]
-    assert mimo["precision"] == {"applied": False, "requested": {"policy": "auto"}}
+    precision = mimo["precision"]
+    assert precision["policy"] == "native" and precision["weight_bytes"] > 0 and 4 < precision["bits_per_weight"] < 33
     assert mimo["speculation"] == {"applied": False, "requested": None}
     cache = mimo["cache"]
     assert cache["enabled"] and cache["cached_tokens"] + cache["prefilled_tokens"] == reply.usage.prompt_tokens

@@ -82,8 +82,6 @@ class LoadedModel:
         config = read_config(reader)
         spec = MODELS.get(name)
         weights_id = spec.sha256 if spec else f"{path.resolve()}:{path.stat().st_size}:{path.stat().st_mtime_ns}"
-        # the tokenizer is part of the same GGUF; prompts are computed under the default policy's formats
-        fingerprint = f"{weights_id}:weights={names[0]}:kv=float32:block={BLOCK_SIZE}"
         statics = {n: policy.static_policy(n) for n in names if policy.parse(n)[0] != "entropy"}
         held = {g: {getattr(p.high, g) for p in statics.values()} for g in GROUPS}
         if len(statics) < len(names):  # entropy: native and the low format
@@ -91,9 +89,14 @@ class LoadedModel:
         weights, natives = load_weights(reader, config, held)
         if any(f != "f32" for g in GROUPS for f in held[g] | set(np.ravel(natives[g]))):
             configure_threads()  # packed kernels do the heavy work: numba gets the cores, BLAS one thread
-        model = cls(name, config, Tokenizer.from_gguf(reader), weights, fingerprint, natives)
+        model = cls(name, config, Tokenizer.from_gguf(reader), weights, "", natives)
         for n in names:
             model.policies[n] = statics.get(n) or model.calibrated(n)
+        # Cached KV blocks, on disk too, are reused only under this exact identity: the weights (the tokenizer is in
+        # the same GGUF), the formats the default plan really reads (not the policy's name: what "native" reads has
+        # changed before), the KV dtype and the block size.
+        default = model.resolve(model.plan(model.policy(None)))
+        model.fingerprint = f"{weights_id}:plan={default}:kv=float32:block={BLOCK_SIZE}"
         return model
 
     def policy(self, name: str | None) -> Policy:
