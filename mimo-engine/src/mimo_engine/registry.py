@@ -1,4 +1,4 @@
-"""The models the engine can pull: GGUF files shipped inside PyPI wheels, pinned by sha256 (DESIGN.md, Backends)."""
+"""The models the engine can pull: GGUF files shipped inside PyPI wheels, pinned by sha256."""
 
 from __future__ import annotations
 
