@@ -191,9 +191,10 @@ def run_interference(name: str, cache_dir: Path | None = None, streams: int = 4,
         worker.submit(long)
         await long.result()
         answered = time.perf_counter()
-        for request in running:
-            request.cancel()
-        await asyncio.gather(*tasks)
+        for request, task in zip(running, tasks):
+            request.cancel()  # a cancelled request gets no final event: stop listening too
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         return arrived, answered
 
     try:
@@ -201,8 +202,8 @@ def run_interference(name: str, cache_dir: Path | None = None, streams: int = 4,
     finally:
         worker.close()
 
-    def gaps(low: float, high: float) -> dict[str, float]:
-        ms = [1e3 * (b - a) for s in stamps for a, b in zip(s, s[1:]) if low <= b <= high]
+    def gaps(low: float, high: float) -> dict[str, float]:  # the gaps between tokens that overlap [low, high]
+        ms = [1e3 * (b - a) for s in stamps for a, b in zip(s, s[1:]) if b >= low and a <= high]
         return {"p50": round(float(np.percentile(ms, 50)), 2), "p99": round(float(np.percentile(ms, 99)), 2),
                 "max": round(max(ms), 2)} if ms else {}
 
