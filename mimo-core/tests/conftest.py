@@ -3,24 +3,18 @@
 import pytest
 
 from mimo_core import daemon
-from mimo_core.settings import Settings, load_settings
-
-MODEL = "smollm2-135m"
+from mimo_core.settings import Settings
+from mimo_core.testing import private_engine_settings
 
 
 @pytest.fixture
 def engine_settings(tmp_path):
-    """A factory of settings with a private engine folder that shares the real cache's model files (nothing is
-    pulled twice); every engine started under them is stopped at the end of the test."""
+    """A factory of private-engine settings (see `private_engine_settings`); every engine started under them is
+    stopped at the end of the test."""
     made: list[Settings] = []
 
     def make(**overrides) -> Settings:
-        real_models = load_settings().cache_dir / "models"
-        real_models.mkdir(parents=True, exist_ok=True)
-        if not (tmp_path / "models").exists():
-            (tmp_path / "models").symlink_to(real_models)
-        values = {"cache_dir": tmp_path, "model": MODEL, "engine_idle_timeout_s": 120.0, **overrides}
-        made.append(load_settings(overrides=values, env={}, dotenv_path=None))
+        made.append(private_engine_settings(tmp_path, **{"engine_idle_timeout_s": 120.0, **overrides}))
         return made[-1]
 
     yield make
