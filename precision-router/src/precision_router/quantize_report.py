@@ -18,8 +18,9 @@ def tensor_report(values: np.ndarray, formats: tuple[str, ...] = FORMATS) -> dic
     for fmt in formats:
         packed = quantize(values, fmt)
         back = dequantize(packed)
-        out[fmt] = {"sqnr_db": round(sqnr_db(values, back), 2), "max_abs_error": float(np.abs(back - values).max()),
-                    "bits_per_weight": packed.bits_per_weight}
+        ratio = sqnr_db(values, back)
+        out[fmt] = {"sqnr_db": round(ratio, 2) if np.isfinite(ratio) else None,  # JSON has no Infinity: null = exact
+                    "max_abs_error": float(np.abs(back - values).max()), "bits_per_weight": packed.bits_per_weight}
     return out
 
 
