@@ -63,10 +63,27 @@ def test_wall_s_and_formula_flags(tmp_path):
 
 
 def test_ablation_run_holds_one_configuration_per_disabled_set(tmp_path):
-    records = answered_run() + answered_run(disabled=["spec-reasoner"], t0=2000.0)
+    records = (answered_run(right_every=8) + answered_run(disabled=["spec-reasoner"], t0=2000.0, right_every=2)
+               + answered_run(disabled=["tiered-kv-cache"], t0=3000.0, right_every=8))
     results = Results.from_dict(json.loads(report(tmp_path, "ab", records).read_text()))
-    assert [c.name for c in results.configurations] == ["full", "without spec-reasoner"]
+    assert [c.name for c in results.configurations] == ["full", "without spec-reasoner", "without tiered-kv-cache"]
     assert all(c.figures.wall_s == pytest.approx(9.0) for c in results.configurations)
+    # the impact table: largest D/s drop first; without spec-reasoner, half the answers are wrong
+    spec, kv = results.impact
+    assert spec.component == "spec-reasoner" and kv.component == "tiered-kv-cache"
+    assert spec.ds_drop == pytest.approx(results.configurations[0].figures.ds - results.configurations[1].figures.ds)
+    assert spec.ds_drop > 0 and spec.ds_drop_ci95[0] <= spec.ds_drop <= spec.ds_drop_ci95[1]
+    assert kv.ds_drop == 0 and kv.paired_tasks == 8
+
+
+def test_wall_time_is_model_work_without_scoring_or_the_pause_of_a_resumed_run(tmp_path):
+    records = answered_run()
+    for i, r in enumerate(records):
+        start = 1000.0 + i + (100.0 if i >= 4 else 0.0)  # the run stopped after 4 records and resumed 100 s later
+        r.trace = [TraceEntry("multi-agent-orchestrator", "ok", start, start + 2.0, 2.0, 2, 100, 40),
+                   TraceEntry("ds-benchmark", "ok", start + 2.0, start + 30.0, 28.0)]  # slow scoring: not counted
+    (config,) = Results.from_dict(json.loads(report(tmp_path, "r", records).read_text())).configurations
+    assert config.figures.wall_s == pytest.approx(5.0 + 5.0)  # [1000, 1005] and [1104, 1109]
 
 
 def test_compare_pairs_tasks_and_reports_deltas(tmp_path):

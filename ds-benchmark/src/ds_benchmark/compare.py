@@ -10,7 +10,7 @@ from rich.table import Table
 
 from mimo_core.contract import Contract
 
-from .results import Configuration, Results
+from .results import ComponentImpact, Configuration, Results
 from .score import bootstrap_ci
 
 DELTAS = ("ds", "accuracy", "weighted_accuracy", "overconfident_wrong", "errors", "tokens_per_s", "wall_s")
@@ -97,6 +97,39 @@ def compare(a: Results, b: Results) -> Comparison:
     seed = a.seed if isinstance(a.seed, int) else 0
     return Comparison(comparable=not reasons, reasons=reasons,
                       configurations=[compare_configurations(x, y, seed) for x, y in _pairs(a, b)])
+
+
+def component_impact(results: Results) -> list[ComponentImpact]:
+    """The component impact table of an ablation run: for each configuration with exactly one component switched
+    off, the full pipeline's D/s minus its own, with the paired bootstrap interval, largest drop first. Empty when
+    the run has no full configuration or no such configuration."""
+    full = next((c for c in results.configurations if not c.disabled), None)
+    seed = results.seed if isinstance(results.seed, int) else 0
+    rows = []
+    for without in (c for c in results.configurations if full is not None and len(c.disabled) == 1):
+        delta = compare_configurations(without, full, seed)  # full - without
+        rows.append(ComponentImpact(
+            component=without.disabled[0],
+            ds_full=full.figures.ds,
+            ds_without=without.figures.ds,
+            ds_drop=delta.delta["ds"] or 0.0,
+            ds_drop_ci95=delta.delta_ci95["ds"],
+            accuracy_drop=delta.delta["accuracy"],
+            tokens_per_s_drop=delta.delta["tokens_per_s"] or 0.0,
+            paired_tasks=delta.paired_tasks,
+        ))
+    return sorted(rows, key=lambda row: -row.ds_drop)
+
+
+def impact_table(rows: list[ComponentImpact], title: str = "component impact") -> Table:
+    """The component impact table for the terminal, largest D/s drop first."""
+    out = Table("component switched off", "D/s full", "D/s without", "D/s drop", "95% CI", "accuracy drop",
+                "tokens/s drop", title=title)
+    for r in rows:
+        ci = f"[{_fmt(r.ds_drop_ci95[0])}, {_fmt(r.ds_drop_ci95[1])}]" if r.ds_drop_ci95 else ""
+        out.add_row(r.component, _fmt(r.ds_full), _fmt(r.ds_without), _fmt(r.ds_drop), ci, _fmt(r.accuracy_drop),
+                    _fmt(r.tokens_per_s_drop))
+    return out
 
 
 def table(comparison: Comparison) -> Table:

@@ -11,17 +11,26 @@ from typing import Any
 
 from mimo_core.record import SECTIONS, TaskRecord
 
+from .compare import component_impact
 from .results import Configuration, Outcome, Results
 from .score import figures, is_confident, percentiles, record_score
-from .verify import Verdict
+from .verify import STAGE, Verdict
 
 
 def wall_time(records: Iterable[TaskRecord]) -> float | None:
-    """The run's wall-clock time: the latest `ended_at` minus the earliest `started_at` over all trace entries."""
-    entries = [entry for record in records for entry in record.trace]
-    if not entries:
+    """The run's wall-clock time of model work: how long at least one record was in a pipeline stage, i.e. the
+    length of the union of the trace entries' intervals. Scoring (this package's own stage) is the benchmark's
+    overhead, not the system's, and is left out; so is the time between the parts of a run that was interrupted
+    and resumed, when no record was in any stage."""
+    intervals = sorted((e.started_at, e.ended_at) for record in records for e in record.trace if e.stage != STAGE)
+    if not intervals:
         return None
-    return max(e.ended_at for e in entries) - min(e.started_at for e in entries)
+    total, (start, end) = 0.0, intervals[0]
+    for lo, hi in intervals[1:]:
+        if lo > end:
+            total, start = total + end - start, lo
+        end = max(end, hi)
+    return total + end - start
 
 
 def outcome(record: TaskRecord, formula: str) -> Outcome:
@@ -131,7 +140,7 @@ def build_results(records: list[TaskRecord], wall_s: float | None = None, formul
     seeds = {r.config.get("seed") for r in records}
     seed = seeds.pop() if len(seeds) == 1 else None
     bootstrap_seed = seed if isinstance(seed, int) else 0
-    return Results(
+    results = Results(
         suite=suite(records),
         seed=seed,
         task_ids=list(dict.fromkeys(r.id for r in records)),
@@ -141,9 +150,14 @@ def build_results(records: list[TaskRecord], wall_s: float | None = None, formul
                         for key, group in sorted(groups.items())],
         created_at=time.time(),
     )
+    results.impact = component_impact(results)
+    return results
 
 
 def summary_lines(results: Results) -> list[str]:
-    """One line per configuration for a person: records, correct, wrong, not run, errors, D/s."""
-    return [f"{c.name}: {f.n} records, {f.correct} correct, {f.wrong} wrong, {f.not_run} not run, {f.errors} errors; "
-            f"D/s {f.ds:g} over {f.wall_s:g} s" for c in results.configurations for f in [c.figures]]
+    """One line per configuration for a person (records, correct, wrong, not run, errors, D/s), then one per
+    component of an ablation's impact table."""
+    lines = [f"{c.name}: {f.n} records, {f.correct} correct, {f.wrong} wrong, {f.not_run} not run, {f.errors} errors; "
+             f"D/s {f.ds:g} over {f.wall_s:g} s" for c in results.configurations for f in [c.figures]]
+    return lines + [f"impact of {r.component}: D/s drop {r.ds_drop:g} (95% CI {r.ds_drop_ci95}) when switched off"
+                    for r in results.impact]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,20 @@ class Configuration(Contract):
 
 
 @dataclass
+class ComponentImpact(Contract):
+    """One row of an ablation's component impact table: what switching one component off cost, paired by task."""
+
+    component: str
+    ds_full: float
+    ds_without: float
+    ds_drop: float  # the full pipeline's D/s minus the D/s without the component: positive when it helps
+    ds_drop_ci95: list[float] | None  # paired bootstrap over the shared tasks
+    accuracy_drop: float | None
+    tokens_per_s_drop: float  # raw speed: completion tokens per second, full minus without
+    paired_tasks: int
+
+
+@dataclass
 class Results(Contract):
     """A benchmark run: which tasks, where it ran, and each configuration's figures."""
 
@@ -74,6 +88,7 @@ class Results(Contract):
     environment: dict[str, Any]
     configurations: list[Configuration]
     created_at: float
+    impact: list[ComponentImpact] = field(default_factory=list)  # filled when the run is an ablation
 
     SCHEMA = SCHEMA
 

@@ -90,6 +90,9 @@ VERIFIERS: dict[str, Callable[[str, dict], Check]] = {
 }
 
 
+NO_REFERENCE = "not scored: the record has no reference"
+
+
 @dataclass
 class Verdict(Contract):
     """A record's `verdict` section; a checker's own findings (expected, got, isolation, ...) ride along in `extra`."""
@@ -108,8 +111,9 @@ class Verdict(Contract):
 def verdict(record: TaskRecord, formula: str = "design") -> Verdict:
     """The record's verdict: correct, confidence, difficulty, score, overconfident_wrong, detail (and checker extras).
 
-    A record with no answer or no usable reference is scored wrong, with the reason in `detail`; a coding answer that
-    cannot be run because no sandbox works here is neither right nor wrong: `correct` is None and scores 0."""
+    A record with no answer is scored wrong, with the reason in `detail`. A record with no reference (a user's own
+    task) is not scored, and a coding answer that cannot be run because no sandbox works here is neither right nor
+    wrong: both have `correct` None and score 0, and `detail` says which."""
     confidence = record.consensus.get("confidence")
     confidence = float(confidence) if isinstance(confidence, (int, float)) else None
     answer = record.answer
@@ -120,7 +124,7 @@ def verdict(record: TaskRecord, formula: str = "design") -> Verdict:
         if record.error:
             detail += f"; the record's error: {record.error}"
     elif not record.reference:
-        correct, detail = False, "no reference to check against"
+        correct, detail = None, NO_REFERENCE
     else:
         try:
             correct, detail, extra = VERIFIERS[record.domain](str(answer), record.reference)
@@ -144,7 +148,7 @@ def score_record(record: TaskRecord, ctx: object = None) -> None:
     SandboxUnavailable, so that the stage sets the record's `error` and marks its trace entry as an error."""
     checked = verdict(record)
     record.verdict = checked.to_dict()
-    if checked.correct is None:
+    if checked.correct is None and checked.detail != NO_REFERENCE:
         raise SandboxUnavailable(checked.detail)
 
 
@@ -156,6 +160,7 @@ class Tally:
     correct: int = 0
     wrong: int = 0
     not_run: int = 0
+    unscored: int = 0
     errors: int = 0
     no_sandbox: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -167,8 +172,11 @@ class Tally:
             self.records += 1
             self.correct += correct is True
             self.wrong += correct is False
-            self.not_run += correct is None
-            self.errors += record.error is not None or correct is None  # the stage sets a not-run record's error
+            unscored = record.verdict.get("detail") == NO_REFERENCE
+            self.unscored += unscored
+            not_run = correct is None and not unscored
+            self.not_run += not_run
+            self.errors += record.error is not None or not_run  # the stage sets a not-run record's error after this
 
     def sandbox_missing(self) -> bool:
         """Note that a record could not be run for want of a sandbox; True the first time."""
@@ -177,9 +185,10 @@ class Tally:
             return first
 
     def summary(self) -> str:
-        """One line: records, correct, wrong, not run, errors."""
+        """One line: records, correct, wrong, not run, errors (and records with no reference, when there are)."""
+        unscored = f", {self.unscored} with no reference (not scored)" if self.unscored else ""
         return (f"{self.records} records: {self.correct} correct, {self.wrong} wrong, {self.not_run} not run, "
-                f"{self.errors} errors")
+                f"{self.errors} errors{unscored}")
 
 
 def score_stream(**kwargs: Any) -> tuple[int, Tally]:
