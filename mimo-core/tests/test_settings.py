@@ -72,3 +72,20 @@ def test_env_example_documents_every_variable():
     example = (Path(__file__).parents[2] / ".env.example").read_text()
     for variable in VARIABLES:
         assert f"# {variable}" in example or f"{variable}=" in example, variable
+
+
+def test_to_env_gives_another_process_the_same_settings(tmp_path):
+    s = load_settings(overrides={"base_url": "http://127.0.0.1:9/v1", "api_key": "k-123", "model": "m",
+                                 "concurrency": 3, "engine_extensions": True, "cache_dir": tmp_path},
+                      env={}, dotenv_path=None)
+    env = s.to_env()
+    assert load_settings(env=env, dotenv_path=None) == s
+    assert env["MIMO_ENGINE_EXTENSIONS"] == "1" and "MIMO_DRAFT_MODEL" not in env  # unset stays unset
+
+
+def test_with_cache_dir_keeps_the_models_and_nothing_else(tmp_path):
+    s = load_settings(overrides={"cache_dir": tmp_path / "shared"}, env={}, dotenv_path=None)
+    private = s.with_cache_dir(tmp_path / "private")
+    assert private.cache_dir == tmp_path / "private" and private.model == s.model
+    assert (tmp_path / "private" / "models").resolve() == (tmp_path / "shared" / "models").resolve()
+    assert s.with_cache_dir(tmp_path / "private") == private  # again: the link is already there

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -68,6 +69,26 @@ class Settings:
             out[f.name] = str(value) if isinstance(value, Path) else value
         out["backend"] = "embedded" if self.embedded else "remote"
         return out
+
+    def to_env(self) -> dict[str, str]:
+        """The environment variables that give these settings to another tool's process (unset ones left out).
+        The key, when set, goes too: a child process's environment is where a key belongs, never a file or log."""
+        out = {}
+        for variable, (name, _) in VARIABLES.items():
+            value = getattr(self, name)
+            if value is not None:
+                out[variable] = str(int(value)) if isinstance(value, bool) else str(value)
+        return out
+
+    def with_cache_dir(self, folder: Path) -> "Settings":
+        """These settings with the engine's state, its KV tiers included, in `folder`, and the models still read
+        from this cache (a symlink), so a private engine starts with an empty KV cache and pulls nothing twice."""
+        shared_models = self.cache_dir / "models"
+        shared_models.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        if not (folder / "models").exists():
+            (folder / "models").symlink_to(shared_models.resolve())
+        return dataclasses.replace(self, cache_dir=folder)
 
 
 # variable -> (Settings field, parser)

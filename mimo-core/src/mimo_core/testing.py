@@ -13,10 +13,7 @@ TEST_MODEL = "smollm2-135m"  # the model every end-to-end test runs
 def private_engine_settings(folder: Path, **overrides: Any) -> Settings:
     """Settings whose engine state lives in `folder` while the model files are the real cache's (nothing is pulled
     twice); oracle and draft are TEST_MODEL unless `overrides` say otherwise. The caller stops the engine."""
-    real_models = load_settings().cache_dir / "models"
-    real_models.mkdir(parents=True, exist_ok=True)
-    if not (folder / "models").exists():
-        (folder / "models").symlink_to(real_models)
+    folder = load_settings().with_cache_dir(folder).cache_dir
     values = {"cache_dir": folder, "model": TEST_MODEL, "draft_model": TEST_MODEL, "engine_idle_timeout_s": 300.0,
               **overrides}
     return load_settings(overrides=values, env={}, dotenv_path=None)
