@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from importlib import metadata
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import typer
 
@@ -18,17 +18,21 @@ def fail(message: str, code: int = EXIT_BAD_INPUT, prog: str | None = None) -> N
     sys.exit(code)  # SystemExit, not typer.Exit: this also runs outside a command, as in a CLI's main()
 
 
-def add_version_option(app: typer.Typer, distribution: str) -> None:
-    """Give a typer app `--version`, printing `distribution VERSION` from the installed package's metadata."""
+def version_option(distribution: str) -> Any:
+    """A `--version` option printing `distribution VERSION` (from the installed package's metadata) and exiting;
+    for a single-command CLI, whose function takes it as a parameter."""
 
     def show_version(value: bool) -> None:
         if value:
             print(f"{distribution} {metadata.version(distribution)}")
             raise typer.Exit()
 
+    return typer.Option(False, "--version", callback=show_version, is_eager=True, help="Show the version and exit.")
+
+
+def add_version_option(app: typer.Typer, distribution: str) -> None:
+    """Give a typer app of several commands `--version` (see `version_option`)."""
+
     @app.callback()
-    def _options(
-        version: bool = typer.Option(False, "--version", callback=show_version, is_eager=True,
-                                     help="Show the version and exit."),
-    ) -> None:
+    def _options(version: bool = version_option(distribution)) -> None:
         pass

@@ -1,0 +1,231 @@
+"""The three commands of the quickstart: run_pipeline, run_benchmark, compare_benchmarks (thin: parse, call, print)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from ds_benchmark.compare import compare, impact_table, table
+from ds_benchmark.report import summary_lines
+from ds_benchmark.results import load_results
+from mimo_core.console import fail, version_option
+from mimo_core.contract import ContractError
+from mimo_core.record import COMPONENTS, DOMAINS, TaskRecord
+from mimo_core.settings import SettingsError, load_settings
+
+from . import benchmark
+from .pages import comparison_page, results_page
+from .pipe import PipeError, shell_command
+from .plots import comparison_figure, png
+from .show import render
+from .task import run_task, task_record
+
+VersionOption = version_option("unified-pipeline")
+ConfigOption = typer.Option(None, "--config", help="YAML settings file (MIMO_* names); flags > env > .env > it.")
+EXIT_INTERRUPTED = 130
+
+
+def _settings(config: Path | None):
+    try:
+        return load_settings(config_file=config)
+    except SettingsError as exc:
+        fail(str(exc))
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM ends the run like Ctrl-C: the stages are stopped and what is written stays written."""
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+
+
+# ------------------------------------------------------------------------------------------------ run_pipeline
+
+pipeline_app = typer.Typer(add_completion=False)
+
+
+@pipeline_app.command(help=f"""Answer one task; show the answer, its confidence, and what each stage decided, took
+and spent.
+
+The task's record goes through the five stage tools joined by OS pipes, exactly as in a shell:
+{shell_command()}. Every stage uses the same backend: the shared embedded engine, or MIMO_BASE_URL.
+
+Exit codes: 0 answered; 1 the pipeline failed (the stage and its last message are said); 2 bad input.""")
+def run_pipeline(
+    task: str = typer.Option(..., "--task", help="The question or problem."),
+    domain: str = typer.Option(..., "--domain", help=f"One of {', '.join(DOMAINS)}."),
+    reference: str | None = typer.Option(None, "--reference",
+                                         help="The expected answer (math, general; triage: an ESI level). "
+                                              "Without it the answer is not scored."),
+    disable: list[str] = typer.Option([], "--disable", help=f"Switch a component off: {', '.join(COMPONENTS)}."),
+    as_json: bool = typer.Option(False, "--json", help="Print the record as JSON instead of the tables."),
+    config: Path | None = ConfigOption,
+    version: bool = VersionOption,
+) -> None:
+    settings = _settings(config)
+    try:
+        record = task_record(task, domain, reference, disable)
+    except ValueError as exc:
+        fail(str(exc))
+    _stop_on_sigterm()
+    with tempfile.NamedTemporaryFile("w+", prefix="run_pipeline-", suffix=".log", encoding="utf-8") as log:
+        try:
+            record = run_task(record, {**os.environ, **settings.to_env()}, log)
+        except PipeError as exc:
+            fail(str(exc), code=1)
+        except KeyboardInterrupt:
+            raise typer.Exit(EXIT_INTERRUPTED)
+    if as_json:
+        print(json.dumps(record.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        Console().print(render(record))
+
+
+# ------------------------------------------------------------------------------------------------ run_benchmark
+
+benchmark_app = typer.Typer(add_completion=False)
+
+
+class BarProgress(benchmark.Progress):
+    """A rich progress bar over every task of every configuration: done, D/s so far, time left."""
+
+    def __init__(self, bar: Progress, total: int, done: int):
+        self.bar = bar
+        self.task = bar.add_task("starting", total=total, completed=done, ds="–")
+
+    def starting(self, disabled: list[str], todo: int) -> None:
+        self.bar.update(self.task, description=f"{benchmark.configuration_name(disabled)} (warming up)")
+
+    def finished(self, disabled: list[str], record: TaskRecord, records: list[TaskRecord]) -> None:
+        ds = benchmark.ds_so_far(records)
+        self.bar.update(self.task, advance=1, description=benchmark.configuration_name(disabled),
+                        ds="–" if ds is None else f"{ds:.3f}")
+
+
+def _plan(files: benchmark.RunFiles, resume: bool, n: int | None, domains: list[str] | None, seed: int | None,
+          math_source: str | None, ablation: bool) -> benchmark.RunPlan:
+    """The new run's plan, or the resumed one's; refuses flags that contradict the run being resumed."""
+    if not resume:
+        plan = benchmark.RunPlan(n=30 if n is None else n, domains=domains or ["math", "coding", "triage"],
+                                 seed=seed or 0, math_source=math_source or "gsm8k",
+                                 configurations=benchmark.configurations(ablation), created_at=0.0)
+        plan.tasks()  # a bad n, domain or source is said now, before anything is written
+        return benchmark.start_or_resume(files, plan, resume=False)
+    plan = benchmark.start_or_resume(files, None, resume=True)
+    given = {"--n": (n, plan.n), "--domains": (domains, plan.domains), "--seed": (seed, plan.seed),
+             "--math-source": (math_source, plan.math_source),
+             "--ablation": (ablation or None, len(plan.configurations) > 1 or None)}
+    clash = [f"{flag} {mine} (the run has {theirs})" for flag, (mine, theirs) in given.items()
+             if mine is not None and mine != theirs]
+    if clash:
+        raise ValueError(f"--resume continues {files.results} as it was started: drop " + ", ".join(clash))
+    return plan
+
+
+@benchmark_app.command()
+def run_benchmark(
+    n: int | None = typer.Option(None, "--n", help="Tasks per configuration, split evenly over the domains "
+                                                   "[default: 30]."),
+    domains: list[str] | None = typer.Option(None, "--domains", help="--domains math coding triage [default]."),
+    seed: int | None = typer.Option(None, "--seed", help="The suite's seed: the same tasks for the same seed "
+                                                         "[default: 0]."),
+    math_source: str | None = typer.Option(None, "--math-source", help="gsm8k [default] or templates."),
+    ablation: bool = typer.Option(False, "--ablation", help="Also run with each component switched off, and "
+                                                            "report the component impact table."),
+    out: Path | None = typer.Option(None, "--out", help="Results JSON [default: the next free results_vN.json]."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run of --out (default: the newest "
+                                                        "results_vN), keeping every record already scored."),
+    html_path: Path | None = typer.Option(None, "--html", help="Also write a self-contained HTML report."),
+    config: Path | None = ConfigOption,
+    version: bool = VersionOption,
+) -> None:
+    """Run ds-benchmark's suite through the pipeline and write the results; D/s is over the wall time of model
+    work (the union of the stages' busy time: not model loading, not scoring).
+
+    Scored records are written as they finish (NAME.records.jsonl), so an interrupted or failed run loses nothing:
+    --resume continues it. At the end `ds-benchmark report` writes the results (NAME.json).
+
+    Exit codes: 0 done; 1 the pipeline failed (--resume continues); 2 bad input; 130 interrupted (--resume)."""
+    settings = _settings(config)
+    try:
+        files = benchmark.RunFiles(out or benchmark.default_results_path(Path.cwd(), resume))
+        plan = _plan(files, resume, n, [*domains] if domains else None, seed, math_source, ablation)
+        done = len(benchmark.load_done(files.records))
+    except (ValueError, ContractError, OSError) as exc:
+        fail(str(exc))
+    console = Console(stderr=True)
+    total = plan.n * len(plan.configurations)
+    console.print(f"run_benchmark: {plan.n} tasks x {len(plan.configurations)} configuration(s) -> {files.results}"
+                  + (f" (resuming: {done} of {total} done)" if resume else ""))
+    _stop_on_sigterm()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("D/s {task.fields[ds]}"),
+               TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn())
+    try:
+        with Progress(*columns, console=console) as bar:
+            results = benchmark.run_benchmark(plan, files, settings, BarProgress(bar, total, done))
+    except KeyboardInterrupt:
+        kept = len(benchmark.load_done(files.records))
+        console.print(f"interrupted: {kept} of {total} records kept in {files.records}; "
+                      f"`--resume --out {files.results}` continues")
+        raise typer.Exit(EXIT_INTERRUPTED)
+    except (PipeError, RuntimeError, OSError) as exc:
+        fail(f"{exc} (records so far are in {files.records}; --resume continues)", code=1)
+    for line in summary_lines(results):
+        console.print(line, markup=False, highlight=False)
+    if results.impact:
+        Console().print(impact_table(results.impact))
+    if html_path:
+        html_path.write_text(results_page(results, f"D/s benchmark: {files.results.name}"), encoding="utf-8")
+        console.print(f"HTML report: {html_path}")
+    console.print(f"results: {files.results}")
+
+
+# ------------------------------------------------------------------------------------------------ compare
+
+compare_app = typer.Typer(add_completion=False)
+
+
+@compare_app.command()
+def compare_benchmarks(
+    a: Path = typer.Argument(..., help="Results JSON of the baseline run."),
+    b: Path = typer.Argument(..., help="Results JSON of the run compared with it."),
+    plot: Path | None = typer.Option(None, "--plot", help="Write a bar chart (PNG)."),
+    html_path: Path | None = typer.Option(None, "--html", help="Write a self-contained HTML report."),
+    as_json: bool = typer.Option(False, "--json", help="Print the comparison JSON instead of the tables."),
+    force: bool = typer.Option(False, "--force", help="Compare runs that are not comparable."),
+    version: bool = VersionOption,
+) -> None:
+    """B minus A for D/s, accuracy, errors and speed; the component impact tables where a file has an ablation.
+
+    Tasks are paired by id; each delta comes with a paired 95% bootstrap interval. Runs on different tasks, seeds,
+    models or D/s formulas are refused (--force compares them anyway, and the tables say so).
+
+    Exit codes: 0 compared; 2 bad input, or runs that are not comparable (without --force)."""
+    try:
+        first, second = load_results(a), load_results(b)
+    except ContractError as exc:
+        fail(str(exc))
+    comparison = compare(first, second)
+    if not comparison.comparable and not force:
+        fail(f"{a} and {b} are not comparable: {'; '.join(comparison.reasons)} (--force compares them anyway)")
+    if as_json:
+        print(json.dumps(comparison.to_dict(), indent=2))
+    else:
+        console = Console()
+        console.print(table(comparison))
+        for path, results in ((a, first), (b, second)):
+            if results.impact:
+                console.print(impact_table(results.impact, title=f"component impact of {path.name}"))
+    if plot:
+        plot.write_bytes(png(comparison_figure(comparison, a.stem, b.stem)))
+    if html_path:
+        html_path.write_text(comparison_page(comparison, first, second, a.stem, b.stem), encoding="utf-8")
+    for path, what in ((plot, "plot"), (html_path, "HTML report")):
+        if path:
+            print(f"{what}: {path}", file=sys.stderr)

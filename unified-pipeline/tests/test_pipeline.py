@@ -1,0 +1,47 @@
+"""run_pipeline.py end to end on the real engine: one task through the five stage processes."""
+
+import json
+
+import pytest
+
+from mimo_core.record import COMPONENTS, TaskRecord
+from unified_pipeline.pipe import STAGES
+
+pytestmark = pytest.mark.model
+
+
+def test_one_task_through_the_pipe_gives_a_scored_record(engine_settings, run_script, script_env, tmp_path):
+    done = run_script("run_pipeline", "--task", "What is 12 * 8?", "--domain", "math", "--reference", "96",
+                      "--disable", "spec-reasoner", "--json", env=script_env(engine_settings), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    record = TaskRecord.from_dict(json.loads(done.stdout))
+    assert [e.stage for e in record.trace] == [name for name, _ in STAGES]
+    status = {e.stage: e.status for e in record.trace}
+    assert status["spec-reasoner"] == "baseline" and status["multi-agent-orchestrator"] == "ok"
+    assert record.error is None and record.answer and record.reasoning == {}
+    assert record.verdict["correct"] in (True, False) and record.verdict["expected"] == "96"
+    assert 0.0 <= record.consensus["confidence"] <= 1.0 and record.precision["policy"]
+
+
+def test_a_task_without_reference_is_shown_and_not_scored(engine_settings, run_script, script_env, tmp_path):
+    done = run_script("run_pipeline", "--task", "What is 12 * 8? [bold]x[/bold]", "--domain", "math",
+                      *[arg for c in COMPONENTS for arg in ("--disable", c)],
+                      env=script_env(engine_settings, COLUMNS="200"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "not scored: the record has no reference" in done.stdout
+    assert "[bold]x[/bold]" in done.stdout  # the task is shown as text, never read as markup
+    for stage, _ in STAGES:
+        assert stage in done.stdout
+    assert done.stdout.count("baseline") == len(COMPONENTS)
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--task", " ", "--domain", "math"], "--task is empty"),
+    (["--task", "x", "--domain", "chemistry"], "--domain 'chemistry'"),
+    (["--task", "x", "--domain", "math", "--disable", "gpu"], "names no component 'gpu'"),
+    (["--task", "x", "--domain", "coding", "--reference", "42"], "checked by tests"),
+    (["--task", "x", "--domain", "triage", "--reference", "ESI 9"], "an ESI level, 1 to 5"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, said, run_script, tmp_path):
+    done = run_script("run_pipeline", *args, env={"PATH": ""}, cwd=tmp_path, timeout=60)
+    assert done.returncode == 2 and said in done.stderr and len(done.stderr.strip().splitlines()) == 1
