@@ -128,8 +128,9 @@ def _plan(files: benchmark.RunFiles, resume: bool, n: int | None, domains: list[
     return plan
 
 
-@benchmark_app.command()
+@benchmark_app.command(context_settings={"allow_extra_args": True})
 def run_benchmark(
+    ctx: typer.Context,
     n: int | None = typer.Option(None, "--n", help="Tasks per configuration, split evenly over the domains "
                                                    "[default: 30]."),
     domains: list[str] | None = typer.Option(None, "--domains", help="--domains math coding triage [default]."),
@@ -155,7 +156,9 @@ def run_benchmark(
     settings = _settings(config)
     try:
         files = benchmark.RunFiles(out or benchmark.default_results_path(Path.cwd(), resume))
-        plan = _plan(files, resume, n, [*domains] if domains else None, seed, math_source, ablation)
+        # `--domains math coding triage`, as the quickstart types it: the names after the first arrive as extras
+        named = [*(domains or []), *ctx.args]
+        plan = _plan(files, resume, n, named or None, seed, math_source, ablation)
         done = len(benchmark.load_done(files.records))
     except (ValueError, ContractError, OSError) as exc:
         fail(str(exc))

@@ -1,0 +1,45 @@
+"""The files of a run: which results_vN a run takes, and what a resumed run keeps of a records file."""
+
+import json
+
+import pytest
+
+from ds_benchmark.suites import build_suite
+from unified_pipeline.benchmark import RunFiles, default_results_path, load_done
+
+
+def scored(i: int, disabled=(), error=None):
+    record = build_suite(4, ["math"], 0)[i]
+    record.config["disabled"] = list(disabled)
+    record.verdict = {"correct": True, "confidence": 0.9, "difficulty": 1.0, "score": 1.0,
+                      "overconfident_wrong": False, "detail": "equal"}
+    record.error = error
+    return json.dumps(record.to_dict())
+
+
+def test_new_runs_take_the_next_results_file_and_resume_takes_the_newest(tmp_path):
+    assert default_results_path(tmp_path, resume=False).name == "results_v1.json"
+    with pytest.raises(ValueError, match="no run to continue"):
+        default_results_path(tmp_path, resume=True)
+    RunFiles(tmp_path / "results_v1.json").plan.write_text("{}")
+    (tmp_path / "results_v2.json").write_text("{}")  # a finished run whose plan was removed
+    assert default_results_path(tmp_path, resume=False).name == "results_v3.json"
+    assert default_results_path(tmp_path, resume=True).name == "results_v1.json"
+
+
+def test_a_torn_line_a_failed_record_and_a_repeat_are_dropped_and_the_file_compacted(tmp_path):
+    path = tmp_path / "r.records.jsonl"
+    lines = [scored(0), scored(1, error="spec-reasoner: APIConnectionError: engine gone"), scored(0),
+             scored(0, disabled=["spec-reasoner"]), scored(2)[:40]]
+    path.write_text("\n".join(lines))  # the last line was being written when the run was killed
+    kept = load_done(path)
+    assert [(r.id, r.disabled) for r in kept] == [("math-0000", []), ("math-0000", ["spec-reasoner"])]
+    assert path.read_text().splitlines() == [lines[0], lines[3]]  # the pipe appends after whole lines only
+    assert load_done(path) == kept
+
+
+def test_a_torn_line_before_the_end_is_an_error_not_silently_dropped(tmp_path):
+    path = tmp_path / "r.records.jsonl"
+    path.write_text("\n".join([scored(0)[:30], scored(1)]) + "\n")
+    with pytest.raises(ValueError, match="line 1"):
+        load_done(path)
