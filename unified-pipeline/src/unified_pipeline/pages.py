@@ -17,8 +17,8 @@ from .plots import comparison_figure, data_uri, png, results_figure
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 72em; color: #222; }
 table { border-collapse: collapse; margin: 0.8em 0 1.6em; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
 caption { text-align: left; font-weight: bold; padding-bottom: 0.3em; }
 img { max-width: 100%; }
 .refused { color: #a00; font-weight: bold; }
@@ -35,12 +35,18 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _cell(value: Any) -> str:
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return f"<td class=\"num\">{_fmt(value)}</td>" if numeric else f"<td>{html.escape(_fmt(value))}</td>"
+
+
 def table(caption: str, header: Sequence[str], rows: Iterable[Sequence[Any]], css_class: str = "") -> str:
     """An HTML table; every cell escaped."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(cell))}</td>" for cell in row) + "</tr>" for row in rows)
+    head = f"<tr>{head}</tr>" if head else ""
+    body = "".join("<tr>" + "".join(_cell(cell) for cell in row) + "</tr>" for row in rows)
     cls = f' class="{css_class}"' if css_class else ""
-    return f"<table{cls}><caption>{html.escape(caption)}</caption><tr>{head}</tr>{body}</table>"
+    return f"<table{cls}><caption>{html.escape(caption)}</caption>{head}{body}</table>"
 
 
 def page(title: str, parts: list[str]) -> str:
@@ -65,7 +71,7 @@ def impact_table(caption: str, rows: list[ComponentImpact]) -> str:
 def results_page(results: Results, title: str) -> str:
     """The page of one run: setup, figures per configuration, impact, domains, stages, every outcome, the plot."""
     env = results.environment
-    setup = table("run", ["", ""], [
+    setup = table("run", [], [
         ["suite", f"{results.suite.get('name')} ({results.suite.get('n')} tasks, #{results.suite.get('digest')})"],
         ["seed", results.seed], ["D/s formula", results.formula], ["backend", env.get("backend")],
         ["models", ", ".join(env.get("models", []))],
