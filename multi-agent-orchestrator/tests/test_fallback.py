@@ -28,3 +28,23 @@ def test_without_logprobs_the_vote_is_unweighted_and_says_so(monkeypatch):
     assert abs(consensus.confidence - 2 / 3) < 1e-6
     assert any("no logprobs" in note for note in consensus.notes)
     assert all(a.forked_from is None for a in consensus.agents)  # no entropy, no fork
+
+
+def test_a_stream_the_server_cut_off_is_a_failed_agent_not_an_empty_vote(monkeypatch):
+    # llama-cpp-python ends a running stream when another request arrives: no text, no finish reason.
+    replies = iter([("", None), ("The answer is 7.", "stop"), ("The answer is 7.", "stop")])
+
+    async def interrupting(client, params, on_token):
+        text, finish = next(replies)
+        if text:
+            on_token(Chunk(0, text))
+        return Completion([text], [finish], params["model"], Usage(1, 10, 5), 0.01, logprobs=None)
+
+    monkeypatch.setattr(module, "stream_chat", interrupting)
+    settings = load_settings(overrides={"model": "m", "base_url": "http://127.0.0.1:9"}, env={}, dotenv_path=None)
+    record = TaskRecord.from_dict({"id": 1, "domain": "math", "task": "3 + 4?"})
+    consensus = asyncio.run(module.orchestrate(record, StageContext(settings, lambda: None),
+                                               Options(agents=3, branches=0, early_stop=False)))
+    cut = consensus.agents[0]
+    assert cut.status == "failed" and "unfinished" in cut.error and cut.answer is None
+    assert consensus.answer == "7" and consensus.confidence == 1.0  # the cut-off agent casts no vote

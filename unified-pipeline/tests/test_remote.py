@@ -31,7 +31,7 @@ def llama_server():
         port = sock.getsockname()[1]
     server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias",
                                TEST_MODEL, "--chat_format", "chatml", "--n_ctx", "4096", "--host", "127.0.0.1",
-                               "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               "--port", str(port), "--interrupt_requests", "False"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.monotonic() + 120
     while True:
@@ -58,6 +58,8 @@ def test_the_pipeline_answers_through_llama_cpp_and_says_what_does_not_apply(lla
     assert record.precision["backend"] == "unsupported" and record.precision["reason"]
     assert record.kv["backend"] == "unsupported" and record.kv["reason"] and not record.kv["warmed"]
     assert {e.provenance["backend"] for e in record.trace} == {"remote"}
+    voters = [a for a in record.consensus["agents"] if a["status"] == "done" and a["strategy"] != "spec-reasoner"]
+    assert voters and all(a["tokens"] > 0 for a in voters)  # llama.cpp ignores n: each agent had its own request
     assert {e.provenance["endpoint"] for e in record.trace} == {llama_server.removesuffix("/v1")}
     assert "sk-not-needed" not in done.stdout + done.stderr  # the key is never written out
     assert not (tmp_path / "cache" / "engine").exists()  # no embedded engine was started

@@ -119,7 +119,11 @@ class Orchestration:
         cached = ((completion.engine or {}).get("cache") or {}).get("cached_tokens")
         for i, trace in enumerate(traces):
             trace.prompt_tokens, trace.cached_tokens = completion.usage.prompt_tokens or None, cached
-            if i < len(completion.texts):
+            if i < len(completion.texts) and completion.finish_reasons[i] is None and trace.status == "running":
+                # The stream ended with no finish reason and not by our hand: the server cut it off (llama-cpp-python
+                # does so to a stream when another request arrives, unless started with --interrupt_requests false).
+                trace.status, trace.error = "failed", "the server ended the stream unfinished (no finish reason)"
+            elif i < len(completion.texts):
                 trace.finish_reason = completion.finish_reasons[i]
                 trace.status = "done" if trace.status == "running" else trace.status
             elif trace.status == "running":  # the backend gave fewer choices than asked (no n > 1)
