@@ -60,6 +60,34 @@ def quantize(model: str = typer.Option(..., "--model", "-m", help="A model pulle
 
 
 @app.command()
+def sweep(model: str = typer.Option(..., "--model", "-m", help="A registry model (pulled on first use)."),
+          text: Path = typer.Option(..., "--text", help="A held-out text (UTF-8), not the calibration text."),
+          out: Path | None = typer.Option(None, "--out", help="Also write the JSON to this file."),
+          plot: Path | None = typer.Option(None, "--plot", help="Write the Pareto figure (PNG)."),
+          rounds: int = typer.Option(3, "--rounds", min=1, help="Interleaved rounds of speed measurement.")) -> None:
+    """Perplexity, mean KL to float32 and decode tokens/s for every policy (and entropy@5, 5.5, 6, 7) against the
+    bits per weight the kernels read; marks the static policies' Pareto front (JSON on stdout)."""
+    from precision_router.sweep import plot as draw, sweep as run_sweep
+
+    try:
+        content = text.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"--text {text}: {exc}", prog=PROG)
+    console = Console(stderr=True)
+    try:
+        with console.status("sweeping") as status:
+            result = run_sweep(model, content, text.name, rounds, progress=status.update)
+    except (ValueError, LookupError, RuntimeError, OSError) as exc:  # a bad text, an unknown model, a failed pull
+        fail(str(exc).strip("'\""), prog=PROG)
+    data = result.to_dict()
+    if out:
+        out.write_text(json.dumps(data, indent=2) + "\n")
+    if plot:
+        draw(result, plot)
+    _print_json(data)
+
+
+@app.command()
 def cost(model_config: str = typer.Option(..., "--model-config", help="YAML of the model's shape, or the name of "
                                           "a shipped one: smollm2-135m, qwen2.5-coder-0.5b, mimo-v2.5-pro."),
          profile: str = typer.Option(..., "--profile", help="Hardware profile: h100-sxm, h200, 8xh200, "
