@@ -139,7 +139,7 @@ def table(comparison: Comparison) -> Table:
     for c in comparison.configurations:
         for key in DELTAS:
             ci = c.delta_ci95.get(key)
-            out.add_row(f"{c.a} / {c.b}", key, _fmt(c.a_figures[key]), _fmt(c.b_figures[key]), _fmt(c.delta[key]),
+            out.add_row(c.a if c.a == c.b else f"{c.a} / {c.b}", key, _fmt(c.a_figures[key]), _fmt(c.b_figures[key]), _fmt(c.delta[key]),
                         f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "")
     return out
 
