@@ -8,6 +8,7 @@ import pytest
 from mimo_core import daemon
 from mimo_core.settings import load_settings
 from mimo_core.stage import run_stage
+from mimo_core.testing import private_engine_settings
 from precision_router.route import baseline, choose_policy, probe_entropy, route
 
 MODEL = "smollm2-135m"
@@ -29,10 +30,7 @@ def run(settings) -> list[dict]:
 
 @pytest.mark.model
 def test_route_probes_the_real_engine_and_the_baseline_stays_native(tmp_path):
-    real_models = load_settings().cache_dir / "models"
-    (tmp_path / "models").symlink_to(real_models)
-    settings = load_settings(overrides={"cache_dir": tmp_path, "model": MODEL, "draft_model": MODEL,
-                                        "engine_idle_timeout_s": 120.0}, env={}, dotenv_path=None)
+    settings = private_engine_settings(tmp_path)
     try:
         routed, disabled = run(settings)
     finally:
@@ -41,6 +39,10 @@ def test_route_probes_the_real_engine_and_the_baseline_stays_native(tmp_path):
     assert precision["backend"] == "engine" and precision["policy"].startswith("entropy@")
     assert precision["probe"]["tokens"] > 0 and precision["probe"]["mean_entropy"] >= 0
     assert precision["probe"]["bits_per_weight"] == 8.5  # the probe ran native: q8_0 everywhere
+    # the thresholds the engine calibrated for this model and policy: one per layer group, an entropy in nats
+    thresholds = precision["thresholds"]
+    assert set(thresholds) == {"attn", "mlp", "head"}
+    assert all(t in ("always", "never") or t >= 0 for t in thresholds.values())
     assert routed["trace"][-1]["status"] == "ok" and routed["reference"] == {"answer": "96"}
     assert disabled["precision"] == {"policy": "native", "backend": "engine"}
     assert disabled["trace"][-1]["status"] == "baseline"

@@ -98,6 +98,10 @@ class PrecisionReport(Contract):
     counted with every byte of the forms it read (a product shared by several tokens is counted for each)."""
 
     policy: str = "native"
+    # an entropy policy's thresholds as this model calibrated them: layer group -> the entropy (nats) of the previous
+    # next-token distribution below which a token reads the low format ("always" / "never" at the ends); empty for
+    # a static policy
+    thresholds: dict[str, float | str] = field(default_factory=dict)
     tokens: dict[str, dict[str, int]] = field(default_factory=dict)  # layer group -> format -> tokens
     weight_bytes: int = figure("weight bytes read for computed tokens (every byte of the forms each token read)")
     weights_read: int = figure("weights (parameters) read for computed tokens; 8 * weight_bytes / weights_read is "
@@ -124,7 +128,7 @@ class PrecisionReport(Contract):
     @classmethod
     def combine(cls, reports: list[PrecisionReport]) -> PrecisionReport:
         """One report over several prompts of a request."""
-        out = cls(policy=reports[0].policy)
+        out = cls(policy=reports[0].policy, thresholds=dict(reports[0].thresholds))  # one policy, one model
         for r in reports:
             for group, counts in r.tokens.items():
                 row = out.tokens.setdefault(group, {})

@@ -231,6 +231,9 @@ class ModelWorker:
         self._validate(request)
         request.report.model = self.model.name
         request.report.precision.policy = request.policy.name
+        request.report.precision.thresholds = {  # infinities are not JSON: say what they mean
+            group: "always" if t == math.inf else "never" if t == -math.inf else round(t, 6)
+            for group, t in request.policy.thresholds.items()}
         with self._wakeup:
             if self._closed:
                 raise Unavailable("the server is shutting down")

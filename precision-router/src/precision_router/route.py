@@ -42,10 +42,13 @@ async def route(record: TaskRecord, ctx: StageContext) -> None:
     entropy = probe_entropy(probe.logprobs[0] if probe.logprobs else [])
     name = choose_policy(record.domain, entropy)
     report = (probe.engine or {}).get("precision", {})
+    # One token under the chosen policy: the engine says the thresholds it calibrated for this model (the prompt
+    # runs native, so its blocks come from the probe's cache).
+    chosen = await ctx.chat(shared_prefix(record), max_tokens=1, mimo={"precision": {"policy": name}})
     record.precision = {
         "policy": name,
         "default_format": next(iter(report.get("tokens", {}).get("mlp", {"native": 0})), "native"),
-        "thresholds": None,  # the engine calibrates them per model when a request names the policy
+        "thresholds": ((chosen.engine or {}).get("precision") or {}).get("thresholds") or None,
         "layers": {"attn": ["mxfp4", "native"], "mlp": ["mxfp4", "native"], "head": ["mxfp4", "native"]},
         "probe": {"tokens": len(probe.logprobs[0]) if probe.logprobs else 0, "mean_entropy": round(entropy, 4),
                   "bits_per_weight": report.get("bits_per_weight")},
