@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import openai
 import pytest
 
-from mimo_core.client import LLMClient
+from mimo_core.client import LLMClient, StopStream
 from mimo_core.settings import Settings
 
 KEY = "sk-test-never-printed"
@@ -132,6 +132,27 @@ def test_streaming_passes_text_pieces_and_collects_usage(server):
     assert pieces == ["The answer", " is", " 96."] and result.text == "The answer is 96."
     assert result.usage.completion_tokens == 3
     assert server.seen[-1][3]["stream"] is True
+
+
+def test_a_caller_may_end_a_stream_at_any_chunk(server):
+    chunks = []
+
+    def on_chunk(chunk):
+        chunks.append(chunk)
+        if len(chunks) == 2:
+            raise StopStream
+
+    async def go():
+        client = _client(server)
+        try:
+            return await client.chat([{"role": "user", "content": "hi"}], on_chunk=on_chunk)
+        finally:
+            await client.close()
+
+    result = _run(go())
+    assert [c.text for c in chunks] == ["The answer", " is"] and all(c.index == 0 for c in chunks)
+    assert result.text == "The answer is" and result.finish_reasons == ["stopped"]
+    assert result.usage.completion_tokens == 2  # a stopped stream gets no usage from the server: what arrived
 
 
 def test_completion_echo_scores_the_prompt(server):

@@ -58,6 +58,23 @@ class Completion:
         return self.texts[0] if self.texts else ""
 
 
+STOPPED = "stopped"  # the finish reason of a streamed choice the caller ended
+
+
+class StopStream(Exception):
+    """Raised by a chat's `on_chunk` to end its stream: the caller has heard enough. The response is closed at once,
+    which is how a server learns to stop generating (the embedded engine frees the sequence's slot)."""
+
+
+@dataclass
+class StreamChunk:
+    """What one streamed chunk brought for one choice: its text and its tokens with their logprobs (when asked)."""
+
+    index: int
+    text: str
+    tokens: list[TokenLogprob] = field(default_factory=list)
+
+
 def _usage(raw: Any) -> Usage:
     if raw is None:
         return Usage(calls=1)
@@ -156,8 +173,12 @@ class LLMClient:
         top_logprobs: int | None = None,
         mimo: dict[str, Any] | None = None,
         on_text: Callable[[str], None] | None = None,
+        on_chunk: Callable[[StreamChunk], None] | None = None,
     ) -> Completion:
-        """A chat completion; with `on_text` the reply streams and each new piece of text is passed to it."""
+        """A chat completion. With `on_chunk` the reply streams and every chunk of every choice (text, and tokens with
+        their logprobs when asked) is passed to it as it arrives; `on_chunk` may raise StopStream to end the stream,
+        and choices it cut short finish as `stopped`, their completion tokens those received. `on_text` is the
+        simple form: each new piece of the first choice's text."""
         model = model or self.settings.oracle_model
         params: dict[str, Any] = dict(
             model=model,
@@ -171,8 +192,10 @@ class LLMClient:
         params.update({k: v for k, v in optional.items() if v is not None})
         if logprobs:
             params["logprobs"] = True
-        if on_text is not None:
-            return await self._chat_stream(params, on_text)
+        if on_text is not None and on_chunk is None:
+            on_chunk = lambda chunk: on_text(chunk.text) if chunk.index == 0 and chunk.text else None  # noqa: E731
+        if on_chunk is not None:
+            return await self._chat_stream(params, on_chunk)
         response, latency = await self._request(lambda c: c.chat.completions.create(**params))
         choices = sorted(response.choices, key=lambda ch: ch.index)
         return Completion(
@@ -185,35 +208,45 @@ class LLMClient:
             engine=_engine_report(response),
         )
 
-    async def _chat_stream(self, params: dict[str, Any], on_text: Callable[[str], None]) -> Completion:
+    async def _chat_stream(self, params: dict[str, Any], on_chunk: Callable[[StreamChunk], None]) -> Completion:
         params = dict(params, stream=True, stream_options={"include_usage": True})
 
         async def consume(client: openai.AsyncOpenAI) -> dict[str, Any]:
-            texts: dict[int, list[str]] = {}
-            finish: dict[int, str | None] = {}
-            state: dict[str, Any] = {"usage": None, "model": params["model"], "engine": None}
+            state: dict[str, Any] = {"texts": {}, "tokens": {}, "finish": {}, "usage": None, "engine": None,
+                                     "model": params["model"], "stopped": False, "received": 0}
             stream = await client.chat.completions.create(**params)
-            async for chunk in stream:
-                state["model"] = chunk.model or state["model"]
-                state["usage"] = chunk.usage or state["usage"]
-                state["engine"] = _engine_report(chunk) or state["engine"]
-                for choice in chunk.choices:
-                    piece = choice.delta.content or ""
-                    texts.setdefault(choice.index, []).append(piece)
-                    finish[choice.index] = choice.finish_reason or finish.get(choice.index)
-                    if piece and choice.index == 0:
-                        on_text(piece)
-            state["texts"] = ["".join(texts[i]) for i in sorted(texts)]
-            state["finish"] = [finish.get(i) for i in sorted(texts)]
+            async with stream:  # closed however the loop ends: a stopped stream stops the server's generation
+                try:
+                    async for raw in stream:
+                        state["model"] = raw.model or state["model"]
+                        state["usage"] = raw.usage or state["usage"]
+                        state["engine"] = _engine_report(raw) or state["engine"]
+                        for choice in raw.choices:
+                            chunk = StreamChunk(choice.index, choice.delta.content or "",
+                                                _chat_logprobs(choice) or [])
+                            state["texts"].setdefault(chunk.index, []).append(chunk.text)
+                            state["tokens"].setdefault(chunk.index, []).extend(chunk.tokens)
+                            if choice.finish_reason:
+                                state["finish"][chunk.index] = choice.finish_reason
+                            if chunk.text or chunk.tokens:
+                                state["received"] += len(chunk.tokens) or 1  # without logprobs: a chunk a token
+                                on_chunk(chunk)
+                except StopStream:
+                    state["stopped"] = True
             return state
 
         state, latency = await self._request(consume)
+        indices = sorted(state["texts"])
+        tokens = [state["tokens"][i] for i in indices]
+        usage = state["usage"]
         return Completion(
-            texts=state["texts"],
-            finish_reasons=state["finish"],
+            texts=["".join(state["texts"][i]) for i in indices],
+            finish_reasons=[state["finish"].get(i, STOPPED if state["stopped"] else None) for i in indices],
             model=state["model"],
-            usage=_usage(state["usage"]),
+            # a stopped stream never gets the server's usage: count what arrived
+            usage=_usage(usage) if usage else Usage(1, 0, state["received"]),
             latency_s=latency,
+            logprobs=tokens if any(tokens) else None,
             engine=state["engine"],
         )
 
