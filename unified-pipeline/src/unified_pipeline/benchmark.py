@@ -36,7 +36,7 @@ from mimo_core.settings import Settings
 from .pipe import executable, run_pipe
 
 ENGINE_IDLE_TIMEOUT_S = 120.0  # a private engine left behind by a killed run exits on its own soon after
-RESULTS_NAME = re.compile(r"results_v(\d+)\.json$")
+RUN_FILE = re.compile(r"results_v(\d+)\.(?:json|run\.json|records\.jsonl|log)$")  # any file of run N
 
 
 @dataclass
@@ -94,9 +94,7 @@ class RunFiles:
 def default_results_path(folder: Path, resume: bool) -> Path:
     """Without --out: a new run takes the first free `results_vN.json` (so two runs give the quickstart's
     results_v1.json and results_v2.json); --resume takes the newest run that has a plan."""
-    numbers = sorted(int(m.group(1)) for p in folder.glob("results_v*.json") if (m := RESULTS_NAME.match(p.name)))
-    numbers += sorted(int(m.group(1)) for p in folder.glob("results_v*.run.json")
-                      if (m := RESULTS_NAME.match(p.name.replace(".run", ""))))
+    numbers = {int(m.group(1)) for p in folder.glob("results_v*") if (m := RUN_FILE.match(p.name))}
     if resume:
         planned = [n for n in numbers if RunFiles(folder / f"results_v{n}.json").plan.is_file()]
         if not planned:
