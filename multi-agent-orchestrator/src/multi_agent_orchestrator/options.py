@@ -12,8 +12,11 @@ from .vote import WEIGHTINGS
 
 @dataclass
 class Options(Contract):
-    """How the orchestrator votes. The bench re-chooses the weighting by measured D/s; its runs so far were too small
-    to move these defaults from the published ones (CISC's softmax, DeepConf's 90% kept), see the README."""
+    """How the orchestrator votes. The weighting is the bench's choice (results/bench.json, 8 GSM8K problems on
+    qwen2.5-coder-0.5b, 5 agents, the same traces weighed every way): a plain majority with doubt had a calibration
+    error of 0.16 and no confident wrong answer, where CISC over the tail confidence (T=0.5), the published default
+    this replaced, had 0.56 and 3 (D/s -0.070 against +0.031); in the 60 records of two 30-task pipeline runs, CISC
+    made 22 confident wrong answers. DeepConf's 90% kept stays the early-stop rule."""
 
     agents: int = 5
     branches: int = 2  # continuations sampled at an agent's fork point; 0: no forks
@@ -23,8 +26,8 @@ class Options(Contract):
     warmup: int = 2  # finished traces that set the stop threshold
     keep: float = 0.9  # DeepConf's kept fraction: the threshold is the (1 - keep) quantile of the warm-up traces
     window: int = 0  # ESC: stop when this many answers in a row agree (0: off)
-    weighting: str = "cisc"
-    measure: str = "tail"
+    weighting: str = "unweighted"
+    measure: str = "tail"  # for the weighted votes; unweighted ignores it
     temperature: float = 0.5  # CISC's softmax temperature, in units of token confidence
     doubt: bool = True  # each voter gives the weight its tokens are unsure of to doubt (see vote.py)
     max_tokens: int = 384
