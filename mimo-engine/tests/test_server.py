@@ -39,7 +39,7 @@ def test_chat_answers_with_usage_and_mimo_figures(greedy):
     assert mimo["prefill_s"] > 0 and mimo["decode_s"] > 0 and mimo["batch_sizes"]
     precision = mimo["precision"]
     assert precision["policy"] == "native" and precision["weight_bytes"] > 0 and 4 < precision["bits_per_weight"] < 33
-    assert mimo["speculation"] == {"applied": False, "requested": None}
+    assert mimo["speculation"]["method"] == "none" and mimo["speculation"]["verification_passes"] == 0
     cache = mimo["cache"]
     assert cache["enabled"] and cache["cached_tokens"] + cache["prefilled_tokens"] == reply.usage.prompt_tokens
     assert reply.usage.prompt_tokens_details.cached_tokens == cache["cached_tokens"]
@@ -152,6 +152,8 @@ def test_overload_gets_429_with_retry_after(client):
         ({"messages": QUESTION, "mimo": "fast"}, "mimo"),
         ({"messages": QUESTION, "mimo": {"cache": {"enabled": False, "pin": True}}}, "mimo.cache"),
         ({"messages": QUESTION, "mimo": {"speculation": {"method": "medusa"}}}, "mimo.speculation.method"),
+        ({"messages": QUESTION, "mimo": {"speculation": {"method": "draft-model"}}}, "mimo.speculation.method"),
+        ({"messages": QUESTION, "mimo": {"speculation": {"method": "ngram", "block": 17}}}, "mimo.speculation"),
     ],
 )
 def test_bad_input_is_400_in_openai_shape(server, body, param):
@@ -177,6 +179,22 @@ def test_streamed_completions_end_with_usage_and_mimo(client):
                                             stream_options={"include_usage": True}))
     assert "".join(c.choices[0].text for c in chunks if c.choices).strip().startswith("4")
     assert chunks[-1].usage.completion_tokens == 3 and chunks[-1].model_extra["mimo"]["completion_tokens"] == 3
+
+
+def test_speculation_keeps_greedy_output_and_reports_its_work(client, server):
+    def complete(**mimo):
+        return client.completions.create(model=MODEL, prompt="1, 2, 3, 1, 2, 3, 1, 2,", max_tokens=12, temperature=0,
+                                         extra_body={"mimo": mimo} if mimo else None)
+
+    plain = complete()
+    fast = complete(speculation={"method": "ngram", "block": 4, "adaptive": False})
+    assert fast.choices[0].text == plain.choices[0].text
+    report = fast.model_extra["mimo"]["speculation"]
+    assert report["method"] == "ngram" and report["verification_passes"] > 0 and report["accepted_tokens"] > 0
+    assert report["mean_accepted_length"] > 1.0
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert float(_metric(metrics, "mimo_engine_speculation_drafted_tokens_total")) >= report["drafted_tokens"]
+    assert float(_metric(metrics, "mimo_engine_speculation_accepted_tokens_total")) >= report["accepted_tokens"]
 
 
 def test_models_health_and_metrics(client, server):

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from .contract import Contract
 
-SPECULATION_METHODS = ("ngram", "suffix", "draft-model", "self-mxfp4")
+SPECULATION_METHODS = ("none", "ngram", "suffix", "draft-model", "self-mxfp4")  # "none": plain decoding
 MAX_SPECULATION_BLOCK = 16
 
 MetricKind = Literal["counter", "histogram"]
@@ -51,10 +51,12 @@ class CacheRequest(Contract):
 
 @dataclass
 class SpeculationRequest(Contract):
-    """Block speculative decoding: which drafter proposes tokens, and how many per verification pass."""
+    """Block speculative decoding: which drafter proposes tokens, and at most how many per verification pass (the
+    engine drafts fewer when a sequence's recent drafts were rejected or the batch is compute-bound)."""
 
-    method: Literal["ngram", "suffix", "draft-model", "self-mxfp4"]
+    method: Literal["none", "ngram", "suffix", "draft-model", "self-mxfp4"]
     block: int = 8
+    adaptive: bool = True  # false: always draft `block` tokens, paid off or not (what an acceptance table measures)
 
     def __post_init__(self) -> None:
         if not 1 <= self.block <= MAX_SPECULATION_BLOCK:
@@ -141,11 +143,45 @@ class PrecisionReport(Contract):
 
 
 @dataclass
-class PendingReport(Contract):
-    """An extension the engine does not apply yet: said so, with what was asked."""
+class SpeculationReport(Contract):
+    """Block speculation for one request: the drafter, the most tokens it could draft per pass, and what was drafted,
+    accepted and verified. A verification pass is a decode step that checked a drafted block; it yields the accepted
+    tokens plus one of the target's own, so `mean_accepted_length` counts that token too, as DFlash and EAGLE do."""
 
-    applied: bool = False
-    requested: dict[str, Any] | None = None
+    method: str = "none"
+    block: int = 0
+    adaptive: bool = True
+    drafted_tokens: int = figure("tokens proposed by a drafter and checked by the target")
+    accepted_tokens: int = figure("drafted tokens the target accepted")
+    verification_passes: int = figure("decode steps that verified a drafted block")
+    plain_steps: int = figure("decode steps of speculating sequences that drafted nothing: no proposal, or "
+                              "speculation turned down because it would not have paid")
+    draft_s: float = figure("seconds spent drafting (a draft model's passes, lookups)", "counter", 0.0)
+    mean_accepted_length: float = 0.0  # (accepted_tokens + verification_passes) / verification_passes
+    acceptance_rate: float = 0.0  # accepted_tokens / drafted_tokens
+
+    def count(self, drafted: int, accepted: int) -> None:
+        """Add one verification pass of `drafted` tokens of which `accepted` were accepted."""
+        self.drafted_tokens += drafted
+        self.accepted_tokens += accepted
+        self.verification_passes += 1
+        self._derive()
+
+    def _derive(self) -> None:
+        passes = self.verification_passes
+        self.mean_accepted_length = round((self.accepted_tokens + passes) / passes, 4) if passes else 0.0
+        self.acceptance_rate = round(self.accepted_tokens / self.drafted_tokens, 4) if self.drafted_tokens else 0.0
+
+    @classmethod
+    def combine(cls, reports: list[SpeculationReport]) -> SpeculationReport:
+        """One report over several prompts of a request."""
+        out = cls(method=reports[0].method, block=reports[0].block, adaptive=reports[0].adaptive)
+        for r in reports:
+            for name in ("drafted_tokens", "accepted_tokens", "verification_passes", "plain_steps"):
+                setattr(out, name, getattr(out, name) + getattr(r, name))
+            out.draft_s = round(out.draft_s + r.draft_s, 6)
+        out._derive()
+        return out
 
 
 @dataclass
@@ -167,14 +203,15 @@ class MimoReport(Contract):
     batch_sizes: list[int] = field(default_factory=list)  # the distinct numbers of sequences its steps ran with
     cache: CacheReport = field(default_factory=CacheReport)
     precision: PrecisionReport = field(default_factory=PrecisionReport)
-    speculation: PendingReport = field(default_factory=PendingReport)
+    speculation: SpeculationReport = field(default_factory=SpeculationReport)
 
     @classmethod
     def combine(cls, reports: list[MimoReport]) -> MimoReport:
         """One report over several prompts of a request: counts add up; times, which overlap, take the longest."""
         first = reports[0]
         out = cls(model=first.model, batch_sizes=sorted(set().union(*(r.batch_sizes for r in reports))),
-                  cache=CacheReport(first.cache.enabled), speculation=first.speculation,
+                  cache=CacheReport(first.cache.enabled),
+                  speculation=SpeculationReport.combine([r.speculation for r in reports]),
                   precision=PrecisionReport.combine([r.precision for r in reports]))
         for part, parts in ((out, reports), (out.cache, [r.cache for r in reports])):
             for f in dataclasses.fields(part):

@@ -12,6 +12,7 @@ from tiered_kv_cache.policy import POLICIES
 from tiered_kv_cache.tiers import DISK_BYTES, DRAM_BYTES, TierSizes
 
 from mimo_core.console import EXIT_BAD_INPUT, add_version_option, fail
+from mimo_core.extensions import SPECULATION_METHODS
 from mimo_core.settings import SettingsError, load_settings
 from mimo_engine.pull import PullError, pull as pull_model
 from mimo_engine.registry import UnknownModelError, get_spec, model_status
@@ -46,6 +47,17 @@ def _known_policy(name: str) -> str:
     if name not in POLICIES:
         raise typer.BadParameter(f"unknown eviction policy {name!r}; known: {', '.join(POLICIES)}")
     return name
+
+
+def _optional_model(name: str | None) -> str | None:
+    return None if name is None else _known_model(name)
+
+
+def _drafters(names: list[str]) -> list[str]:
+    for name in names:
+        if name not in SPECULATION_METHODS or name == "none":
+            raise typer.BadParameter(f"unknown drafter {name!r}; drafters: {', '.join(SPECULATION_METHODS[1:])}")
+    return names
 
 
 def _known_models(names: list[str]) -> list[str]:
@@ -91,6 +103,13 @@ def serve(
                                       "MIMO_CACHE_DIR/kv: checksummed, kept for the next engine process (0: none)."),
     kv_policy: str = typer.Option("lru", callback=_known_policy, help=f"Eviction policy of every KV tier: "
                                   f"{', '.join(POLICIES)}."),
+    speculation: str = typer.Option("none", callback=lambda v: v if v == "none" else _drafters([v])[0],
+                                    help="Block speculation of requests that do not ask for any: none, ngram, "
+                                    "suffix, self-mxfp4 or draft-model (a request's mimo.speculation overrides it)."),
+    speculation_block: int = typer.Option(8, min=1, max=16, help="Most tokens drafted per verification, by default."),
+    draft_model: str | None = typer.Option(None, callback=_optional_model, help="The draft-model drafter's model: a "
+                                           "smaller one with the same tokenizer (qwen2.5-coder-0.5b for "
+                                           "qwen2.5-coder-1.5b), loaded with each model it drafts for."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Log only warnings and errors: no start line, no "
                                "line per request."),
 ) -> None:
@@ -98,7 +117,7 @@ def serve(
 
     Endpoints: /v1/chat/completions, /v1/completions, /v1/models, /health, /metrics. Logs on stderr: a start line,
     model loads, one line per request."""
-    from mimo_engine.scheduler import Unavailable  # the web and model stack: not for --help
+    from mimo_engine.scheduler import SpeculationOptions, Unavailable  # the web and model stack: not for --help
     from mimo_engine.server import ServerOptions, serve as run_server
 
     if not (model or allow or allow_pull):
@@ -109,7 +128,8 @@ def serve(
                             kv_tiers=TierSizes(int(kv_dram_gib * GIB), int(kv_disk_gib * GIB), kv_policy,
                                                _cache_dir() / "kv"),
                             max_body_bytes=int(max_body_mib * (1 << 20)), idle_timeout_s=idle_timeout,
-                            drain_s=drain_timeout, cache_dir=_cache_dir())
+                            drain_s=drain_timeout, cache_dir=_cache_dir(),
+                            speculation=SpeculationOptions(speculation, speculation_block, draft_model))
     try:
         run_server(host, port, model, options, quiet=quiet)
     except Unavailable as exc:
@@ -141,11 +161,33 @@ def bench(
     step_tokens: int = typer.Option(128, min=1, help="With --interference: the engine's per-step token budget."),
     policy: str = typer.Option("native", help="Precision policy the weights are read under: native, f32, bf16, "
                                "q8_0, mxfp8, mxfp4 or experts-mxfp4; the roofline counts its bytes."),
+    speculation: bool = typer.Option(False, help="Instead: each drafter's mean accepted length and decode speedup "
+                                     "over plain decoding on coding, math and agent prompts at batch 1 and 8."),
+    draft_model: str | None = typer.Option(None, callback=_optional_model,
+                                           help="With --speculation: the draft-model drafter's model."),
+    method: list[str] = typer.Option([], "--method", callback=_drafters, help="With --speculation: a drafter to measure (repeatable; "
+                                     "default: ngram, suffix, self-mxfp4, and draft-model with --draft-model)."),
+    block: int = typer.Option(8, min=1, max=16, help="With --speculation: most tokens drafted per verification."),
+    max_tokens: int = typer.Option(64, min=1, help="With --speculation: tokens generated per prompt."),
+    prompts: int = typer.Option(8, min=1, max=8, help="With --speculation: prompts per set."),
+    plot: Path | None = typer.Option(None, help="With --speculation: also draw the table as a PNG here."),
 ) -> None:
-    """Measure prefill and decode tokens/s at batch 1, 4 and 8 against the memory-bandwidth roofline."""
+    """Measure prefill and decode tokens/s at batch 1, 4 and 8 against the memory-bandwidth roofline (or, with
+    --interference or --speculation, what those options say)."""
     from mimo_engine.bench import run_bench, run_interference  # the model stack: not for --help
 
-    if interference:
+    if speculation:
+        from mimo_engine.bench_speculation import plot_speculation, run_speculation_bench
+
+        try:
+            table = run_speculation_bench(model, draft_model, tuple(method) or None, block, max_tokens, prompts,
+                                          _cache_dir(), progress=lambda text: print(text, file=sys.stderr))
+        except ValueError as exc:  # an unknown drafter, draft-model without a draft model, another tokenizer
+            fail(str(exc), prog=PROG)
+        if plot:
+            plot_speculation(table, plot)
+        result = table.to_dict()
+    elif interference:
         result = run_interference(model, cache_dir=_cache_dir(), step_tokens=step_tokens).to_dict()
     else:
         try:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Callable
 
 from tiered_kv_cache import CacheStats
 
-from mimo_core.extensions import CacheReport, MimoReport, PrecisionReport, figures
+from mimo_core.extensions import CacheReport, MimoReport, PrecisionReport, SpeculationReport, figures
 
 if TYPE_CHECKING:
     from mimo_engine.scheduler import Engine, ModelWorker
@@ -48,7 +48,8 @@ class WorkerGauges:
     tokens_per_s: float = gauge("Tokens generated per second over the last 10 s.")
 
 
-REPORT_PARTS = (("", MimoReport), ("cache_", CacheReport), ("precision_", PrecisionReport))
+REPORT_PARTS = (("", MimoReport), ("cache_", CacheReport), ("precision_", PrecisionReport),
+                ("speculation_", SpeculationReport))
 
 
 def report_figures() -> list[tuple[str, str, str]]:

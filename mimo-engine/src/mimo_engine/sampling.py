@@ -79,15 +79,27 @@ def filter_top_k_top_p(logprobs: np.ndarray, top_k: int, top_p: float) -> np.nda
     return filtered
 
 
+def probabilities(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
+    """The distribution a sampled request draws its next token from, given one row of logits: tempered, then
+    filtered by top-k and top-p; float64 [V] summing to 1. Speculative verification compares drafts against it."""
+    logprobs = log_softmax(logits.astype(np.float32) / np.float32(params.temperature))  # [V]
+    if params.top_k > 0 or params.top_p < 1.0:
+        logprobs = filter_top_k_top_p(logprobs, params.top_k, params.top_p)
+    probs = np.exp(logprobs, dtype=np.float64)  # [V]; float64 so the tail of a 150k vocab still sums
+    return probs / probs.sum()
+
+
+def draw(probs: np.ndarray, rng: np.random.Generator) -> int:
+    """One token drawn from a distribution [V] (not necessarily normalised)."""
+    cdf = np.cumsum(probs)  # [V]
+    return int(min(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"), len(cdf) - 1))
+
+
 def sample_token(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
     """One token from a row of logits: argmax at temperature 0, else a draw from the tempered, filtered distribution."""
     if params.temperature == 0.0:
         return int(np.argmax(logits))
-    logprobs = log_softmax(logits.astype(np.float32) / np.float32(params.temperature))  # [V]
-    if params.top_k > 0 or params.top_p < 1.0:
-        logprobs = filter_top_k_top_p(logprobs, params.top_k, params.top_p)
-    cdf = np.cumsum(np.exp(logprobs, dtype=np.float64))  # [V]; float64 so the tail of a 150k vocab still sums
-    return int(min(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"), len(cdf) - 1))
+    return draw(probabilities(logits, params), rng)
 
 
 def choice_rngs(seed: int | None, n: int) -> list[np.random.Generator]:

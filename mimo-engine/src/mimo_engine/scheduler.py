@@ -24,10 +24,9 @@ import numpy as np
 from precision_router.policy import Policy, entropy_nats
 from tiered_kv_cache import KVPool, NoFreeBlocks, TierSizes
 
-from mimo_core.extensions import MimoReport, MimoRequest
+from mimo_core.extensions import MimoReport, MimoRequest, SpeculationRequest
 from mimo_engine.metrics import WorkerGauges, WorkerMetrics
-from mimo_engine.runtime import BLOCK_SIZE, EngineCore, LoadedModel, Work
-from mimo_engine.step import WeightPlan
+from mimo_engine.runtime import BLOCK_SIZE, EngineCore, LoadedModel, PolicyNotServed, Work
 from mimo_engine.sampling import (
     InvalidRequest,
     SamplingParams,
@@ -39,6 +38,20 @@ from mimo_engine.sampling import (
     sample_token,
     token_logprob,
 )
+from mimo_engine.speculation import (
+    DEFAULT_BLOCK,
+    Draft,
+    DraftAsk,
+    Drafter,
+    ModelDrafter,
+    NgramDrafter,
+    SequenceSpeculation,
+    Speculator,
+    SuffixCorpus,
+    SuffixDrafter,
+    verify,
+)
+from mimo_engine.step import WeightPlan
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +62,16 @@ RETRY_AFTER_S = 1  # what a refused client is told: sequences finish every few t
 # and that prompt's time to first token 2.34 / 1.97 / 2.17 / 2.29 s.
 STEP_TOKENS = 128
 KV_CACHE_BYTES = 1 << 30  # default KV pool size; the OS backs it lazily, as blocks are first written
+
+
+@dataclass(frozen=True)
+class SpeculationOptions:
+    """The speculation of requests that name none (method "none": plain decoding), and the draft model that the
+    `draft-model` method drafts with (registry name; None: that method is not served)."""
+
+    method: str = "none"
+    block: int = DEFAULT_BLOCK
+    draft_model: str | None = None
 
 
 class QueueFull(RuntimeError):
@@ -174,6 +197,8 @@ class Choice:
     max_tokens: int
     last_token_at: float = 0.0
     plan: WeightPlan | None = None  # the weight formats its next token reads (the precision policy's choice)
+    speculation: SequenceSpeculation | None = None  # None: it decodes a token per step
+    draft: Draft | None = None  # the block this step verifies
 
 
 @dataclass
@@ -202,13 +227,18 @@ class ModelWorker:
 
     def __init__(self, model: LoadedModel, max_batch_size: int = 8, max_queue: int = 32,
                  step_tokens: int = STEP_TOKENS, kv_cache_bytes: int = KV_CACHE_BYTES,
-                 kv_tiers: TierSizes = TierSizes()) -> None:
+                 kv_tiers: TierSizes = TierSizes(), speculation: SpeculationOptions = SpeculationOptions(),
+                 draft: LoadedModel | None = None) -> None:
         self.model = model
         self.max_batch_size = max_batch_size
         self.capacity = max_batch_size + max_queue  # sequences running plus waiting
         self.step_tokens = step_tokens
         self.core = EngineCore(model, kv_blocks(model, max_batch_size, kv_cache_bytes),
                                kv_tiers.in_blocks(block_bytes(model)))
+        self.speculation = speculation
+        self.speculator = self._speculator(draft, kv_cache_bytes)
+        if speculation.method not in self.speculator.drafters and speculation.method != "none":
+            raise ValueError(self._unserved(speculation.method))
         self.metrics = WorkerMetrics()
         self.last_active = time.monotonic()
         self._ids = itertools.count()
@@ -219,6 +249,29 @@ class ModelWorker:
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name=f"mimo-engine:{model.name}", daemon=True)
         self._thread.start()
+
+    def _speculator(self, draft: LoadedModel | None, kv_cache_bytes: int) -> Speculator:
+        """The drafters this model can serve: lookups always; self-mxfp4 where its MXFP4 weights are held; the draft
+        model, which must share the target's tokenizer, with its own core."""
+        corpus = SuffixCorpus()
+        drafters: dict[str, Drafter] = {"ngram": NgramDrafter(), "suffix": SuffixDrafter(corpus)}
+        try:
+            drafters["self-mxfp4"] = ModelDrafter(self.core, self.model.plan(self.model.policy("mxfp4")), shared=True)
+        except PolicyNotServed:
+            pass
+        if draft is not None:
+            if not draft.tokenizer.same_vocabulary(self.model.tokenizer) \
+                    or draft.config.vocab_size != self.model.config.vocab_size:
+                raise ValueError(f"the draft model {draft.name} does not share {self.model.name}'s tokenizer")
+            blocks = kv_blocks(draft, self.max_batch_size, kv_cache_bytes)
+            drafters["draft-model"] = ModelDrafter(EngineCore(draft, blocks))
+        return Speculator(drafters, corpus)
+
+    def _unserved(self, method: str) -> str:
+        return {"draft-model": f"speculation method 'draft-model' needs a draft model: start the server with "
+                               f"--draft-model NAME (a smaller model with {self.model.name}'s tokenizer)",
+                "self-mxfp4": f"speculation method 'self-mxfp4' needs {self.model.name}'s MXFP4 weights: include "
+                              f"mxfp4 in MIMO_PRECISION_POLICIES"}[method]
 
     @property
     def busy(self) -> bool:
@@ -282,6 +335,15 @@ class ModelWorker:
             request.policy = self.model.policy(request.mimo.precision and request.mimo.precision.policy)
         except ValueError as exc:  # an unknown policy, or one whose formats this model does not hold
             raise InvalidRequest(str(exc), "mimo.precision.policy") from None
+        asked = self._speculation(request)
+        if asked.method != "none" and asked.method not in self.speculator.drafters:
+            raise InvalidRequest(self._unserved(asked.method), "mimo.speculation.method")
+        report = request.report.speculation
+        report.method, report.block, report.adaptive = asked.method, asked.block, asked.adaptive
+
+    def _speculation(self, request: Request) -> SpeculationRequest:
+        """The speculation of a request: its own `mimo.speculation`, else the worker's default."""
+        return request.mimo.speculation or SpeculationRequest(self.speculation.method, self.speculation.block)
 
     def _sequences(self) -> int:
         """Sequences admitted: decoding choices, and the choices that prompts being prefilled will become."""
@@ -309,9 +371,14 @@ class ModelWorker:
             log.exception("model %s: could not move its KV blocks to disk", self.model.name)
 
     def _schedule(self) -> list[Work]:
-        """This step's work: a token for every decoding sequence, then prompt chunks within the token budget."""
-        work = [Work(c.seq_id, 1, plan=c.plan) for c in self._running]
-        budget = self.step_tokens - len(work)
+        """This step's work: a token for every decoding sequence (and the block drafted for it, to verify), then
+        prompt chunks within what is left of the token budget."""
+        self._draft()
+        work = []
+        for c in self._running:
+            drafted = len(c.draft.tokens) if c.draft else 0
+            work.append(Work(c.seq_id, 1 + drafted, "all" if drafted else "last", c.plan))
+        budget = self.step_tokens - sum(w.num_tokens for w in work)
         for prefill in self._prefilling:
             if budget <= 0:
                 break
@@ -321,6 +388,31 @@ class ModelWorker:
             work.append(self._chunk(self._prefilling[-1], budget))
             budget -= work[-1].num_tokens
         return work
+
+    def _draft(self) -> None:
+        """Draft blocks for the speculating sequences, as many tokens as pay off (`Speculator.lengths`), and append
+        them to their sequences for this step to verify."""
+        asks = []
+        for c in self._running:
+            if c.speculation:
+                tokens = self.core.sequences[c.seq_id].token_ids
+                room = min(c.max_tokens - len(c.result.tokens), self.model.config.context_length - len(tokens)) - 1
+                asks.append((c.speculation, DraftAsk(c.seq_id, tokens, min(c.speculation.block, room),
+                                                     c.request.params, c.rng)))
+        if not asks:
+            return
+        drafts, seconds = self.speculator.draft(asks, len(self._running))
+        for c in self._running:
+            if not c.speculation:
+                continue
+            c.draft = drafts.get(c.seq_id)
+            report = c.request.report.speculation
+            if c.draft:
+                self.core.append(c.seq_id, c.draft.tokens)
+                report.draft_s = round(report.draft_s + seconds.get(c.speculation.method, 0.0), 6)
+            else:
+                report.plain_steps += 1
+                c.speculation.observe(0, 0)
 
     def _chunk(self, prefill: Prefill, budget: int) -> Work:
         pending = self.core.pending(prefill.seq_id)
@@ -364,10 +456,16 @@ class ModelWorker:
         try:
             results = self.core.step(work)
         except NoFreeBlocks:  # the pool ran out mid-generation: the newest request gives way, with a clear reason
+            for c in self._running:  # drafted blocks wait for no one: drop them
+                if c.draft:
+                    self.core.truncate(c.seq_id, len(self.core.sequences[c.seq_id].token_ids) - len(c.draft.tokens))
+                    c.draft = None
             self._fail(self._newest(), "the KV cache is full: the request was stopped to let the others finish")
             return
         elapsed = time.perf_counter() - started
         prefilling = {p.seq_id: p for p in self._prefilling}
+        if not any(w.seq_id in prefilling for w in work):  # what drafting is weighed against: decode steps
+            self.speculator.step_cost.observe(sum(w.num_tokens for w in work), elapsed)
         running = {c.seq_id: c for c in self._running}
         touched: dict[int, Request] = {}
         for w, logits in zip(work, results):
@@ -385,7 +483,7 @@ class ModelWorker:
             if w.seq_id in prefilling:
                 self._prefilled(prefilling[w.seq_id], logits)
             else:
-                self._advance(running[w.seq_id], logits[0])
+                self._advance(running[w.seq_id], logits)
         self.metrics.steps += 1
         self.metrics.step_tokens.observe(sum(w.num_tokens for w in work))
         self.last_active = time.monotonic()
@@ -413,7 +511,7 @@ class ModelWorker:
                 self._finish(choice, "length", "")
             else:
                 self._running.append(choice)
-                self._advance(choice, logits[-1])
+                self._advance(choice, logits[-1:])
 
     def _choices(self, request: Request, seq_id: Hashable) -> list[Choice]:
         """One sequence per choice: the first continues the prompt's sequence, the others fork its blocks."""
@@ -425,9 +523,12 @@ class ModelWorker:
             seq_ids.append(next(self._ids))
             self.core.fork(seq_id, seq_ids[-1])
         rngs = choice_rngs(params.seed, params.n)
+        asked = self._speculation(request)
         return [
             Choice(seq_ids[i], request, ChoiceResult(i), rngs[i], Utf8Stream(self.model.tokenizer),
-                   StopMatcher(params.stop), max_tokens)
+                   StopMatcher(params.stop), max_tokens,
+                   speculation=SequenceSpeculation(asked.method, asked.block, asked.adaptive)
+                   if asked.method != "none" else None)
             for i in range(params.n)
         ]
 
@@ -439,9 +540,26 @@ class ModelWorker:
         return [None, *(token_logprob(row, token, top_n) for row, token in zip(logprobs, request.prompt[1:]))]
 
     def _advance(self, choice: Choice, logits: np.ndarray) -> None:
-        """Sample the next token of a sequence, emit its text, and finish the sequence if it is done."""
+        """Take the sequence's next tokens from this step's logits [1 + drafted, V]: one sampled token, or the tokens
+        kept of its drafted block (whose rejected tail is rolled back); emit them, finishing the sequence if done."""
+        params, draft = choice.request.params, choice.draft
+        if draft is None:
+            tokens = [sample_token(logits[-1], params, choice.rng)]
+        else:
+            choice.draft = None
+            tokens, accepted = verify(draft, logits, params, choice.rng)
+            choice.speculation.observe(len(draft.tokens), accepted)
+            choice.request.report.speculation.count(len(draft.tokens), accepted)
+            kept = len(self.core.sequences[choice.seq_id].token_ids) - len(draft.tokens) + accepted
+            self.core.truncate(choice.seq_id, kept)  # accepted tokens stay computed; the rest is rolled back
+        for token, row in zip(tokens, logits):
+            if not self._emit(choice, token, row):
+                return
+        self.core.append(choice.seq_id, tokens[-1:])  # the last token is computed next step
+
+    def _emit(self, choice: Choice, token: int, logits: np.ndarray) -> bool:
+        """Emit one token sampled from `logits` [V]; False if it finished the sequence."""
         request, params = choice.request, choice.request.params
-        token = sample_token(logits, params, choice.rng)
         now = time.monotonic()
         if choice.last_token_at:
             self.metrics.inter_token_latency_s.observe(now - choice.last_token_at)
@@ -452,7 +570,7 @@ class ModelWorker:
         request.report.completion_tokens += 1
         if token in self.model.tokenizer.eos_ids:
             self._finish(choice, "stop", self._tail(choice))
-            return
+            return False
         logprob = token_logprob(log_softmax(logits), token, params.top_logprobs) if params.logprobs else None
         choice.result.tokens.append(token)
         if logprob is not None:
@@ -460,14 +578,15 @@ class ModelWorker:
         text, stopped = choice.stop.push(choice.text.push(token))
         if stopped:
             self._finish(choice, "stop", text, logprob)
-        elif len(choice.result.tokens) >= choice.max_tokens:
+            return False
+        if len(choice.result.tokens) >= choice.max_tokens:
             self._finish(choice, "length", text + self._tail(choice), logprob)
-        else:
-            choice.result.text += text
-            choice.plan = self.model.plan(request.policy, float(entropy_nats(logits)) if request.policy.thresholds
-                                          else None)  # what the next token reads, from this distribution
-            self.core.append(choice.seq_id, [token])
-            request.emit(Delta(choice.result.index, text, logprob))
+            return False
+        choice.result.text += text
+        choice.plan = self.model.plan(request.policy, float(entropy_nats(logits)) if request.policy.thresholds
+                                      else None)  # what the next token reads, from this distribution
+        request.emit(Delta(choice.result.index, text, logprob))
+        return True
 
     @staticmethod
     def _tail(choice: Choice) -> str:
@@ -482,6 +601,7 @@ class ModelWorker:
         if choice in self._running:
             self._running.remove(choice)
         self.core.free(choice.seq_id)
+        self.speculator.release(choice.seq_id, [*choice.request.prompt, *choice.result.tokens])
         request = choice.request
         if all(c.result.finish_reason for c in request.choices):
             request.report.prompt_tokens = len(request.prompt)
@@ -512,6 +632,7 @@ class ModelWorker:
         for choice in [c for c in self._running if c.request is request]:
             self._running.remove(choice)
             self.core.free(choice.seq_id)
+            self.speculator.release(choice.seq_id, None)
 
     def _fail(self, request: Request, message: str) -> None:
         self._release(request)
@@ -534,11 +655,12 @@ class Engine:
         step_tokens: int = STEP_TOKENS,
         kv_cache_bytes: int = KV_CACHE_BYTES,
         kv_tiers: TierSizes = TierSizes(),
+        speculation: SpeculationOptions = SpeculationOptions(),
     ) -> None:
         self.available = set(available)
         self._load = load
         self._worker_options = dict(max_batch_size=max_batch_size, max_queue=max_queue, step_tokens=step_tokens,
-                                    kv_cache_bytes=kv_cache_bytes, kv_tiers=kv_tiers)
+                                    kv_cache_bytes=kv_cache_bytes, kv_tiers=kv_tiers, speculation=speculation)
         self._workers: dict[str, ModelWorker] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
@@ -565,12 +687,17 @@ class Engine:
             if name not in self._workers:
                 log.info("loading %s", name)
                 started = time.monotonic()
+                draft_name = self._worker_options["speculation"].draft_model
                 try:
                     model = self._load(name)
+                    draft = self._load(draft_name) if draft_name and draft_name != name else None
                 except Exception as exc:  # pip's output, a bad file, no memory: for the log, not for the client
                     log.error("could not load %s: %s", name, exc)
                     raise Unavailable(f"the model `{name}` could not be loaded; the server's log says why") from exc
-                self._workers[name] = ModelWorker(model, **self._worker_options)
+                try:
+                    self._workers[name] = ModelWorker(model, draft=draft, **self._worker_options)
+                except ValueError as exc:  # a draft model with another tokenizer, a default drafter it lacks
+                    raise Unavailable(f"the model `{name}` cannot be served: {exc}") from exc
                 log.info("loaded %s in %.1f s", name, time.monotonic() - started)
         return self._workers[name]
 

@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tiered_kv_cache import TierSizes
 
 from mimo_core.contract import ContractError
-from mimo_core.extensions import MimoReport, MimoRequest, PendingReport
+from mimo_core.extensions import MimoReport, MimoRequest
 from mimo_engine.metrics import prometheus_text
 from mimo_engine.registry import MODELS
 from mimo_engine.runtime import LoadedModel
@@ -48,6 +48,7 @@ from mimo_engine.scheduler import (
     Engine,
     Failed,
     ModelWorker,
+    SpeculationOptions,
     QueueFull,
     Request,
     Unavailable,
@@ -225,13 +226,9 @@ def _install_error_handlers(app: FastAPI) -> None:
 # ---------------------------------------------------------------- the `mimo` response field
 
 
-def mimo_report(reports: list[MimoReport], mimo: MimoRequest) -> dict[str, Any]:
-    """The `mimo` field of a response: the engine's report over the request's prompts, and speculation, which it does
-    not apply yet, said so with what was asked."""
-    report = MimoReport.combine(reports)
-    asked = mimo.speculation
-    report.speculation = PendingReport(applied=False, requested=None if asked is None else asked.to_dict())
-    return report.to_dict()
+def mimo_report(reports: list[MimoReport]) -> dict[str, Any]:
+    """The `mimo` field of a response: the engine's report over the request's prompts."""
+    return MimoReport.combine(reports).to_dict()
 
 
 def usage(reports: list[MimoReport]) -> dict[str, Any]:
@@ -340,6 +337,7 @@ class ServerOptions:
     idle_timeout_s: float = 0.0  # 0: never exit when idle
     drain_s: float = DRAIN_S
     cache_dir: Path | None = None
+    speculation: SpeculationOptions = SpeculationOptions()  # for requests that name none; the draft model
 
 
 def served_models(models: list[str], options: ServerOptions) -> set[str]:
@@ -357,6 +355,7 @@ def build_engine(models: list[str], options: ServerOptions) -> Engine:
         step_tokens=options.step_tokens,
         kv_cache_bytes=options.kv_cache_bytes,
         kv_tiers=options.kv_tiers,
+        speculation=options.speculation,
     )
     try:
         for name in models:
@@ -524,7 +523,7 @@ def _add_chat_route(app: FastAPI, engine: Engine) -> None:
                 for c in done.choices
             ],
             "usage": usage([done.report]),
-            "mimo": mimo_report([done.report], body.extension()),
+            "mimo": mimo_report([done.report]),
         }
 
 
@@ -550,7 +549,7 @@ async def _chat_stream(head: dict, requests: list[Request], tokenizer: Any, body
         if isinstance(event, Failed):
             yield _failure_event(event.message)
         elif isinstance(event, Done):
-            final = {**head, "choices": [], "mimo": mimo_report([event.report], body.extension())}
+            final = {**head, "choices": [], "mimo": mimo_report([event.report])}
             if body.stream_options.include_usage:
                 final["usage"] = usage([event.report])
             yield sse(final)
@@ -612,7 +611,7 @@ def _add_completion_route(app: FastAPI, engine: Engine) -> None:
             "object": "text_completion",
             "choices": choices,
             "usage": usage(reports),
-            "mimo": mimo_report(reports, body.extension()),
+            "mimo": mimo_report(reports),
         }
 
 
@@ -661,7 +660,7 @@ async def _completion_stream(
             choice = {"index": index, "text": event.text, "logprobs": logprobs, "finish_reason": event.finish_reason}
             yield sse({**head, "choices": [choice]})
     if len(reports) == len(requests):
-        final = {**head, "choices": [], "mimo": mimo_report(reports, body.extension())}
+        final = {**head, "choices": [], "mimo": mimo_report(reports)}
         if body.stream_options.include_usage:
             final["usage"] = usage(reports)
         yield sse(final)

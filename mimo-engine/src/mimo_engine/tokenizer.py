@@ -102,6 +102,10 @@ class Tokenizer:
             chat_template=metadata(reader, "tokenizer.chat_template", None),
         )
 
+    def same_vocabulary(self, other: Tokenizer) -> bool:
+        """Whether `other` maps every token id to the same token (a draft model must, to propose the target's ids)."""
+        return self._tokens == other._tokens
+
     def encode(self, text: str, allow_special: bool = True) -> list[int]:
         """Token ids of `text`; with allow_special=False a control token's text is tokenized as ordinary text."""
         # The batch call releases the GIL (a single encode holds it), so a server thread encoding a long text leaves
