@@ -5,9 +5,11 @@ engine's default, drafting only what it expects to pay off), three prompt sets (
 source of ds-benchmark's suite; agent: multi-turn tool-call transcripts shipped with the engine) are decoded greedily
 at batch 1 (one prompt after another) and at batch 8 (all at once), and timed against plain decoding of the same
 prompts in the same run: plain first and last, the drafters between, so that a noisy moment does not favour one.
-Each configuration gets a fresh worker whose prompts are prefilled in an untimed warm-up, so the timings are of
-decoding; the suffix drafter starts each one with an empty corpus, so it never sees the plain run's output. Before
-the first timing every drafter runs once, untimed, so that no configuration pays for loading the kernels.
+Each prompt set and batch size gets one worker, as a server would run them: an untimed warm-up runs every
+configuration for a few tokens, which prefills the prompts into the target's (and the draft model's) KV cache and
+loads every kernel, so the timings are of decoding. The worker's measurements of what steps and drafters cost carry
+over from one configuration to the next, as in a long-lived server; the suffix drafter's corpus does not: it is
+emptied before each configuration, so it never sees another configuration's output of the same prompts.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ class SpeculationRun(Contract):
     completion_tokens: int
     seconds: float
     tokens_per_s: float
-    speedup: float  # tokens/s over plain decoding's (the mean of its two runs) on the same prompts and batch
+    speedup: float  # tokens/s over plain decoding's (the mean of its two runs, each listed) on the same prompts and batch
     identical: bool  # every output token-identical to plain decoding's (greedy)
     speculation: SpeculationReport  # summed over the prompts
 
@@ -111,17 +113,8 @@ def _decode(worker: ModelWorker, prompts: list[list[int]], batch: int, max_token
     return done, time.perf_counter() - started
 
 
-def _run(model: LoadedModel, draft: LoadedModel | None, method: str, adaptive: bool, block: int,
-         prompts: list[list[int]], batch: int, max_tokens: int) -> tuple[list[Done], float]:
-    """Decode with a fresh worker, after an untimed warm-up that prefills the prompts."""
-    worker = ModelWorker(model, max_batch_size=max(BATCHES), draft=draft if method == "draft-model" else None)
-    mimo = MimoRequest.from_dict({"speculation": {"method": method, "block": block, "adaptive": adaptive}})
-    try:
-        _decode(worker, prompts, batch, 3, mimo)
-        worker.speculator.corpus.clear()  # the warm-up's tokens are not the engine's earlier work
-        return _decode(worker, prompts, batch, max_tokens, mimo)
-    finally:
-        worker.close()
+def _speculation(method: str, adaptive: bool, block: int) -> MimoRequest:
+    return MimoRequest.from_dict({"speculation": {"method": method, "block": block, "adaptive": adaptive}})
 
 
 def run_speculation_bench(name: str, draft_model: str | None = None, methods: tuple[str, ...] | None = None,
@@ -135,22 +128,26 @@ def run_speculation_bench(name: str, draft_model: str | None = None, methods: tu
     methods = methods or ("ngram", "suffix", "self-mxfp4", *(("draft-model",) if draft else ()))
     if "draft-model" in methods and draft is None:
         raise ValueError("the draft-model drafter needs --draft-model")
-    sets = prompt_sets(model.tokenizer, per_set)
     configurations = [(m, adaptive) for m in methods for adaptive in (False, True)]
-    for method, adaptive in [("none", True), *configurations]:  # load every kernel once, untimed
-        _run(model, draft, method, adaptive, block, sets["coding"][:2], 2, 16)
     runs: list[SpeculationRun] = []
-    for set_name, prompts in sets.items():
+    for set_name, prompts in prompt_sets(model.tokenizer, per_set).items():
         for batch in BATCHES:
+            worker = ModelWorker(model, max_batch_size=max(BATCHES), draft=draft)
             timed: dict[tuple[str, bool], list[tuple[list[Done], float]]] = {}
-            for method, adaptive in [("none", True), *configurations, ("none", True)]:
-                if progress:
-                    progress(f"{set_name} batch {batch}: {method}{'' if adaptive else ' (fixed block)'}")
-                timed.setdefault((method, adaptive), []).append(
-                    _run(model, draft, method, adaptive, block, prompts, batch, max_tokens))
+            try:
+                for method, adaptive in [("none", True), *configurations]:  # untimed: see the module's docstring
+                    _decode(worker, prompts, batch, 3, _speculation(method, adaptive, block))
+                for method, adaptive in [("none", True), *configurations, ("none", True)]:
+                    if progress:
+                        progress(f"{set_name} batch {batch}: {method}{'' if adaptive else ' (fixed block)'}")
+                    worker.speculator.corpus.clear()  # no drafter sees another configuration's output
+                    timed.setdefault((method, adaptive), []).append(
+                        _decode(worker, prompts, batch, max_tokens, _speculation(method, adaptive, block)))
+            finally:
+                worker.close()
             plain_done = timed["none", True][0][0]
             plain_rate = statistics.mean(_tokens(done) / seconds for done, seconds in timed["none", True])
-            for (method, adaptive), ((done, seconds), *_) in timed.items():
+            for (method, adaptive), (done, seconds) in [(key, run) for key, both in timed.items() for run in both]:
                 rate = _tokens(done) / seconds
                 runs.append(SpeculationRun(
                     prompt_set=set_name, batch=batch, method=method, adaptive=adaptive,

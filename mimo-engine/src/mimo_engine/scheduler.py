@@ -412,7 +412,6 @@ class ModelWorker:
                 report.draft_s = round(report.draft_s + seconds.get(c.speculation.method, 0.0), 6)
             else:
                 report.plain_steps += 1
-                c.speculation.observe(0, 0)
 
     def _chunk(self, prefill: Prefill, budget: int) -> Work:
         pending = self.core.pending(prefill.seq_id)
