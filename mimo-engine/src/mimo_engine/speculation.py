@@ -21,11 +21,11 @@ Drafters (`mimo.speculation.method`):
   serves verify: MiMo's two ideas, FP4 and speculation, in one.
 
 How many tokens to draft (`Speculator.lengths`) follows from two measurements: each sequence's recent acceptance
-and what a step costs against the tokens it computes (`StepCost`, from the steps the engine really runs). A drafted
-token is added while its expected yield (the acceptance to the power of its place in the block) per second of step
-and drafting time it adds is above the step's expected tokens per second. At batch 1 a decode step reads every
-weight for one token, so drafted tokens are nearly free; once the batch is compute-bound they are not, and
-speculation turns itself down.
+and what a step costs against the tokens it computes (`StepCost`, from the steps the engine really runs), plus what
+each drafter costs per token. Drafted tokens are ranked by their expected yield (the acceptance to the power of
+their place in the block) and the step takes the first so many that give the most expected tokens per second. At
+batch 1 a decode step reads every weight for one token, so drafted rows are cheap and blocks are long; once the
+batch is compute-bound they are not, and speculation turns itself off.
 """
 
 from __future__ import annotations
