@@ -60,6 +60,10 @@ def _drafters(names: list[str]) -> list[str]:
     return names
 
 
+def _speculation_method(name: str) -> str:
+    return name if name == "none" else _drafters([name])[0]
+
+
 def _known_models(names: list[str]) -> list[str]:
     return [_known_model(name) for name in names]
 
@@ -103,7 +107,7 @@ def serve(
                                       "MIMO_CACHE_DIR/kv: checksummed, kept for the next engine process (0: none)."),
     kv_policy: str = typer.Option("lru", callback=_known_policy, help=f"Eviction policy of every KV tier: "
                                   f"{', '.join(POLICIES)}."),
-    speculation: str = typer.Option("none", callback=lambda v: v if v == "none" else _drafters([v])[0],
+    speculation: str = typer.Option("none", callback=_speculation_method,
                                     help="Block speculation of requests that do not ask for any: none, ngram, "
                                     "suffix, self-mxfp4 or draft-model (a request's mimo.speculation overrides it)."),
     speculation_block: int = typer.Option(8, min=1, max=16, help="Most tokens drafted per verification, by default."),
