@@ -1,10 +1,11 @@
 """`mimo-engine bench --speculation`: MiMo's acceptance table measured here, with the end-to-end speedup.
 
 For each drafter, in two modes (fixed: always a full block, as an acceptance table is measured; adaptive: the
-engine's default, drafting only what it expects to pay off), three prompt sets (coding: HumanEval prompts as completions; math: GSM8K questions, the math
-source of ds-benchmark's suite; agent: multi-turn tool-call transcripts shipped with the engine) are decoded greedily
-at batch 1 (one prompt after another) and at batch 8 (all at once), and timed against plain decoding of the same
-prompts in the same run: plain first and last, the drafters between, so that a noisy moment does not favour one.
+engine's default, drafting only what it expects to pay off), three prompt sets (coding: HumanEval prompts as
+completions; math: GSM8K questions, the math source of ds-benchmark's suite; agent: multi-turn tool-call transcripts
+shipped with the engine) are decoded greedily at batch 1 (one prompt after another) and at batch 8 (all at once),
+and timed against plain decoding of the same prompts in the same run: plain first and last, the drafters between,
+so that a noisy moment does not favour one.
 Each prompt set and batch size gets one worker, as a server would run them: an untimed warm-up runs every
 configuration for a few tokens, which prefills the prompts into the target's (and the draft model's) KV cache and
 loads every kernel, so the timings are of decoding. The worker's measurements of what steps and drafters cost carry
@@ -72,7 +73,7 @@ class SpeculationRun(Contract):
     completion_tokens: int
     seconds: float
     tokens_per_s: float
-    speedup: float  # tokens/s over plain decoding's (the mean of its two runs, each listed) on the same prompts and batch
+    speedup: float  # tokens/s over plain decoding's (mean of its two runs, each listed) on the same prompts and batch
     identical: bool  # every output token-identical to plain decoding's (greedy)
     speculation: SpeculationReport  # summed over the prompts
 

@@ -169,8 +169,9 @@ def bench(
                                      "over plain decoding on coding, math and agent prompts at batch 1 and 8."),
     draft_model: str | None = typer.Option(None, callback=_optional_model,
                                            help="With --speculation: the draft-model drafter's model."),
-    method: list[str] = typer.Option([], "--method", callback=_drafters, help="With --speculation: a drafter to measure (repeatable; "
-                                     "default: ngram, suffix, self-mxfp4, and draft-model with --draft-model)."),
+    method: list[str] = typer.Option([], "--method", callback=_drafters,
+                                     help="With --speculation: a drafter to measure (repeatable; default: ngram, "
+                                     "suffix, self-mxfp4, and draft-model with --draft-model)."),
     block: int = typer.Option(8, min=1, max=16, help="With --speculation: most tokens drafted per verification."),
     max_tokens: int = typer.Option(64, min=1, help="With --speculation: tokens generated per prompt."),
     prompts: int = typer.Option(8, min=1, max=8, help="With --speculation: prompts per set."),

@@ -23,7 +23,7 @@ from tiered_kv_cache import KVCacheManager, KVPool, Prefix, TierConfig
 
 from mimo_core.settings import load_settings
 from mimo_engine.gguf_model import load_weights, read_config
-from mimo_engine.model import ModelConfig, ModelWeights, Routes, hidden_states, logits
+from mimo_engine.model import ModelConfig, ModelWeights, Route, Routes, hidden_states, logits
 from mimo_engine.paged_attention import PagedAttention
 from mimo_engine.pull import ensure_model
 from mimo_engine.registry import MODELS

@@ -34,10 +34,11 @@ import heapq
 import time
 from collections import deque
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
+from tiered_kv_cache import NoFreeBlocks
 
 from mimo_engine.runtime import EngineCore, Work
 from mimo_engine.sampling import SamplingParams, draw, probabilities
@@ -225,8 +226,6 @@ class ModelDrafter:
 
     def propose(self, asks: list[DraftAsk]) -> dict[Hashable, Draft]:
         """A block of a.k tokens per sequence (none for one the pool has no room for)."""
-        from tiered_kv_cache import NoFreeBlocks
-
         ids: dict[Hashable, Hashable] = {}
         try:
             for a in asks:
@@ -320,6 +319,7 @@ class StepCost:
     def __init__(self) -> None:
         self._costs: dict[int, MedianCost] = {}
         self.seconds: dict[int, float] = {}
+        self._line: tuple[float, float] | None = None  # (slope, intercept), fitted once per new measurement
 
     def observe(self, tokens: int, seconds: float) -> None:
         """Fold in one step's time."""
@@ -327,23 +327,32 @@ class StepCost:
         cost.observe(seconds)
         if cost.measured:
             self.seconds[tokens] = cost.value
+            self._line = None
 
     def __call__(self, tokens: int) -> float:
         """The expected seconds of a step of `tokens` tokens (in units of an unmeasured step if nothing is known)."""
         if tokens == 1 and 1 in self.seconds:
             return self.seconds[1]
+        if self._line is None:
+            self._line = self._fit()
+        slope, intercept = self._line
+        return intercept + slope * tokens
+
+    def _fit(self) -> tuple[float, float]:
+        """(slope, intercept) of the line the step costs of more than one token are read from."""
         points = sorted(n for n in self.seconds if n > 1)
         if len(points) < 2:  # too few larger steps for a line of their own: the one-token step anchors it
             points = sorted(self.seconds)
         if len(points) >= 2:
             slope, intercept = np.polyfit(points, [self.seconds[n] for n in points], 1)
             if slope <= 0.0:
-                return float(np.mean([self.seconds[n] for n in points]))
-            return float(intercept + slope * tokens)
-        if not points:
-            return 1.0 + UNMEASURED_TOKEN_COST * (tokens - 1)
-        # one count measured: assume drafted tokens are cheap until a larger step says otherwise
-        return self.seconds[points[0]] * (1 + UNMEASURED_TOKEN_COST * (tokens - points[0]))
+                return 0.0, float(np.mean([self.seconds[n] for n in points]))
+            return float(slope), float(intercept)
+        # one count measured (or none, in units of an unmeasured step): assume drafted tokens are cheap until a
+        # larger step says otherwise
+        base, seconds = (points[0], self.seconds[points[0]]) if points else (1, 1.0)
+        slope = seconds * UNMEASURED_TOKEN_COST
+        return slope, seconds - slope * base
 
 
 @dataclass
@@ -415,7 +424,7 @@ class Speculator:
             if not k:
                 spec.observe(0, 0)
             else:
-                by_method.setdefault(spec.method, []).append(DraftAsk(ask.seq_id, ask.token_ids, k, ask.params, ask.rng))
+                by_method.setdefault(spec.method, []).append(replace(ask, k=k))
         drafts: dict[Hashable, Draft] = {}
         seconds: dict[str, float] = {}
         for method, method_asks in by_method.items():
