@@ -1,6 +1,7 @@
 """Compare two benchmark results files, paired by task."""
 
-from unified_pipeline.cli import compare_app
+from mimo_core.console import run_app
+from unified_pipeline.cli import COMPARE, compare_app
 
 if __name__ == "__main__":
-    compare_app(prog_name="compare_benchmarks.py")
+    run_app(compare_app, COMPARE)

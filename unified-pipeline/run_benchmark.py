@@ -1,6 +1,7 @@
 """The D/s benchmark through the pipeline (--ablation for the component impact table)."""
 
-from unified_pipeline.cli import benchmark_app
+from mimo_core.console import run_app
+from unified_pipeline.cli import BENCHMARK, benchmark_app
 
 if __name__ == "__main__":
-    benchmark_app(prog_name="run_benchmark.py")
+    run_app(benchmark_app, BENCHMARK)

@@ -34,8 +34,8 @@ def test_a_bad_line_stops_with_its_number_after_the_results_before_it():
     result = invoke(json.dumps(REQUESTS[0]) + '\n{"id": 2, "source": "pass", "limits": {"wall_s": 100000}}\n')
     assert result.exit_code == 2
     assert len(result.stdout.splitlines()) == 1
-    assert result.stderr.strip() == "line 2: limits: wall_s must be above 0 and at most 120"
-    assert invoke('{"id": 1}\n').stderr.strip() == "line 1: missing source"
+    assert result.stderr.strip() == "ds-benchmark: error: line 2: limits: wall_s must be above 0 and at most 120"
+    assert invoke('{"id": 1}\n').stderr.strip() == "ds-benchmark: error: line 1: missing source"
 
 
 def test_where_no_sandbox_can_run_every_result_is_an_error_and_it_says_so_once(without_sandbox):

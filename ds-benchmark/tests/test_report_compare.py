@@ -116,7 +116,7 @@ def test_unknown_results_schema_is_refused(tmp_path):
     other.write_text(json.dumps({"schema": "mimo.results/9"}))
     result = runner.invoke(app, ["compare", str(a), str(other)])
     assert result.exit_code == 2
-    expected = f"error: {other}: unknown schema 'mimo.results/9' (expected 'mimo.results/1')"
+    expected = f"ds-benchmark: error: {other}: unknown schema 'mimo.results/9' (expected 'mimo.results/1')"
     assert result.stderr.strip() == expected
     broken = tmp_path / "broken.json"
     broken.write_text(json.dumps({"schema": "mimo.results/1", "suite": {}}))
@@ -128,7 +128,7 @@ def test_report_refuses_bad_records_and_untimed_runs(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"schema": "mimo.task/1", "id": "x", "domain": "math"}\n')
     result = runner.invoke(app, ["report", str(bad)])
-    assert result.exit_code == 2 and result.stderr.strip() == f"error: {bad}: line 1: missing task"
+    assert result.exit_code == 2 and result.stderr.strip() == f"ds-benchmark: error: {bad}: line 1: missing task"
     untimed = answered_run()
     for r in untimed:
         r.trace.clear()

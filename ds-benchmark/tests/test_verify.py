@@ -115,7 +115,7 @@ def test_score_stage_streams_verdicts_and_stops_on_bad_input(capsys):
     sink = io.StringIO()
     code, tally = score_stream(source=io.StringIO(f"{good}\nnot json\n{good}\n"), sink=sink)
     assert code == 2 and tally.summary() == "1 records: 1 correct, 0 wrong, 0 not run, 0 errors"
-    assert capsys.readouterr().err.startswith("line 2: not valid JSON")
+    assert capsys.readouterr().err.startswith("ds-benchmark: error: line 2: not valid JSON")
     written = [json.loads(line) for line in sink.getvalue().splitlines()]
     assert len(written) == 1 and written[0]["verdict"]["correct"] is True
     assert written[0]["trace"][-1]["stage"] == "ds-benchmark"

@@ -87,7 +87,7 @@ def test_bad_input_stops_with_exit_2_after_writing_earlier_records(capsys):
     code, out = _run(lambda r, c: None, text)
     assert code == 2
     assert [r["id"] for r in out] == ["r0", "r1"]
-    assert capsys.readouterr().err.strip() == "line 3: missing task"
+    assert capsys.readouterr().err.strip() == "demo: error: line 3: missing task"
 
 
 def test_unknown_fields_pass_through_and_trace_appends():

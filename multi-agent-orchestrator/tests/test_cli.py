@@ -32,4 +32,4 @@ def test_bad_records_stop_the_stage_with_exit_2_and_say_where():
     # The first line is not a record: nothing reaches a model, the reader says which line.
     done = subprocess.run([sys.executable, "-m", "multi_agent_orchestrator", "run"], input='{"id": 1}\n',
                           capture_output=True, text=True, env={"MIMO_BASE_URL": "http://127.0.0.1:9", "PATH": ""})
-    assert done.returncode == 2 and done.stderr.strip().startswith("line 1:") and done.stdout == ""
+    assert done.returncode == 2 and done.stderr.strip().startswith("multi-agent-orchestrator: error: line 1:") and done.stdout == ""

@@ -30,6 +30,6 @@ def test_bad_record_stops_with_line_number_and_no_model_call(tmp_path):
     path.write_text(json.dumps(disabled) + "\n{not json\n")
     env = {"MIMO_CACHE_DIR": str(tmp_path), "MIMO_BASE_URL": "http://127.0.0.1:9/v1", "MIMO_MODEL": "m"}
     result = runner.invoke(app, ["reason", str(path)], env=env)
-    assert result.exit_code == 2 and "line 2: not valid JSON" in result.stderr
+    assert result.exit_code == 2 and "spec-reasoner: error: line 2: not valid JSON" in result.stderr
     written = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["id"] for r in written] == ["a"] and written[0]["trace"][-1]["status"] == "baseline"

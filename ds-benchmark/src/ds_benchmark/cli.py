@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from mimo_core.console import add_version_option, fail
+from mimo_core.console import add_version_option, cli_app, fail, run_app
 from mimo_core.contract import ContractError
 from mimo_core.record import RecordError, read_records, write_record
 
@@ -22,8 +22,9 @@ from .score import FORMULAS
 from .suites import DOMAINS, build_suite
 from .verify import score_stream
 
-app = typer.Typer(help="Verified task suites, sandboxed checks and the decisions-per-second score.",
-                  no_args_is_help=True, add_completion=False)
+PROG = "ds-benchmark"
+app = cli_app(help="Verified task suites, sandboxed checks and the decisions-per-second score.",
+                  no_args_is_help=True)
 add_version_option(app, "ds-benchmark")
 FormulaOption = typer.Option("design", "--formula", help=f"D/s formula: {' or '.join(FORMULAS)} (the seed's snippet).")
 
@@ -43,12 +44,12 @@ def suite(
     if dataset:
         kind, _, path = dataset.partition(":")
         if kind != "gsm8k" or not path:
-            fail(f"--dataset {dataset!r}: expected gsm8k:PATH")
+            fail(f"--dataset {dataset!r}: expected gsm8k:PATH", prog=PROG)
         gsm8k = Path(path)
     try:
         records = build_suite(n, [*domains, *ctx.args], seed, gsm8k, math_source)
     except (ValueError, OSError) as exc:
-        fail(str(exc))
+        fail(str(exc), prog=PROG)
     for record in records:
         write_record(record, sys.stdout)
 
@@ -70,7 +71,7 @@ def score(
     try:
         source = open(file, encoding="utf-8") if file else sys.stdin
     except OSError as exc:
-        fail(str(exc))
+        fail(str(exc), prog=PROG)
     with source:
         code, tally = score_stream(source=source, concurrency=concurrency)
     print(f"score: {tally.summary()}", file=sys.stderr)
@@ -86,12 +87,12 @@ def report(
 ) -> None:
     """Write the mimo.results/1 JSON of a scored run (it only reads: unscored records are reported as errors)."""
     if formula not in FORMULAS:
-        fail(f"--formula {formula!r}: one of {', '.join(FORMULAS)}")
+        fail(f"--formula {formula!r}: one of {', '.join(FORMULAS)}", prog=PROG)
     try:
         with (sys.stdin if str(file) == "-" else open(file, encoding="utf-8")) as stream:
             results = build_results(list(read_records(stream)), wall_s, formula)
     except (RecordError, ValueError, OSError) as exc:
-        fail(f"{file}: {exc}")
+        fail(f"{file}: {exc}", prog=PROG)
     text = json.dumps(results.to_dict(), indent=2)
     if out:
         out.write_text(text + "\n", encoding="utf-8")
@@ -110,7 +111,7 @@ def compare(
     try:
         comparison = compare_results(load_results(a), load_results(b))
     except ContractError as exc:
-        fail(str(exc))
+        fail(str(exc), prog=PROG)
     Console(stderr=True).print(table(comparison))
     print(json.dumps(comparison.to_dict(), indent=2))
 
@@ -133,4 +134,4 @@ def sandbox() -> None:
 
 def main() -> None:
     """The console script."""
-    app()
+    run_app(app, PROG)

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import IO, Literal
 
-from mimo_core.console import EXIT_BAD_INPUT
+from mimo_core.console import EXIT_BAD_INPUT, error_line
 from mimo_core.contract import Contract, ContractError
 
 from .sandbox import EXIT_NO_SANDBOX, Limits, SandboxUnavailable, require_sandbox, run_python
@@ -66,7 +66,7 @@ def run_requests(source: Iterable[str], sink: IO[str]) -> int:
         try:
             request = SandboxRequest.from_json(line, "")
         except ContractError as exc:
-            print(f"line {number}: {exc}", file=sys.stderr)
+            print(error_line("ds-benchmark", f"line {number}: {exc}"), file=sys.stderr)
             return EXIT_BAD_INPUT
         try:
             result = run_request(request)

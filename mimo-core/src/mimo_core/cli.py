@@ -12,16 +12,16 @@ import typer
 
 from . import daemon
 from .client import LLMClient
-from .console import add_version_option, fail
+from .console import add_version_option, cli_app, fail, run_app
 from .profiles import load_profile, shipped_profiles
 from .settings import Settings, SettingsError, load_settings
 
-app = typer.Typer(
+PROG = "mimo-core"
+app = cli_app(
     help="Shared settings of mimo-pipeline: check the backend, list hardware profiles, manage the embedded engine.",
     no_args_is_help=True,
-    add_completion=False,
 )
-engine_app = typer.Typer(help="The shared embedded engine that serves every tool when MIMO_BASE_URL is unset.")
+engine_app = cli_app(help="The shared embedded engine that serves every tool when MIMO_BASE_URL is unset.")
 app.add_typer(engine_app, name="engine")
 add_version_option(app, "mimo-core")
 
@@ -36,7 +36,7 @@ def _settings(config: Optional[Path]) -> Settings:
     try:
         return load_settings(config_file=config)
     except SettingsError as exc:
-        fail(str(exc))
+        fail(str(exc), prog=PROG)
 
 
 async def _check(settings: Settings) -> dict[str, Any]:
@@ -79,7 +79,7 @@ def config(
     try:
         report["resolved"] = {"oracle_model": settings.oracle_model, "draft_model": settings.drafter_model}
     except SettingsError as exc:
-        fail(str(exc))
+        fail(str(exc), prog=PROG)
     if check:
         before = _running_engine(settings) if settings.embedded else None
         try:
@@ -92,7 +92,7 @@ def config(
             raise typer.Exit(1) from None
     _print(report)
     if check and report["check"]["missing"]:
-        fail(f"the endpoint does not serve {', '.join(report['check']['missing'])}", code=1)
+        fail(f"the endpoint does not serve {', '.join(report['check']['missing'])}", code=1, prog=PROG)
 
 
 @app.command()
@@ -112,7 +112,7 @@ def profile(
     try:
         _print(load_profile(name, settings.cache_dir, remeasure=remeasure).to_dict())
     except ValueError as exc:
-        fail(str(exc))
+        fail(str(exc), prog=PROG)
 
 
 @engine_app.command("status")
@@ -134,4 +134,4 @@ def engine_stop(config: Optional[Path] = ConfigOption) -> None:
 
 def main() -> None:
     """Console-script entry point."""
-    app()
+    run_app(app, PROG)

@@ -1,4 +1,5 @@
-"""What every tool's CLI shares for talking to a person: a one-line error and an exit code that says so."""
+"""What every tool's CLI shares for talking to a person: one form of error line, `TOOL: error: WHAT`, on stderr, and an
+exit code that says what happened (0 done, 1 could not finish, 2 bad input, 3 cannot run here, 130 interrupted)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,45 @@ from typing import Any, NoReturn
 
 import typer
 
+from .settings import SettingsError
+
+EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
 
 
-def fail(message: str, code: int = EXIT_BAD_INPUT, prog: str | None = None) -> NoReturn:
-    """Print `[prog: ]error: message` as one line on stderr and exit with `code` (2: bad input)."""
-    prefix = f"{prog}: " if prog else ""
-    print(f"{prefix}error: {message}", file=sys.stderr)
+def cli_app(**options: Any) -> typer.Typer:
+    """A typer app as every tool's CLI has it: plain help text (rich markup would eat `[default: 30]` and show flags
+    as taking `<bool>`), no shell-completion commands, no framed tracebacks."""
+    return typer.Typer(**{"add_completion": False, "rich_markup_mode": None, "pretty_exceptions_enable": False,
+                          **options})
+
+
+def error_line(prog: str, message: str) -> str:
+    """The one form every tool says an error in: `prog: error: message`, on one line."""
+    return f"{prog}: error: {' '.join(str(message).split())}"
+
+
+def fail(message: str, code: int = EXIT_BAD_INPUT, *, prog: str) -> NoReturn:
+    """Print `prog: error: message` as one line on stderr and exit with `code` (2: bad input)."""
+    print(error_line(prog, message), file=sys.stderr)
     sys.exit(code)  # SystemExit, not typer.Exit: this also runs outside a command, as in a CLI's main()
+
+
+def run_app(app: typer.Typer, prog: str) -> NoReturn:
+    """Run a typer app as the console script `prog`: a usage error, a bad setting or Ctrl-C ends in one error line
+    (exit 2, 2, 130) instead of a traceback or a framed box; the command's own exit code otherwise."""
+    try:
+        code = app(standalone_mode=False, prog_name=prog)
+    except typer.TyperException as exc:  # a usage error: a bad option value, an unknown command, a missing file
+        if exc.format_message():
+            fail(exc.format_message(), prog=prog)
+        sys.exit(EXIT_BAD_INPUT)  # the bare command: its help has been shown
+    except SettingsError as exc:
+        fail(str(exc), prog=prog)
+    except (KeyboardInterrupt, typer.Abort):
+        fail("interrupted", EXIT_INTERRUPTED, prog=prog)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 def version_option(distribution: str) -> Any:

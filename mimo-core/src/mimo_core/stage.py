@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from .client import Completion, LLMClient, Usage
-from .console import EXIT_BAD_INPUT
+from .console import EXIT_BAD_INPUT, error_line
 from .provenance import provenance
 from .record import RecordError, TaskRecord, TraceEntry, parse_record, write_record
 from .settings import Settings, load_settings
@@ -179,7 +179,7 @@ async def run_stage_async(
         if client:
             await client[0].close()
     if bad_input is not None:
-        print(bad_input, file=sys.stderr)
+        print(error_line(stage, bad_input), file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0
 

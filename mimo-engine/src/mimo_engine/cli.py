@@ -11,21 +11,19 @@ import typer
 from tiered_kv_cache.policy import POLICIES
 from tiered_kv_cache.tiers import DISK_BYTES, DRAM_BYTES, TierSizes
 
-from mimo_core.console import EXIT_BAD_INPUT, add_version_option, fail
+from mimo_core.console import add_version_option, cli_app, fail, run_app
 from mimo_core.extensions import SPECULATION_METHODS
-from mimo_core.settings import SettingsError, load_settings
+from mimo_core.settings import load_settings
 from mimo_engine.pull import PullError, pull as pull_model
 from mimo_engine.registry import UnknownModelError, get_spec, model_status
 
 PROG = "mimo-engine"
 GIB = 1 << 30
 
-app = typer.Typer(
+app = cli_app(
     help="Run real small GGUF models in numpy and serve them over the OpenAI API "
     "(the embedded backend of mimo-pipeline). Models are cached in MIMO_CACHE_DIR and pulled on first use.",
     no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
 )
 add_version_option(app, "mimo-engine")
 
@@ -206,12 +204,4 @@ def bench(
 
 def main() -> None:
     """Entry point: bad input ends with one line on stderr and exit code 2."""
-    try:
-        code = app(standalone_mode=False)
-    except typer.TyperException as exc:  # a usage error: bad option value, unknown command or model
-        if exc.format_message():
-            fail(exc.format_message(), prog=PROG)
-        sys.exit(EXIT_BAD_INPUT)  # bare `mimo-engine`: the help has been shown
-    except SettingsError as exc:
-        fail(str(exc), prog=PROG)
-    sys.exit(code if isinstance(code, int) else 0)
+    run_app(app, PROG)

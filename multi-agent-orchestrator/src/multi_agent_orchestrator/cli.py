@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from mimo_core.console import add_version_option, fail
+from mimo_core.console import add_version_option, cli_app, fail, run_app
 from mimo_core.settings import SettingsError, load_settings
 
 from .bench import BenchError, bench as run_bench
@@ -21,10 +21,10 @@ from .vote import WEIGHTINGS
 PROG = "multi-agent-orchestrator"
 DEFAULTS = Options()
 
-app = typer.Typer(
+app = cli_app(
     help="N agents answer each task in parallel, fork at their most uncertain token, and vote; each vote weighs "
     "the confidence measured from the agent's token logprobs, and the vote stops once it is decided.",
-    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    no_args_is_help=True, pretty_exceptions_enable=False,
 )
 add_version_option(app, PROG)
 
@@ -118,4 +118,4 @@ def bench(
 
 def main() -> None:
     """The console script."""
-    app()
+    run_app(app, PROG)

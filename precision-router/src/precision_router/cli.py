@@ -10,13 +10,11 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from mimo_core.console import add_version_option, fail
-from mimo_core.settings import SettingsError
+from mimo_core.console import add_version_option, cli_app, fail, run_app
 
 PROG = "precision-router"
-app = typer.Typer(help="Weight precision per token and per layer: the route stage, per-format error reports, and "
-                  "the bytes a decoded token reads.", no_args_is_help=True, add_completion=False,
-                  pretty_exceptions_enable=False)
+app = cli_app(help="Weight precision per token and per layer: the route stage, per-format error reports, and "
+                  "the bytes a decoded token reads.", no_args_is_help=True, pretty_exceptions_enable=False)
 add_version_option(app, "precision-router")
 
 
@@ -107,7 +105,4 @@ def cost(model_config: str = typer.Option(..., "--model-config", help="YAML of t
 
 def main() -> None:
     """Entry point: bad input ends with one line on stderr and exit code 2."""
-    try:
-        app()
-    except SettingsError as exc:
-        fail(str(exc), prog=PROG)
+    run_app(app, PROG)

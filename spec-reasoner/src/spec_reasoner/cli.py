@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.progress import Progress
 
-from mimo_core.console import add_version_option, fail
+from mimo_core.console import add_version_option, cli_app, fail, run_app
 from mimo_core.contract import ContractError
 from mimo_core.record import RecordError, read_records
 from mimo_core.settings import Settings, SettingsError, load_settings
@@ -22,9 +22,9 @@ from .plot import plot
 from .reasoner import Options, reason_stream
 
 PROG = "spec-reasoner"
-app = typer.Typer(help="Step-level speculative reasoning: a draft model writes the next reasoning steps, the oracle "
+app = cli_app(help="Step-level speculative reasoning: a draft model writes the next reasoning steps, the oracle "
                        "scores k of them in one batched request, keeps the accepted ones and writes the first "
-                       "rejected step itself.", no_args_is_help=True, add_completion=False)
+                       "rejected step itself.", no_args_is_help=True)
 add_version_option(app, PROG)
 
 K = typer.Option(3, "--k", help="Steps drafted, and scored in one request, per round.")
@@ -148,4 +148,4 @@ def bench(
 
 def main() -> None:
     """The console script."""
-    app()
+    run_app(app, PROG)

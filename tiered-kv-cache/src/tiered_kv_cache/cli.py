@@ -9,20 +9,18 @@ from typing import Any
 
 import typer
 
-from mimo_core.console import EXIT_BAD_INPUT, add_version_option, fail
+from mimo_core.console import add_version_option, cli_app, fail, run_app
 from mimo_core.contract import ContractError
-from mimo_core.settings import SettingsError, load_settings
+from mimo_core.settings import load_settings
 
 PROG = "tiered-kv-cache"
 GIB = 1 << 30
 DAY_S = 86400.0
 
-app = typer.Typer(
+app = cli_app(
     help="The KV cache of the embedded engine in three tiers (hbm -> dram -> disk): the pipeline's plan stage, an "
     "exact trace simulator, the live engine's figures, and the disk tier's inspect and gc.",
     no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
 )
 add_version_option(app, PROG)
 
@@ -189,14 +187,4 @@ def bench(
 
 def main() -> None:
     """Entry point: bad input ends with one line on stderr and exit code 2."""
-    try:
-        code = app(standalone_mode=False)
-    except typer.TyperException as exc:  # a usage error: bad option value, unknown command
-        if exc.format_message():
-            fail(exc.format_message(), prog=PROG)
-        sys.exit(EXIT_BAD_INPUT)  # bare `tiered-kv-cache`: the help has been shown
-    except SettingsError as exc:
-        fail(str(exc), prog=PROG)
-    except KeyboardInterrupt:
-        fail("interrupted", code=130, prog=PROG)
-    sys.exit(code if isinstance(code, int) else 0)
+    run_app(app, PROG)

@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ds_benchmark.compare import compare, impact_table, table
 from ds_benchmark.report import summary_lines
 from ds_benchmark.results import load_results
-from mimo_core.console import fail, version_option
+from mimo_core.console import EXIT_INTERRUPTED, cli_app, fail, version_option
 from mimo_core.contract import ContractError
 from mimo_core.record import COMPONENTS, DOMAINS, TaskRecord
 from mimo_core.settings import SettingsError, load_settings
@@ -30,14 +30,13 @@ from .task import run_task, task_record
 
 VersionOption = version_option("unified-pipeline")
 ConfigOption = typer.Option(None, "--config", help="YAML settings file (MIMO_* names); flags > env > .env > it.")
-EXIT_INTERRUPTED = 130
 
 
-def _settings(config: Path | None):
+def _settings(config: Path | None, prog: str):
     try:
         return load_settings(config_file=config)
     except SettingsError as exc:
-        fail(str(exc))
+        fail(str(exc), prog=prog)
 
 
 def _stop_on_sigterm() -> None:
@@ -47,7 +46,8 @@ def _stop_on_sigterm() -> None:
 
 # ------------------------------------------------------------------------------------------------ run_pipeline
 
-pipeline_app = typer.Typer(add_completion=False)
+PIPELINE = "run_pipeline.py"
+pipeline_app = cli_app()
 
 
 @pipeline_app.command(help=f"""Answer one task; show the answer, its confidence, and what each stage decided, took
@@ -68,17 +68,17 @@ def run_pipeline(
     config: Path | None = ConfigOption,
     version: bool = VersionOption,
 ) -> None:
-    settings = _settings(config)
+    settings = _settings(config, PIPELINE)
     try:
         record = task_record(task, domain, reference, disable)
     except ValueError as exc:
-        fail(str(exc))
+        fail(str(exc), prog=PIPELINE)
     _stop_on_sigterm()
     with tempfile.NamedTemporaryFile("w+", prefix="run_pipeline-", suffix=".log", encoding="utf-8") as log:
         try:
             record = run_task(record, {**os.environ, **settings.to_env()}, log)
         except PipeError as exc:
-            fail(str(exc), code=1)
+            fail(str(exc), code=1, prog=PIPELINE)
         except KeyboardInterrupt:
             raise typer.Exit(EXIT_INTERRUPTED)
     if as_json:
@@ -89,7 +89,8 @@ def run_pipeline(
 
 # ------------------------------------------------------------------------------------------------ run_benchmark
 
-benchmark_app = typer.Typer(add_completion=False)
+BENCHMARK = "run_benchmark.py"
+benchmark_app = cli_app()
 
 
 class BarProgress(benchmark.Progress):
@@ -153,7 +154,7 @@ def run_benchmark(
     --resume continues it. At the end `ds-benchmark report` writes the results (NAME.json).
 
     Exit codes: 0 done; 1 the pipeline failed (--resume continues); 2 bad input; 130 interrupted (--resume)."""
-    settings = _settings(config)
+    settings = _settings(config, BENCHMARK)
     try:
         files = benchmark.RunFiles(out or benchmark.default_results_path(Path.cwd(), resume))
         # `--domains math coding triage`, as the quickstart types it: the names after the first arrive as extras
@@ -161,7 +162,7 @@ def run_benchmark(
         plan = _plan(files, resume, n, named or None, seed, math_source, ablation)
         done = len(benchmark.load_done(files.records))
     except (ValueError, ContractError, OSError) as exc:
-        fail(str(exc))
+        fail(str(exc), prog=BENCHMARK)
     console = Console(stderr=True)
     total = plan.n * len(plan.configurations)
     console.print(f"run_benchmark: {plan.n} tasks x {len(plan.configurations)} configuration(s) -> {files.results}"
@@ -178,7 +179,7 @@ def run_benchmark(
                       f"`--resume --out {files.results}` continues")
         raise typer.Exit(EXIT_INTERRUPTED)
     except (PipeError, RuntimeError, OSError) as exc:
-        fail(f"{exc} (records so far are in {files.records}; --resume continues)", code=1)
+        fail(f"{exc} (records so far are in {files.records}; --resume continues)", code=1, prog=BENCHMARK)
     for line in summary_lines(results):
         console.print(line, markup=False, highlight=False)
     if results.impact:
@@ -191,7 +192,8 @@ def run_benchmark(
 
 # ------------------------------------------------------------------------------------------------ compare
 
-compare_app = typer.Typer(add_completion=False)
+COMPARE = "compare_benchmarks.py"
+compare_app = cli_app()
 
 
 @compare_app.command()
@@ -213,10 +215,11 @@ def compare_benchmarks(
     try:
         first, second = load_results(a), load_results(b)
     except ContractError as exc:
-        fail(str(exc))
+        fail(str(exc), prog=COMPARE)
     comparison = compare(first, second)
     if not comparison.comparable and not force:
-        fail(f"{a} and {b} are not comparable: {'; '.join(comparison.reasons)} (--force compares them anyway)")
+        fail(f"{a} and {b} are not comparable: {'; '.join(comparison.reasons)} (--force compares them anyway)",
+             prog=COMPARE)
     if as_json:
         print(json.dumps(comparison.to_dict(), indent=2))
     else:
