@@ -68,11 +68,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", help="registry model name (repeatable; default smollm2-135m)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="model cache (default: MIMO_CACHE_DIR)")
+    parser.add_argument("--out", type=Path, default=None, help="also write the JSON to this file")
     args = parser.parse_args()
     torch.set_num_threads(2)
     cache_dir = args.cache_dir or load_settings().cache_dir
     report = [compare(name, cache_dir) for name in args.model or ["smollm2-135m"]]
-    print(json.dumps(report, indent=2))
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
     return 0 if all(p["within_tolerance"] and p["argmax_agreement"] == 1.0 for r in report for p in r["prompts"].values()) else 1
 
 
