@@ -11,7 +11,6 @@ from precision_router.formats import BLOCK, Packed, quantize
 from precision_router.policy import native_format
 
 from mimo_engine.model import LayerWeights, ModelConfig, ModelWeights, Weight
-from mimo_engine.xp import xp
 
 # llama GGUFs store q and k rows permuted so that rope rotates adjacent pairs; qwen2 keeps the HF order (halves)
 ROPE_STYLES = {"llama": "interleaved", "qwen2": "neox"}
@@ -91,7 +90,7 @@ def load_weights(reader: GGUFReader, config: ModelConfig, held: dict[str, set[st
 
     def vector(name: str) -> Any:  # a copy, so that nothing keeps the file's memory map alive
         t = tensors[name]
-        return xp.array(np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32))
+        return np.array(np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32))
 
     def native(*names: str) -> str:  # one format per group and layer: the widest its tensors need
         return native_format([tensors[n].tensor_type.name for n in names])
@@ -102,7 +101,7 @@ def load_weights(reader: GGUFReader, config: ModelConfig, held: dict[str, set[st
             rows = stack([packed_rows(tensors[n], fmt) for n in names])  # [out, in]
             # BLAS streams a matrix fastest along its longer side (measured: ~25 vs ~18 GB/s for ffn_down at batch
             # 1 and 8), so keep GGUF's [out, in] rows under the [in, out] view when the input side is the longer one
-            stored[fmt] = (xp.asarray(rows.T if rows.shape[1] > rows.shape[0] else np.ascontiguousarray(rows.T))
+            stored[fmt] = (np.asarray(rows.T if rows.shape[1] > rows.shape[0] else np.ascontiguousarray(rows.T))
                            if fmt == "f32" else rows)
         return stored
 
@@ -119,7 +118,7 @@ def load_weights(reader: GGUFReader, config: ModelConfig, held: dict[str, set[st
             LayerWeights(
                 attn_norm=vector(p + "attn_norm.weight"),
                 wqkv=weight("attn", attn, *qkv),
-                bqkv=xp.concatenate([vector(p + f"attn_{x}.bias") for x in "qkv"]) if has_bias else None,
+                bqkv=np.concatenate([vector(p + f"attn_{x}.bias") for x in "qkv"]) if has_bias else None,
                 wo=weight("attn", attn, p + "attn_output.weight"),
                 ffn_norm=vector(p + "ffn_norm.weight"),
                 w_gate_up=weight("mlp", mlp, *gate_up),

@@ -18,9 +18,8 @@ import numpy as np
 from precision_router.formats import Packed, dequantize
 from precision_router.kernels import matmul
 
-from mimo_engine.xp import xp
 
-Array = Any  # an xp.ndarray (numpy or CuPy)
+Array = np.ndarray
 # attend(layer, q [N, H, hd], k [N, Hkv, hd], v [N, Hkv, hd]) -> [N, H hd]: stores the rows' new keys and values in
 # the KV cache and returns each row's attention over its own sequence's positions up to its own
 Attend = Callable[[int, Array, Array, Array], Array]
@@ -102,7 +101,7 @@ def routed(x: Array, weight: Weight, route: Route, group: str, routes: Routes) -
         if rows is None:
             out = part
         else:
-            out = xp.empty((x.shape[0], part.shape[1]), dtype=part.dtype) if out is None else out  # [N, out]
+            out = np.empty((x.shape[0], part.shape[1]), dtype=part.dtype) if out is None else out  # [N, out]
             out[rows] = part
         seen = routes.read.setdefault((group, stored_format(w)), [0, 0])
         seen[0] += w.nbytes
@@ -117,19 +116,19 @@ def embed(table: Array | Packed, tokens: Array) -> Array:
     ids = np.asarray(tokens)
     rows = Packed(table.fmt, (len(ids), table.shape[1]), table.codes[ids],
                   None if table.scales is None else table.scales[ids])
-    return xp.asarray(dequantize(rows))  # [N, d]
+    return np.asarray(dequantize(rows))  # [N, d]
 
 
 def rms_norm(x: Array, g: Array, eps: float) -> Array:
     """Root-mean-square normalisation with gain `g`."""
-    ms = xp.square(x).sum(axis=-1, keepdims=True) / x.shape[-1]  # [N, 1]; .sum, not xp.mean: less Python per call
-    return x / xp.sqrt(ms + eps) * g  # [N, d]
+    ms = np.square(x).sum(axis=-1, keepdims=True) / x.shape[-1]  # [N, 1]; .sum, not np.mean: less Python per call
+    return x / np.sqrt(ms + eps) * g  # [N, d]
 
 
 def silu(x: Array) -> Array:
     """x * sigmoid(x). Written with exp, which numpy computes ~2x faster than tanh; below x = -88, exp(-x) overflows
     to inf and the result is the correct limit, -0."""
-    return x / (1.0 + xp.exp(-x))  # [N, ff]
+    return x / (1.0 + np.exp(-x))  # [N, ff]
 
 
 @dataclass(frozen=True)
@@ -145,19 +144,19 @@ def rope_tables(positions: Array, config: ModelConfig) -> Rope:
     """The rotary tables of `positions` ([N]) in the model's pair layout."""
     hd = config.head_dim
     # float64 for the angle itself: position * frequency loses digits in float32 at long context; the table is tiny
-    inv_freq = config.rope_theta ** (-xp.arange(0, hd, 2, dtype=xp.float64) / hd)  # [hd/2]
-    angles = positions.astype(xp.float64)[:, None, None] * inv_freq  # [N, 1, hd/2]
-    cos, sin = xp.cos(angles).astype(xp.float32), xp.sin(angles).astype(xp.float32)  # [N, 1, hd/2] each
+    inv_freq = config.rope_theta ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)  # [hd/2]
+    angles = positions.astype(np.float64)[:, None, None] * inv_freq  # [N, 1, hd/2]
+    cos, sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)  # [N, 1, hd/2] each
     if config.rope_style == "neox":  # pairs (i, i + hd/2)
         return Rope(
-            cos=xp.concatenate([cos, cos], axis=-1),  # [N, 1, hd]
-            sin=xp.concatenate([-sin, sin], axis=-1),  # [N, 1, hd]
-            rotate=xp.concatenate([xp.arange(hd // 2, hd), xp.arange(hd // 2)]),  # [hd]
+            cos=np.concatenate([cos, cos], axis=-1),  # [N, 1, hd]
+            sin=np.concatenate([-sin, sin], axis=-1),  # [N, 1, hd]
+            rotate=np.concatenate([np.arange(hd // 2, hd), np.arange(hd // 2)]),  # [hd]
         )
     return Rope(  # interleaved pairs (2i, 2i + 1)
-        cos=xp.repeat(cos, 2, axis=-1),  # [N, 1, hd]
-        sin=xp.stack([-sin, sin], axis=-1).reshape(*sin.shape[:2], hd),  # [N, 1, hd]
-        rotate=xp.arange(hd) ^ 1,  # [hd]
+        cos=np.repeat(cos, 2, axis=-1),  # [N, 1, hd]
+        sin=np.stack([-sin, sin], axis=-1).reshape(*sin.shape[:2], hd),  # [N, 1, hd]
+        rotate=np.arange(hd) ^ 1,  # [hd]
     )
 
 
@@ -176,9 +175,9 @@ def attention(q: Array, k: Array, v: Array) -> Array:
     # than the matrix product of a kv head's whole query group (measured), and k^T is a transposed view, not a copy
     scores = q @ k.transpose(0, 2, 1)[:, None]  # [Hkv, g, T, S]
     if T > 1:
-        scores += xp.triu(xp.full((T, S), -xp.inf, dtype=xp.float32), k=S - T + 1)  # query t sees keys <= S-T+t
+        scores += np.triu(np.full((T, S), -np.inf, dtype=np.float32), k=S - T + 1)  # query t sees keys <= S-T+t
     scores -= scores.max(axis=-1, keepdims=True)  # [Hkv, g, T, S]
-    xp.exp(scores, out=scores)  # [Hkv, g, T, S]
+    np.exp(scores, out=scores)  # [Hkv, g, T, S]
     scores /= scores.sum(axis=-1, keepdims=True)  # [Hkv, g, T, S]: softmax over the keys
     out = scores @ v[:, None]  # [Hkv, g, T, hd]
     return out.transpose(2, 0, 1, 3).reshape(T, n_head * hd)  # [T, H hd]

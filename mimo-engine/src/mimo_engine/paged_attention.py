@@ -5,7 +5,7 @@ through `paged_attention_rows`, a numba kernel that walks its slots in the pool 
 nothing is gathered: measured on smollm2's shapes (9 heads, 3 kv heads, head_dim 64) with 8 sequences of 150
 positions, 77 us a layer against 128 us for numpy's per-sequence products on contiguous caches and 274 us when the
 keys must first be gathered. A prefill chunk (many rows) gathers its sequence's keys once and uses BLAS products,
-which a scalar kernel cannot match at hundreds of rows. Under CuPy every sequence takes the gathered path.
+which a scalar kernel cannot match at hundreds of rows.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from tiered_kv_cache import KVPool
 
 from mimo_engine.model import attention
 from mimo_engine.step import StepBatch
-from mimo_engine.xp import xp
 
 KERNEL_MAX_ROWS = 16  # rows of one sequence up to which the kernel is used: a decode token or a drafted block
 
@@ -75,7 +74,7 @@ class PagedAttention:
         kernel_rows, row_slots, row_len, row_start = [], [], [], []
         offset = 0  # where the current sequence's slots start in the concatenated row_slots
         for s, first in zip(batch.sequences, starts):
-            if xp is not np or s.num_tokens > KERNEL_MAX_ROWS:
+            if s.num_tokens > KERNEL_MAX_ROWS:
                 self.gathered.append((slice(first, first + s.num_tokens), s.block_table, s.end_position))
                 continue
             row_slots.append(pool.slots(s.block_table, 0, s.end_position))  # this sequence's slots, all rows share them
@@ -91,7 +90,7 @@ class PagedAttention:
     def __call__(self, layer: int, q: Any, k: Any, v: Any) -> Any:
         """Attention output [N, H hd] of the step's rows in `layer`, after storing their keys and values."""
         self.pool.write(layer, self.write_slots, k, v)
-        heads = xp.empty((q.shape[0], q.shape[1] * q.shape[2]), dtype=q.dtype)  # [N, H hd]
+        heads = np.empty((q.shape[0], q.shape[1] * q.shape[2]), dtype=q.dtype)  # [N, H hd]
         rows, row_slots, row_start, row_len = self.kernel
         if len(rows):
             # q is a strided view of the fused qkv product; numba compiles a contiguous q to code ~3x faster

@@ -29,7 +29,6 @@ from mimo_engine.pull import ensure_model
 from mimo_engine.registry import MODELS
 from mimo_engine.step import ScheduledSequence, StepBatch, WeightPlan
 from mimo_engine.tokenizer import Tokenizer
-from mimo_engine.xp import to_numpy, xp
 
 BLOCK_SIZE = 16  # tokens per KV block
 DEFAULT_POLICIES = ("native", "q8_0", "mxfp4", "experts-mxfp4", "entropy")  # hold native and MXFP4 forms
@@ -179,7 +178,7 @@ class LoadedModel:
     def new_pool(self, num_blocks: int) -> KVPool:
         """A KV pool of `num_blocks` blocks shaped for this model."""
         c = self.config
-        return KVPool(c.n_layer, c.n_kv_head, c.head_dim, num_blocks, BLOCK_SIZE, xp.float32, xp)
+        return KVPool(c.n_layer, c.n_kv_head, c.head_dim, num_blocks, BLOCK_SIZE, np.float32)
 
     def routes(self, batch: StepBatch) -> Routes:
         """Which rows of the step read which form of each layer group: sequences whose plans pick the same format
@@ -198,7 +197,7 @@ class LoadedModel:
                 chosen.setdefault(fmt, []).append(r)
             if len(chosen) == 1:
                 return ((formats[0], None),)
-            return tuple((fmt, xp.asarray(np.concatenate(parts))) for fmt, parts in chosen.items())
+            return tuple((fmt, np.asarray(np.concatenate(parts))) for fmt, parts in chosen.items())
 
         n = self.config.n_layer
         return Routes([route([p.attn[i] for p in plans], token_rows) for i in range(n)],
@@ -211,12 +210,12 @@ class LoadedModel:
         the weight formats of its plan; `read`, if given, gets what the products read: (group, format) -> [bytes,
         product calls]."""
         routes = self.routes(batch)
-        tokens = xp.asarray([t for s in batch.sequences for t in s.token_ids])  # [N]
-        positions = xp.concatenate([xp.arange(s.start_position, s.end_position) for s in batch.sequences])  # [N]
+        tokens = np.asarray([t for s in batch.sequences for t in s.token_ids])  # [N]
+        positions = np.concatenate([np.arange(s.start_position, s.end_position) for s in batch.sequences])  # [N]
         h = hidden_states(self.weights, self.config, tokens, positions, PagedAttention(batch, pool), routes)  # [N, d]
         starts = np.cumsum([0, *(s.num_tokens for s in batch.sequences)])
         wanted = [first + i for s, first in zip(batch.sequences, starts) for i in s.logit_indices]
-        out = to_numpy(logits(h[xp.asarray(wanted, dtype=xp.int64)], self.weights, routes))  # [num_logits, V]
+        out = logits(h[np.asarray(wanted, dtype=np.int64)], self.weights, routes)  # [num_logits, V]
         if read is not None:
             for key, (nbytes, calls) in routes.read.items():
                 total = read.setdefault(key, [0, 0])
