@@ -10,6 +10,7 @@ import openai
 import pytest
 
 from mimo_core.client import LLMClient, StopStream
+from mimo_core.extensions import MimoRequest, PrecisionRequest
 from mimo_core.settings import Settings
 
 KEY = "sk-test-never-printed"
@@ -174,7 +175,8 @@ def test_mimo_extension_goes_only_where_it_is_understood(server):
     async def go(**overrides):
         client = _client(server, **overrides)
         try:
-            return await client.chat([{"role": "user", "content": "x"}], mimo={"precision": {"policy": "p"}})
+            return await client.chat([{"role": "user", "content": "x"}],
+                                     mimo=MimoRequest(precision=PrecisionRequest("p")))
         finally:
             await client.close()
 

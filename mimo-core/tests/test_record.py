@@ -5,6 +5,7 @@ import pytest
 
 from mimo_core.contract import ContractError
 from mimo_core.record import RecordError, TaskRecord, TraceEntry, read_records, write_record
+from mimo_core.served import FIGURES, Served
 
 BASE = {"schema": "mimo.task/1", "id": "math-0003", "domain": "math", "task": "What is 12 * 8?"}
 
@@ -17,7 +18,9 @@ def test_round_trip_keeps_every_field_including_unknown_ones():
         config={"disabled": ["spec-reasoner"], "seed": 7},
         reasoning={"answer": "96", "custom": [1, 2]},
         trace=[{"stage": "a", "status": "ok", "started_at": 1.0, "ended_at": 2.5, "wall_s": 1.5, "calls": 1,
-                "prompt_tokens": 10, "completion_tokens": 3, "provenance": {"backend": "embedded", "models": ["m"]}}],
+                "prompt_tokens": 10, "completion_tokens": 3, "provenance": {"backend": "embedded", "models": ["m"]},
+                "served": Served(calls=1, prompt_tokens=10, completion_tokens=3, cached_tokens=8,
+                                 reported={**dict.fromkeys(FIGURES, False), "cached_tokens": True}).to_dict()}],
         error=None,
         my_tool={"anything": ["goes", {"nested": True}]},
     )

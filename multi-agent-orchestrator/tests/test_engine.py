@@ -45,7 +45,7 @@ def test_agents_overlap_in_time(engine_settings):
         client = LLMClient(engine_settings)
         arrivals = []
         try:
-            await asyncio.gather(*(stream_chat(client, _params(engine_settings, 12, seed),
+            await asyncio.gather(*(stream_chat(StageContext(engine_settings, lambda: client), _params(engine_settings, 12, seed),
                                                lambda chunk, s=seed: arrivals.append(s)) for seed in (1, 2)))
         finally:
             await client.close()
@@ -69,7 +69,8 @@ def test_a_stopped_stream_stops_generating_and_frees_its_slot(engine_settings):
                 raise StopStream
 
         try:
-            result = await stream_chat(client, _params(engine_settings, 400), on_token)
+            result = await stream_chat(StageContext(engine_settings, lambda: client), _params(engine_settings, 400),
+                                       on_token)
         finally:
             await client.close()
         return result, seen

@@ -14,7 +14,7 @@ from multi_agent_orchestrator.stream import Chunk
 def test_without_logprobs_the_vote_is_unweighted_and_says_so(monkeypatch):
     answers = iter(["The answer is 7.", "The answer is 7.", "The answer is 9."])
 
-    async def no_logprobs(client, params, on_token):
+    async def no_logprobs(ctx, params, on_token):
         text = next(answers)
         on_token(Chunk(0, text))
         return Completion([text], ["stop"], params["model"], Usage(1, 10, 5), 0.01, logprobs=None)
@@ -34,7 +34,7 @@ def test_a_stream_the_server_cut_off_is_a_failed_agent_not_an_empty_vote(monkeyp
     # llama-cpp-python ends a running stream when another request arrives: no text, no finish reason.
     replies = iter([("", None), ("The answer is 7.", "stop"), ("The answer is 7.", "stop")])
 
-    async def interrupting(client, params, on_token):
+    async def interrupting(ctx, params, on_token):
         text, finish = next(replies)
         if text:
             on_token(Chunk(0, text))

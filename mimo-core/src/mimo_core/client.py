@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import openai
 
+from .extensions import MimoRequest
 from .settings import Settings
 
 EMBEDDED_API_KEY = "embedded-engine"  # the local engine checks no key; the openai client insists on one
@@ -16,19 +17,13 @@ EMBEDDED_API_KEY = "embedded-engine"  # the local engine checks no key; the open
 
 @dataclass
 class Usage:
-    """Calls and tokens, summed over a record's requests."""
+    """One call's usage as the server reported it; `cached_tokens` is None where it gave no
+    `prompt_tokens_details.cached_tokens`."""
 
     calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
-
-    def add(self, other: "Usage") -> None:
-        self.calls += other.calls
-        self.prompt_tokens += other.prompt_tokens
-        self.completion_tokens += other.completion_tokens
-
-    def to_dict(self) -> dict[str, int]:
-        return {"calls": self.calls, "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
+    cached_tokens: int | None = None
 
 
 @dataclass
@@ -78,7 +73,10 @@ class StreamChunk:
 def _usage(raw: Any) -> Usage:
     if raw is None:
         return Usage(calls=1)
-    return Usage(calls=1, prompt_tokens=raw.prompt_tokens or 0, completion_tokens=raw.completion_tokens or 0)
+    details = getattr(raw, "prompt_tokens_details", None)
+    cached = getattr(details, "cached_tokens", None) if details is not None else None
+    return Usage(calls=1, prompt_tokens=raw.prompt_tokens or 0, completion_tokens=raw.completion_tokens or 0,
+                 cached_tokens=cached if isinstance(cached, int) else None)
 
 
 def _engine_report(response: Any) -> dict[str, Any] | None:
@@ -140,8 +138,10 @@ class LLMClient:
                     await old.close()
             return self._client
 
-    def _extra_body(self, mimo: dict[str, Any] | None) -> dict[str, Any] | None:
-        return {"mimo": mimo} if mimo is not None and self.settings.send_extensions else None
+    def _extra_body(self, mimo: MimoRequest | None) -> dict[str, Any] | None:
+        if mimo is None or not self.settings.send_extensions:
+            return None
+        return {"mimo": {key: value for key, value in mimo.to_dict().items() if value is not None}}
 
     async def _request(self, make_call: Callable[[openai.AsyncOpenAI], Any]) -> tuple[Any, float]:
         async with self._semaphore:
@@ -171,7 +171,7 @@ class LLMClient:
         max_tokens: int = 512,
         logprobs: bool = False,
         top_logprobs: int | None = None,
-        mimo: dict[str, Any] | None = None,
+        mimo: MimoRequest | None = None,
         on_text: Callable[[str], None] | None = None,
         on_chunk: Callable[[StreamChunk], None] | None = None,
     ) -> Completion:
@@ -261,7 +261,7 @@ class LLMClient:
         temperature: float = 0.0,
         seed: int | None = None,
         stop: list[str] | None = None,
-        mimo: dict[str, Any] | None = None,
+        mimo: MimoRequest | None = None,
     ) -> Completion:
         """A text completion (one choice per prompt when `prompt` is a list); the defaults (echo, no new tokens,
         logprobs) score `prompt` token by token."""

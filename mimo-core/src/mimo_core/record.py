@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any, Iterable, Iterator, Literal
 
 from .contract import Contract, ContractError
+from .served import Served
 
 SCHEMA = "mimo.task/1"
 DOMAINS = ("math", "coding", "triage", "general")
@@ -26,7 +27,8 @@ class TraceEntry(Contract):
     """One stage's pass over one record: when, how long, how many model calls and tokens, and where it ran.
 
     `provenance` says where the work happened (backend, endpoint, models, versions, machine), so that a report
-    made later, elsewhere, describes the run and not the machine that writes the report."""
+    made later, elsewhere, describes the run and not the machine that writes the report. `served` is the evidence
+    of the record's plan: what the stage's calls were actually served (`mimo_core.served`)."""
 
     stage: str
     status: TraceStatus
@@ -37,6 +39,7 @@ class TraceEntry(Contract):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     provenance: dict[str, Any] = field(default_factory=dict)
+    served: Served | None = None  # what the stage's calls got back; None when it made none
 
 
 @dataclass

@@ -12,10 +12,13 @@ from typing import IO, Any, Awaitable, Callable, Iterable
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from .client import Completion, LLMClient, Usage
+from .client import Completion, LLMClient, StreamChunk
 from .console import EXIT_BAD_INPUT, error_line
+from .extensions import MimoRequest
+from .plan import InferencePlan
 from .provenance import provenance
 from .record import RecordError, TaskRecord, TraceEntry, parse_record, write_record
+from .served import Served
 from .settings import Settings, load_settings
 
 REORDER_FACTOR = 4
@@ -23,11 +26,17 @@ REORDER_FACTOR = 4
 
 @dataclass
 class StageContext:
-    """What a stage function gets beside its record: settings, and a client that counts this record's usage."""
+    """What a stage function gets beside its record: settings, and the record's calls to the model.
+
+    Every call made through it runs under the record's inference plan (`mimo_core.plan`): the precision, cache and
+    speculation the components decided, sent as the typed `MimoRequest`, and on a remote server the deployment of
+    the chosen precision as the oracle's model. A stage that means one call to run otherwise says so with
+    `override`. What each call got back is summed in `served`, the evidence in the stage's trace entry."""
 
     settings: Settings
     _client_factory: Callable[[], LLMClient] = field(repr=False)
-    usage: Usage = field(default_factory=Usage)
+    record: TaskRecord | None = None
+    served: Served = field(default_factory=Served)
     models: set[str] = field(default_factory=set)  # the models that answered this record's calls
 
     @property
@@ -35,16 +44,38 @@ class StageContext:
         """The process-wide client (started on first use, so stages that never call a model never start one)."""
         return self._client_factory()
 
-    async def chat(self, messages: list[dict[str, Any]], **kwargs: Any):
-        """A chat completion whose calls and tokens count towards this record's trace entry."""
-        return self._count(await self.client.chat(messages, **kwargs))
+    @property
+    def plan(self) -> InferencePlan:
+        """The record's plan as its sections hold it now (a stage may have just written its part)."""
+        return InferencePlan.of(self.record) if self.record is not None else InferencePlan()
 
-    async def complete(self, prompt: str | list[str], **kwargs: Any):
-        """A text completion (e.g. echo with logprobs, to score text), counted like `chat`."""
-        return self._count(await self.client.complete(prompt, **kwargs))
+    def _planned(self, kwargs: dict[str, Any], override: MimoRequest | None) -> dict[str, Any]:
+        plan = self.plan
+        model = kwargs.get("model") or self.settings.oracle_model
+        if plan.deployment and model == self.settings.oracle_model:
+            model = plan.deployment  # a remote server serves this precision as another model
+        return {**kwargs, "model": model, "mimo": plan.request(override)}
+
+    async def chat(self, messages: list[dict[str, Any]], *, override: MimoRequest | None = None,
+                   on_chunk: Callable[[StreamChunk], None] | None = None, **kwargs: Any) -> Completion:
+        """A chat completion under the record's plan (streamed through `on_chunk` when given, see
+        `LLMClient.chat`); its calls, tokens and what it was served count towards this record's trace entry."""
+        return self._count(await self.client.chat(messages, on_chunk=on_chunk, **self._planned(kwargs, override)))
+
+    async def complete(self, prompt: str | list[str], *, override: MimoRequest | None = None,
+                       **kwargs: Any) -> Completion:
+        """A text completion (e.g. echo with logprobs, to score text) under the plan, counted like `chat`."""
+        return self._count(await self.client.complete(prompt, **self._planned(kwargs, override)))
+
+    def count_cancelled(self, completion_tokens: int) -> None:
+        """A call the stage cancelled before it returned: it counts, with the tokens that had arrived; the server's
+        figures never came, so it adds nothing to what was reported."""
+        self.served.calls += 1
+        self.served.completion_tokens += completion_tokens
 
     def _count(self, result: Completion) -> Completion:
-        self.usage.add(result.usage)
+        usage = result.usage
+        self.served.add(usage.calls, usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, result.engine)
         self.models.add(result.model)
         return result
 
@@ -90,10 +121,11 @@ async def process_record(
             started_at=started,
             ended_at=ended,
             wall_s=round(ended - started, 6),
-            calls=ctx.usage.calls,
-            prompt_tokens=ctx.usage.prompt_tokens,
-            completion_tokens=ctx.usage.completion_tokens,
+            calls=ctx.served.calls,
+            prompt_tokens=ctx.served.prompt_tokens,
+            completion_tokens=ctx.served.completion_tokens,
             provenance=provenance(stage, ctx.settings, ctx.models),
+            served=ctx.served if ctx.served.calls else None,
         )
     )
     return record
@@ -133,7 +165,7 @@ async def run_stage_async(
 
     async def process_in_slot(record: TaskRecord) -> TaskRecord:
         try:
-            ctx = StageContext(settings, client_factory)
+            ctx = StageContext(settings, client_factory, record)
             return await process_record(stage, record, process, ctx, component=component, baseline=baseline)
         finally:
             slots.release()

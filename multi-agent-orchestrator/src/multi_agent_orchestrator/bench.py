@@ -138,7 +138,7 @@ async def run_arm(record: TaskRecord, arm: Arm, options: Options, settings: Sett
         for t in orchestration.traces
     ]
     return ArmRun(str(record.id), arm.name, arm.agents, arm.early_stop, options, round(wall_s, 3),
-                  ctx.usage.completion_tokens, ctx.usage.prompt_tokens, consensus.to_dict(), traces)
+                  ctx.served.completion_tokens, ctx.served.prompt_tokens, consensus.to_dict(), traces)
 
 
 def read_runs(path: Path) -> list[ArmRun]:

@@ -97,7 +97,7 @@ class Orchestration:
 
     async def _request(self, traces: list[Trace], temperature: float, seed: int) -> None:
         try:
-            completion = await stream_chat(self.ctx.client, self._params(traces, temperature, seed),
+            completion = await stream_chat(self.ctx, self._params(traces, temperature, seed),
                                            lambda chunk: self._on_chunk(traces, chunk))
         except openai.BadRequestError as exc:
             retry = self._fallback(traces, exc)
@@ -108,11 +108,8 @@ class Orchestration:
                 self._start([trace], temperature, seed + trace.index)
             return await self._request(traces[:1], temperature, seed)
         except asyncio.CancelledError:
-            self.ctx.usage.calls += 1
-            self.ctx.usage.completion_tokens += sum(t.tokens for t in traces)
+            self.ctx.count_cancelled(sum(t.tokens for t in traces))
             raise
-        self.ctx.usage.add(completion.usage)
-        self.ctx.models.add(completion.model)
         if self.logprobs and completion.logprobs is None and any(completion.texts):
             self.logprobs = False
             self.notes.append("the backend returned no logprobs: the vote is unweighted")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from mimo_core.extensions import MimoRequest, PrecisionRequest
 from mimo_core.prompts import shared_prefix
 from mimo_core.record import TaskRecord
 from mimo_core.stage import StageContext
@@ -38,13 +39,13 @@ async def route(record: TaskRecord, ctx: StageContext) -> None:
         record.precision = {"policy": None, "backend": "unsupported", "reason": NOT_ON_REMOTE}
         return
     probe = await ctx.chat(shared_prefix(record), max_tokens=PROBE_TOKENS, logprobs=True, top_logprobs=TOP_LOGPROBS,
-                           mimo={"precision": {"policy": "native"}})
+                           override=MimoRequest(precision=PrecisionRequest("native")))
     entropy = probe_entropy(probe.logprobs[0] if probe.logprobs else [])
     name = choose_policy(record.domain, entropy)
     report = (probe.engine or {}).get("precision", {})
     # One token under the chosen policy: the engine says the thresholds it calibrated for this model (the prompt
     # runs native, so its blocks come from the probe's cache).
-    chosen = await ctx.chat(shared_prefix(record), max_tokens=1, mimo={"precision": {"policy": name}})
+    chosen = await ctx.chat(shared_prefix(record), max_tokens=1, override=MimoRequest(precision=PrecisionRequest(name)))
     record.precision = {
         "policy": name,
         "default_format": next(iter(report.get("tokens", {}).get("mlp", {"native": 0})), "native"),

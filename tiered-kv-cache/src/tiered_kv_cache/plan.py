@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from mimo_core.contract import Contract
+from mimo_core.extensions import CacheRequest, MimoRequest
 from mimo_core.prompts import shared_prefix
 from mimo_core.record import TaskRecord
 from mimo_core.stage import StageContext, run_stage
@@ -67,7 +68,7 @@ def warm_models(ctx: StageContext) -> list[str]:
 async def warm(ctx: StageContext, messages: list[dict[str, Any]], model: str) -> Warmed | None:
     """Prefill `messages` on `model` with a one-token chat request; None if the server sent no cache report."""
     completion = await ctx.chat(messages, model=model, max_tokens=1, temperature=0.0,
-                                mimo={"cache": {"enabled": True}})
+                                override=MimoRequest(cache=CacheRequest(True)))
     cache = (completion.engine or {}).get("cache")
     if not isinstance(cache, dict):
         return None
