@@ -17,12 +17,12 @@ import statistics
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mimo_core import daemon
-from mimo_core.client import LLMClient
+from mimo_core.client import Completion, LLMClient
 from mimo_core.contract import Contract
 from mimo_core.prompts import build_messages
 from mimo_core.record import TaskRecord
@@ -55,43 +55,47 @@ WARMUP_TOKENS = 4  # a prefill and decode steps: a fresh process loads its compi
 @dataclass
 class AgentRun(Contract):
     """One agent's request: prompt tokens, those served from cache (from disk among them) and those prefilled, and
-    time to first token."""
+    time to first token. A figure the engine did not report is None and named in `not_reported`, never 0."""
 
-    prompt_tokens: int
-    cached_tokens: int
-    prefilled_tokens: int
-    ttft_s: float
-    disk_hit_tokens: int = 0
+    prompt_tokens: int | None
+    cached_tokens: int | None
+    prefilled_tokens: int | None
+    ttft_s: float | None
+    disk_hit_tokens: int | None = None
+    not_reported: list[str] = field(default_factory=list)
 
 
 @dataclass
 class DiskRun(Contract):
-    """The same prompt in a second engine process: cold (reuse off) and served from the first one's disk blocks."""
+    """The same prompt in a second engine process: cold (reuse off) and served from the first one's disk blocks;
+    `not_reported` says, per missing figure, why it is missing."""
 
-    prompt_tokens: int
-    disk_hit_tokens: int
-    cold_ttft_s: float
-    disk_ttft_s: float
-    ttft_drop: float  # 1 - disk / cold
+    prompt_tokens: int | None
+    disk_hit_tokens: int | None
+    cold_ttft_s: float | None
+    disk_ttft_s: float | None
+    ttft_drop: float | None  # 1 - disk / cold
+    not_reported: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
 class KVBench(Contract):
     """Reuse on vs off for `agents` agents sharing one record's prefix (medians over `repeats`), and across two
-    engine processes through the disk tier."""
+    engine processes through the disk tier; `not_reported` says, per missing figure, why it is missing."""
 
     SCHEMA = "mimo.kv-bench/1"
 
     model: str
     agents: int
     repeats: int
-    shared_tokens: int  # prompt tokens every agent's prompt shares
-    shareable_tokens: int  # of those, in full blocks (only full blocks are cached)
+    shared_tokens: int | None  # prompt tokens every agent's prompt shares
+    shareable_tokens: int | None  # of those, in full blocks (only full blocks are cached)
     off: list[AgentRun]
     on: list[AgentRun]
-    prefill_saved: float  # of the shared prefix's prefill over all agents (off: agents x shared)
-    ttft_drop_later_agents: float  # 1 - median ttft on / off, agents 2..N
+    prefill_saved: float | None  # of the shared prefix's prefill over all agents (off: agents x shared)
+    ttft_drop_later_agents: float | None  # 1 - median ttft on / off, agents 2..N
     disk: DiskRun
+    not_reported: dict[str, str] = field(default_factory=dict)
 
 
 @contextmanager
@@ -116,13 +120,28 @@ def agent_messages(nonce: str, agent: int) -> list[dict[str, Any]]:
     return build_messages(record, {"role": "user", "content": AGENT_INSTRUCTIONS[agent % len(AGENT_INSTRUCTIONS)]})
 
 
+# AgentRun's figures and where the engine's `mimo` report has each one
+REPORTED = {"cached_tokens": ("cache", "cached_tokens"), "prefilled_tokens": ("cache", "prefilled_tokens"),
+            "ttft_s": (None, "time_to_first_token_s"), "disk_hit_tokens": ("cache", "disk_hit_tokens")}
+
+
+def agent_run(done: Completion) -> AgentRun:
+    """The figures of one response as its server reported them; a figure it left out is None and named."""
+    report = done.engine or {}
+    figures: dict[str, Any] = {}
+    for name, (section, key) in REPORTED.items():
+        value = (report.get(section) or {}) if section else report
+        figures[name] = value.get(key)
+    # usage without prompt tokens reads as 0 (mimo_core's Usage); no chat prompt has 0 tokens, so 0 means unreported
+    figures["prompt_tokens"] = done.usage.prompt_tokens or None
+    missing = [name for name in ("prompt_tokens", *REPORTED) if figures[name] is None]
+    return AgentRun(**figures, not_reported=missing)
+
+
 async def ask(client: LLMClient, messages: list[dict[str, Any]], reuse: bool, max_tokens: int = 1) -> AgentRun:
     """One request (for one token: time to first token is all it measures); the engine's figures for it."""
     done = await client.chat(messages, max_tokens=max_tokens, temperature=0.0, mimo={"cache": {"enabled": reuse}})
-    report = done.engine or {}
-    cache = report.get("cache", {})
-    return AgentRun(done.usage.prompt_tokens, cache.get("cached_tokens", 0), cache.get("prefilled_tokens", 0),
-                    report.get("time_to_first_token_s", 0.0), cache.get("disk_hit_tokens", 0))
+    return agent_run(done)
 
 
 async def agents_round(client: LLMClient, agents: int, reuse: bool) -> list[AgentRun]:
@@ -131,19 +150,32 @@ async def agents_round(client: LLMClient, agents: int, reuse: bool) -> list[Agen
     return [await ask(client, agent_messages(nonce, a), reuse) for a in range(agents)]
 
 
+FIGURES = ("prompt_tokens", "cached_tokens", "prefilled_tokens", "ttft_s", "disk_hit_tokens")
+
+
 def median_runs(rounds: list[list[AgentRun]]) -> list[AgentRun]:
-    """Per agent, the median of each figure over the rounds."""
-    def median(runs: tuple[AgentRun, ...], name: str) -> float:
-        return statistics.median(getattr(r, name) for r in runs)
+    """Per agent, the median of each figure over the rounds; a figure missing from any round has no median."""
+    def median(runs: tuple[AgentRun, ...], name: str) -> float | None:
+        values = [getattr(r, name) for r in runs]
+        return None if None in values else statistics.median(values)
 
-    return [AgentRun(int(median(runs, "prompt_tokens")), int(median(runs, "cached_tokens")),
-                     int(median(runs, "prefilled_tokens")), round(median(runs, "ttft_s"), 6),
-                     int(median(runs, "disk_hit_tokens")))
-            for runs in zip(*rounds)]
+    out = []
+    for runs in zip(*rounds):
+        medians = {name: median(runs, name) for name in FIGURES}
+        out.append(AgentRun(**{name: None if value is None else round(value, 6) if name == "ttft_s" else int(value)
+                               for name, value in medians.items()},
+                            not_reported=[name for name, value in medians.items() if value is None]))
+    return out
 
 
-def shared_tokens(settings: Settings, agents: int) -> int:
-    """Prompt tokens every agent's prompt shares, counted with the engine's tokenizer through echo scoring."""
+def ratio_drop(part: float | None, whole: float | None) -> float | None:
+    """1 - part / whole, rounded; None when either is missing or `whole` is 0 (no ratio to take)."""
+    return None if part is None or not whole else round(1 - part / whole, 4)
+
+
+def shared_tokens(settings: Settings, agents: int) -> int | None:
+    """Prompt tokens every agent's prompt shares, counted with the engine's tokenizer through echo scoring; None
+    when the engine gives no prompt tokens back."""
     async def tokens(messages: list[dict[str, Any]]) -> list[str]:
         client = LLMClient(settings)
         try:
@@ -154,6 +186,8 @@ def shared_tokens(settings: Settings, agents: int) -> int:
             await client.close()
 
     prompts = [asyncio.run(tokens(agent_messages("shared", a))) for a in range(agents)]
+    if not all(prompts):
+        return None
     common = 0
     while all(len(p) > common and p[common] == prompts[0][common] for p in prompts):
         common += 1
@@ -173,8 +207,18 @@ async def disk_runs(settings: Settings) -> DiskRun:
     served = await ask(client, agent_messages(nonce, 0), True)
     cold = await ask(client, agent_messages(cold_nonce, 0), False)
     await client.close()
-    drop = round(1 - served.ttft_s / cold.ttft_s, 4)
-    return DiskRun(served.prompt_tokens, served.disk_hit_tokens, cold.ttft_s, served.ttft_s, drop)
+    return disk_run(served, cold)
+
+
+def disk_run(served: AgentRun, cold: AgentRun) -> DiskRun:
+    """The disk tier's figures from the prompt served from disk and a cold one of the same length."""
+    missing = {f"served.{name}": "the engine did not report it" for name in served.not_reported}
+    missing |= {f"cold.{name}": "the engine did not report it" for name in cold.not_reported}
+    drop = ratio_drop(served.ttft_s, cold.ttft_s)
+    if drop is None:
+        missing["ttft_drop"] = ("needs both times to first token, and a cold one above 0 "
+                                f"(served {served.ttft_s}, cold {cold.ttft_s})")
+    return DiskRun(served.prompt_tokens, served.disk_hit_tokens, cold.ttft_s, served.ttft_s, drop, missing)
 
 
 def run_bench(model: str, agents: int = 8, repeats: int = 3) -> KVBench:
@@ -196,10 +240,32 @@ def run_bench(model: str, agents: int = 8, repeats: int = 3) -> KVBench:
         off_rounds, on_rounds = asyncio.run(rounds())
         shared = shared_tokens(settings, agents)
         disk = asyncio.run(disk_runs(settings))
+    return summarize(model, agents, repeats, shared, off_rounds, on_rounds, disk)
+
+
+def summarize(model: str, agents: int, repeats: int, shared: int | None, off_rounds: list[list[AgentRun]],
+              on_rounds: list[list[AgentRun]], disk: DiskRun) -> KVBench:
+    """The bench's figures from its rounds: medians per agent, the prefill saved and the time to first token
+    dropped; a figure that needs one the engine did not report is None, with the reason in `not_reported`."""
     off, on = median_runs(off_rounds), median_runs(on_rounds)
-    shareable = shared // 16 * 16
-    saved = sum(r.cached_tokens for r in on) / (agents * shared)
-    later_off = statistics.median(r.ttft_s for r in off[1:])
-    later_on = statistics.median(r.ttft_s for r in on[1:])
-    return KVBench(model, agents, repeats, shared, shareable, off, on, round(saved, 4),
-                   round(1 - later_on / later_off, 4), disk)
+    missing: dict[str, str] = {}
+    for setting, runs in (("off", off), ("on", on)):
+        for name in FIGURES:
+            lacking = [str(agent) for agent, run in enumerate(runs, start=1) if name in run.not_reported]
+            if lacking:
+                missing[f"{setting}.{name}"] = f"not reported in every round for agents {', '.join(lacking)}"
+    if shared is None:
+        missing["shared_tokens"] = "the engine gave no prompt tokens back when asked to echo the prompts"
+    cached = [r.cached_tokens for r in on]
+    saved = None if None in cached or not shared else round(sum(cached) / (agents * shared), 4)
+    if saved is None:
+        missing["prefill_saved"] = "needs the shared tokens and every agent's cached tokens with reuse on"
+    later_off, later_on = [r.ttft_s for r in off[1:]], [r.ttft_s for r in on[1:]]
+    drop = None
+    if None not in later_off and None not in later_on:
+        drop = ratio_drop(statistics.median(later_on), statistics.median(later_off))
+    if drop is None:
+        missing["ttft_drop_later_agents"] = "needs the time to first token of agents 2..N, on and off, above 0"
+    missing |= {f"disk.{name}": why for name, why in disk.not_reported.items()}
+    shareable = None if shared is None else shared // 16 * 16
+    return KVBench(model, agents, repeats, shared, shareable, off, on, saved, drop, disk, missing)
