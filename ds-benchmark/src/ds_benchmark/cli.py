@@ -65,9 +65,12 @@ def score(
 
     A one-line summary (records, correct, wrong, not run, errors) goes to stderr at the end.
 
-    Exit codes: 0 done; 2 bad input; 3 no sandbox works here, so coding records were not run.
+    Only a checked answer is right or wrong. A record that could not be checked (a stage's error left it no answer,
+    its reference is unusable, no sandbox) gets `verdict.correct: null`, scores 0 and counts as an error; one with
+    no reference is not scored. `verdict.unchecked` says which.
 
-    Records not run carry `verdict.correct: null` and an `error`; the other domains are still scored."""
+    Exit codes: 0 done (errors are counted in the summary); 2 a line that is not a record; 3 no sandbox works here,
+    so coding records were not run (the other domains are still scored)."""
     try:
         source = open(file, encoding="utf-8") if file else sys.stdin
     except OSError as exc:

@@ -14,7 +14,7 @@ from mimo_core.record import SECTIONS, TaskRecord
 from .compare import component_impact
 from .results import Configuration, Outcome, Results
 from .score import figures, is_confident, percentiles, record_score
-from .verify import STAGE, Verdict
+from .verify import NO_REFERENCE, STAGE, Verdict
 
 
 def wall_time(records: Iterable[TaskRecord]) -> float | None:
@@ -35,14 +35,17 @@ def wall_time(records: Iterable[TaskRecord]) -> float | None:
 
 def outcome(record: TaskRecord, formula: str) -> Outcome:
     """The record's outcome, read from its verdict and never re-scored here (scoring runs a model's code, and this
-    only reads). A record with no verdict, or whose answer could not be checked (`correct: null`), is an error that
-    scores 0: it is neither right nor a wrong answer."""
-    error = record.error
+    only reads). A record with no verdict, or whose answer was not checked (`correct: null`), scores 0 and is an
+    error, neither right nor a wrong answer; one with no reference is not scored, and not an error either."""
+    error, unchecked = record.error, None
     if record.verdict:
         v = Verdict.from_dict(record.verdict, f"record {record.id!r}: verdict")
         correct, confidence, detail = v.correct, v.confidence, v.detail
         if correct is None:
-            error = error or f"not checked: {detail}"
+            # Verdicts written before `unchecked` existed said "no reference" only in their detail.
+            unchecked = v.unchecked or ("no_reference" if v.detail == NO_REFERENCE else None)
+            if unchecked != "no_reference":
+                error = error or f"not checked: {detail}"
     else:
         correct, confidence, detail = None, None, ""
         error = "not scored: run `ds-benchmark score` on the records first"
@@ -59,6 +62,7 @@ def outcome(record: TaskRecord, formula: str) -> Outcome:
         completion_tokens=sum(e.completion_tokens for e in record.trace),
         error=error,
         detail=detail,
+        unchecked=unchecked,
     )
 
 
@@ -157,7 +161,8 @@ def build_results(records: list[TaskRecord], wall_s: float | None = None, formul
 def summary_lines(results: Results) -> list[str]:
     """One line per configuration for a person (records, correct, wrong, not run, errors, D/s), then one per
     component of an ablation's impact table."""
-    lines = [f"{c.name}: {f.n} records, {f.correct} correct, {f.wrong} wrong, {f.not_run} not run, {f.errors} errors; "
-             f"D/s {f.ds:g} over {f.wall_s:g} s" for c in results.configurations for f in [c.figures]]
+    lines = [f"{c.name}: {f.n} records, {f.correct} correct, {f.wrong} wrong, {f.not_run} not run, {f.errors} errors"
+             + (f", {f.unscored} with no reference (not scored)" if f.unscored else "")
+             + f"; D/s {f.ds:g} over {f.wall_s:g} s" for c in results.configurations for f in [c.figures]]
     return lines + [f"impact of {r.component}: D/s drop {r.ds_drop:g} (95% CI {r.ds_drop_ci95}) when switched off"
                     for r in results.impact]

@@ -27,6 +27,7 @@ class Outcome(Contract):
     completion_tokens: int
     error: str | None
     detail: str
+    unchecked: str | None = None  # the verdict's reason for `correct: null` (no_reference, stage_error, ...)
 
 
 @dataclass
@@ -36,7 +37,7 @@ class Figures(Contract):
     n: int
     correct: int
     wrong: int  # verdicts of wrong; records that could not be checked are `not_run` and errors, never wrong
-    not_run: int
+    not_run: int  # not checked, and so errors: never scored, a stage's error, a reference unusable, no sandbox
     accuracy: float | None
     accuracy_ci95: list[float] | None
     weighted_accuracy: float | None
@@ -49,6 +50,7 @@ class Figures(Contract):
     tokens_per_s: float  # completion tokens per wall-clock second: the speed the pipeline is built for
     latency_s: dict[str, float | None]
     wall_s: float
+    unscored: int = 0  # records with no reference: not scored by design, neither wrong nor an error
 
 
 @dataclass

@@ -65,7 +65,7 @@ def figures(outcomes: list[Outcome], wall_s: float, seed: int = 0) -> Figures:
         n=n,
         correct=int(correct.sum()),
         wrong=sum(o.correct is False for o in outcomes),
-        not_run=sum(o.correct is None for o in outcomes),
+        not_run=sum(o.correct is None and o.unchecked != "no_reference" for o in outcomes),
         accuracy=round(float(correct.mean()), 6) if n else None,
         accuracy_ci95=bootstrap_ci(table, lambda t: t[..., 2].mean(axis=-1), seed),
         weighted_accuracy=round(float((difficulty * correct).sum() / weight), 6) if weight > 0 else None,
@@ -78,4 +78,5 @@ def figures(outcomes: list[Outcome], wall_s: float, seed: int = 0) -> Figures:
         tokens_per_s=round(completion / wall_s, 6),
         latency_s=percentiles(o.latency_s for o in outcomes),
         wall_s=round(wall_s, 6),
+        unscored=sum(o.unchecked == "no_reference" for o in outcomes),
     )

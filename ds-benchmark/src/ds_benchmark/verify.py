@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any
+from typing import Any, Literal
 
 from mimo_core.answers import canonical_number, extract_answer, extract_code, extract_esi, extract_number
 from mimo_core.contract import Contract
@@ -91,6 +91,13 @@ VERIFIERS: dict[str, Callable[[str, dict], Check]] = {
 
 
 NO_REFERENCE = "not scored: the record has no reference"
+# Why a verdict has `correct: null`. Only the last two are the scorer's own failures (its trace entry says error).
+Unchecked = Literal["no_reference", "stage_error", "bad_reference", "no_sandbox"]
+SCORER_FAILURES = ("bad_reference", "no_sandbox")
+
+
+class BadReference(ValueError):
+    """The record's reference cannot be used to check an answer: the benchmark's error, never the model's."""
 
 
 @dataclass
@@ -99,39 +106,42 @@ class Verdict(Contract):
 
     EXTRA = "keep"
 
-    correct: bool | None  # None: the answer could not be checked (no sandbox); it scores 0 and is an error
+    correct: bool | None  # None: not checked, for the reason in `unchecked`; it scores 0 and is never wrong
     confidence: float | None
     difficulty: float
     score: float
     overconfident_wrong: bool
     detail: str
+    unchecked: Unchecked | None = None  # None when the answer was checked (or for verdicts written before this field)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 def verdict(record: TaskRecord, formula: str = "design") -> Verdict:
     """The record's verdict: correct, confidence, difficulty, score, overconfident_wrong, detail (and checker extras).
 
-    A record with no answer is scored wrong, with the reason in `detail`. A record with no reference (a user's own
-    task) is not scored, and a coding answer that cannot be run because no sandbox works here is neither right nor
-    wrong: both have `correct` None and score 0, and `detail` says which."""
+    Only a checked answer is right or wrong; a record with no answer and no error is wrong (the model gave nothing).
+    `correct` is None, the score 0 and `unchecked` says why, when: the record has no reference (a user's own task:
+    not scored); it has no answer because a stage failed (its `error`); the reference cannot be used (a verifier's
+    ValueError, TypeError or ZeroDivisionError: the benchmark's error); or no sandbox works here to run code."""
     confidence = record.consensus.get("confidence")
     confidence = float(confidence) if isinstance(confidence, (int, float)) else None
     answer = record.answer
     extra: dict[str, Any] = {}
-    correct: bool | None
-    if answer is None or not str(answer).strip():
+    correct: bool | None = None
+    unchecked: Unchecked | None = None
+    if not record.reference:
+        unchecked, detail = "no_reference", NO_REFERENCE
+    elif (answer is None or not str(answer).strip()) and record.error:
+        unchecked, detail = "stage_error", f"not checked: no answer, because a stage failed ({record.error})"
+    elif answer is None or not str(answer).strip():
         correct, detail = False, "no answer (consensus.answer is missing)"
-        if record.error:
-            detail += f"; the record's error: {record.error}"
-    elif not record.reference:
-        correct, detail = None, NO_REFERENCE
     else:
         try:
             correct, detail, extra = VERIFIERS[record.domain](str(answer), record.reference)
         except (ValueError, TypeError, ZeroDivisionError) as exc:
-            correct, detail = False, f"cannot check: {exc}"
+            unchecked, detail = "bad_reference", f"cannot check: {exc}"
         except SandboxUnavailable as exc:
-            correct, detail, extra = None, f"not run: {exc}", {"isolation": None}
+            unchecked, detail, extra = "no_sandbox", f"not run: {exc}", {"isolation": None}
     return Verdict(
         correct=correct,
         confidence=confidence,
@@ -139,16 +149,21 @@ def verdict(record: TaskRecord, formula: str = "design") -> Verdict:
         score=0.0 if correct is None else record_score(correct, confidence, formula),
         overconfident_wrong=correct is False and is_confident(confidence),
         detail=detail,
+        unchecked=unchecked,
         extra=extra,
     )
 
 
 def score_record(record: TaskRecord, ctx: object = None) -> None:
-    """The `score` stage's work on one record: write its verdict. A verdict of not run (`correct: null`) also raises
-    SandboxUnavailable, so that the stage sets the record's `error` and marks its trace entry as an error."""
+    """The `score` stage's work on one record: write its verdict. When the scorer itself failed (a reference it
+    cannot use, no sandbox) it also raises, BadReference or SandboxUnavailable, so that the stage sets the record's
+    `error` and marks its trace entry as an error. A record with no reference, or with a stage's error, is not the
+    scorer's failure: its trace entry is ok and its `error` stays as it was."""
     checked = verdict(record)
     record.verdict = checked.to_dict()
-    if checked.correct is None and checked.detail != NO_REFERENCE:
+    if checked.unchecked == "bad_reference":
+        raise BadReference(checked.detail)
+    if checked.unchecked == "no_sandbox":
         raise SandboxUnavailable(checked.detail)
 
 
@@ -166,17 +181,17 @@ class Tally:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def count(self, record: TaskRecord) -> None:
-        """Count one scored record."""
-        correct = record.verdict.get("correct")
+        """Count one scored record: right, wrong, not checked (an error), or not scored (no reference)."""
+        correct, unchecked = record.verdict.get("correct"), record.verdict.get("unchecked")
         with self._lock:
             self.records += 1
             self.correct += correct is True
             self.wrong += correct is False
-            unscored = record.verdict.get("detail") == NO_REFERENCE
-            self.unscored += unscored
-            not_run = correct is None and not unscored
+            self.unscored += unchecked == "no_reference"
+            not_run = correct is None and unchecked != "no_reference"
             self.not_run += not_run
-            self.errors += record.error is not None or not_run  # the stage sets a not-run record's error after this
+            # The stage sets the error of a record the scorer failed on only after this count.
+            self.errors += record.error is not None or not_run
 
     def sandbox_missing(self) -> bool:
         """Note that a record could not be run for want of a sandbox; True the first time."""
@@ -192,8 +207,11 @@ class Tally:
 
 
 def score_stream(**kwargs: Any) -> tuple[int, Tally]:
-    """`ds-benchmark score`: records in, records with `verdict` out; the exit code (2 on bad input, EXIT_NO_SANDBOX
-    when coding records could not be run, said once on stderr) and the tally."""
+    """`ds-benchmark score`: records in, records with `verdict` out; the exit code and the tally.
+
+    The exit code is 2 at a line that is not a record (after writing those before it), EXIT_NO_SANDBOX when coding
+    records could not be run (said once on stderr), else 0: a record that could not be checked for any other reason
+    (a stage's error, an unusable reference) is one record's error, counted in the tally, and the stream goes on."""
     tally = Tally()
 
     def score_and_count(record: TaskRecord, ctx: object) -> None:
