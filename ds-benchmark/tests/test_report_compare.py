@@ -147,6 +147,27 @@ def test_suite_command(tmp_path):
     assert result.exit_code == 2 and "gsm8k:PATH" in result.stderr
 
 
+def test_suite_splits_n_over_the_domains_and_refuses_fewer_tasks_than_domains():
+    result = runner.invoke(app, ["suite", "--n", "31", "--domains", "math", "coding", "triage"])
+    assert result.exit_code == 0 and result.stderr == ""  # the remainder goes to the first domains, silently
+    domains = [json.loads(line)["domain"] for line in result.stdout.splitlines()]
+    assert [domains.count(d) for d in ("math", "coding", "triage")] == [11, 10, 10]
+    result = runner.invoke(app, ["suite", "--n", "2", "--domains", "math", "coding", "triage"])
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr == "ds-benchmark: error: --n 2 is fewer than the 3 domains (math, coding, triage)\n"
+
+
+def test_difficulty_command_prints_the_table():
+    result = runner.invoke(app, ["difficulty", "--n", "40"])
+    assert result.exit_code == 0, result.output
+    header, rule, *rows = result.stdout.strip().splitlines()
+    assert header.startswith("| suite | measure | tasks | level 1 |") and len(rows) == 4
+    for row in rows:
+        tasks, *levels, _mean = [cell.strip() for cell in row.strip("|").split("|")][2:]
+        assert sum(map(int, levels)) == int(tasks)
+    assert runner.invoke(app, ["difficulty", "--n", "0"]).stderr == "ds-benchmark: error: --n must be at least 1\n"
+
+
 def test_report_only_reads_unscored_and_unchecked_records_are_errors(tmp_path, monkeypatch):
     records = answered_run()
     unscored, unchecked = records[0], records[1]

@@ -1,4 +1,4 @@
-"""`ds-benchmark`: suite, score, report, compare, sandbox."""
+"""`ds-benchmark`: suite, difficulty, score, report, compare, sandbox."""
 
 from __future__ import annotations
 
@@ -15,11 +15,12 @@ from mimo_core.record import RecordError, read_records, write_record
 
 from .compare import compare as compare_results
 from .compare import table
+from .difficulty import markdown
 from .programs import run_requests
 from .report import build_results, summary_lines
 from .results import load_results
 from .score import FORMULAS
-from .suites import DOMAINS, build_suite
+from .suites import DOMAINS, build_suite, difficulty_report
 from .verify import score_stream
 
 PROG = "ds-benchmark"
@@ -52,6 +53,20 @@ def suite(
         fail(str(exc), prog=PROG)
     for record in records:
         write_record(record, sys.stdout)
+
+
+@app.command()
+def difficulty(
+    n: int = typer.Option(1000, "--n", help="Tasks drawn from each generated suite (math templates, triage)."),
+    seed: int = typer.Option(0, "--seed", help="The generated suites' seed."),
+) -> None:
+    """Print how each shipped suite spreads over the difficulty scale 1..5, as a markdown table.
+
+    GSM8K's test set and HumanEval are counted whole; the generated suites from N tasks at the seed."""
+    try:
+        print(markdown(difficulty_report(n, seed)))
+    except ValueError as exc:
+        fail(str(exc), prog=PROG)
 
 
 @app.command()

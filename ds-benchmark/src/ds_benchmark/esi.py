@@ -4,12 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Difficulty of a triage task = how far down the algorithm the level is settled (decision point -> 1..3):
-# A takes one observation (does this patient need a life-saving intervention now?); B and C take one judgement
-# each (is this high risk / confused / in severe pain? how many kinds of resources?); D takes the resource count
-# and the age-specific danger-zone vital signs together, the step triage nurses most often get wrong.
-DIFFICULTY = {"A": 1.0, "B": 2.0, "C": 2.0, "D": 3.0}
-
 # Danger-zone heart and respiratory rates by age (upper age bound in years, HR above, RR above), ESI v4 Figure 6-1.
 DANGER_ZONE = ((0.25, 180, 50), (3.0, 160, 40), (8.0, 140, 30), (float("inf"), 100, 20))
 DANGER_SPO2 = 92  # percent; any age

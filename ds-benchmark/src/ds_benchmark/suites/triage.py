@@ -6,7 +6,22 @@ import random
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
-from ..esi import DANGER_SPO2, DANGER_ZONE, DIFFICULTY, Patient, esi_level
+from ..difficulty import Item, Measure
+from ..esi import DANGER_SPO2, DANGER_ZONE, Patient, esi_level
+
+# Difficulty (1..5) from the ESI decision point that settles the level: the further down the algorithm, the more
+# questions must be answered right first. A (does the patient need a life-saving intervention now?) takes one
+# observation: 1. B (high risk, new confusion, severe pain?) adds a judgement: 2. C (how many kinds of resources?)
+# adds counting them against ESI's list: 3. D (two or more resources: are the vital signs in the danger zone for the
+# age?) adds the age-specific thresholds: 4 when they are normal (level 3), and 5 when they are in the danger zone
+# and raise the level to 2, an answer the resource count argues against: the vital signs alone must overrule it.
+# The generator cycles A, B, C, D and puts half of D in the danger zone, so levels 1..5 take 1/4, 1/4, 1/4, 1/8, 1/8.
+DIFFICULTY = {"A": 1.0, "B": 2.0, "C": 3.0, "D": 4.0, "D (danger zone)": 5.0}
+
+
+def decision(level: int, decision_point: str) -> str:
+    """The raw measure: the decision point that settled the level, and at D whether the danger zone decided it."""
+    return "D (danger zone)" if decision_point == "D" and level == 2 else decision_point
 
 
 @dataclass(frozen=True)
@@ -141,7 +156,7 @@ def _vignette(p: Patient) -> str:
     return " ".join(line for line in lines if line)
 
 
-def generate(n: int, rng: random.Random) -> Iterator[tuple[str, dict, float]]:
+def generate(n: int, rng: random.Random) -> Iterator[Item]:
     """`n` vignettes, spread evenly over the four decision points; the reference holds the level and the facts."""
     points = list(SCENARIOS)
     for i in range(n):
@@ -155,4 +170,5 @@ def generate(n: int, rng: random.Random) -> Iterator[tuple[str, dict, float]]:
                           lifesaving=s.lifesaving, high_risk=s.high_risk)
         level, decided_at = esi_level(patient)
         reference = {"level": level, "decision_point": decided_at, "facts": asdict(patient)}
-        yield _vignette(patient), reference, DIFFICULTY[decided_at]
+        settled = decision(level, decided_at)
+        yield Item(_vignette(patient), reference, DIFFICULTY[settled], Measure("esi_decision_point", settled))
