@@ -15,9 +15,9 @@ from mimo_core.record import TraceEntry
 runner = CliRunner()
 
 
-def answered_run(seed=4, disabled=(), right_every=2, t0=1000.0):
+def answered_run(seed=4, disabled=(), right_every=2, t0=1000.0, n=8, domains=("math", "triage")):
     """Triage and math records answered (every `right_every`-th wrongly), traced, and scored."""
-    records = build_suite(8, ["math", "triage"], seed)
+    records = build_suite(n, list(domains), seed)
     for i, r in enumerate(records):
         truth = r.reference.get("answer") or f"ESI {r.reference.get('level')}"
         r.consensus = {"answer": truth if i % right_every else "ESI 0 / 0", "confidence": 0.9}
@@ -101,13 +101,42 @@ def test_compare_pairs_tasks_and_reports_deltas(tmp_path):
     assert "accuracy" in result.stderr
 
 
+def reasons(tmp_path, a_records, b_records, *b_args):
+    a, b = report(tmp_path, "a", a_records), report(tmp_path, "b", b_records, *b_args)
+    result = runner.invoke(app, ["compare", str(a), str(b)])
+    assert result.exit_code == 0, result.output
+    comparison = json.loads(result.stdout)
+    assert comparison["comparable"] is (not comparison["reasons"])
+    assert ("NOT comparable: different" in result.stderr) is (not comparison["comparable"])
+    return comparison["reasons"]
+
+
 def test_compare_says_when_runs_are_not_comparable(tmp_path):
-    a = report(tmp_path, "a", answered_run(seed=4))
-    b = report(tmp_path, "b", answered_run(seed=5))
-    comparison = json.loads(runner.invoke(app, ["compare", str(a), str(b)]).stdout)
-    assert comparison["comparable"] is False
-    assert any(r.startswith("different suites") for r in comparison["reasons"])
-    assert "different seeds (4 vs 5)" in comparison["reasons"]
+    assert reasons(tmp_path, answered_run(seed=4), answered_run(seed=5)) == [
+        "different suites: the same 8 task ids hold different tasks or references", "different seeds (4 vs 5)"]
+
+
+def test_compare_says_what_differs_in_a_users_words(tmp_path):
+    assert reasons(tmp_path, answered_run(n=30), answered_run(n=6)) == ["different suites: 30 tasks vs 6"]
+    mixed = answered_run(n=6, domains=("math", "coding", "triage"))
+    assert reasons(tmp_path, answered_run(n=6), mixed) == [
+        "different suites: math+triage (math from gsm8k) vs math+coding+triage (math from gsm8k), "
+        "other task ids (2 of 6 in one run only)"]
+    assert reasons(tmp_path, answered_run(), answered_run(), "--formula", "seed") == [
+        "different D/s formulas (design vs seed)"]
+    other_model = answered_run()
+    for r in other_model:
+        r.trace[-1].provenance = {"models": ["qwen2.5-coder-0.5b"]}
+    assert reasons(tmp_path, answered_run(), other_model) == [
+        "different models (none recorded vs qwen2.5-coder-0.5b)"]
+    reweighed = answered_run()
+    for r in reweighed[:3]:  # as a run made before the difficulty scale changed
+        r.difficulty += 1
+    first = sorted(r.id for r in reweighed[:3])[0]
+    before = next(r.difficulty for r in answered_run() if r.id == first)
+    assert reasons(tmp_path, answered_run(), reweighed) == [
+        f"different difficulties: 3 of 8 tasks weigh differently ({first}: {before:g} vs {before + 1:g})"]
+    assert reasons(tmp_path, answered_run(), answered_run()) == []
 
 
 def test_unknown_results_schema_is_refused(tmp_path):

@@ -43,18 +43,52 @@ class Comparison(Contract):
 
 
 def comparability(a: Results, b: Results) -> list[str]:
-    """Why the two runs cannot be compared fairly; empty when they can."""
+    """Why the two runs cannot be compared fairly, each reason saying what differs; empty when they can."""
     reasons = []
     if a.suite.get("digest") != b.suite.get("digest"):
-        reasons.append(f"different suites ({a.suite.get('name')} #{a.suite.get('digest')} vs "
-                       f"{b.suite.get('name')} #{b.suite.get('digest')})")
+        reasons.append(f"different suites: {_suite_difference(a, b)}")
+    else:
+        reasons += _difficulty_difference(a, b)
     if a.seed != b.seed:
         reasons.append(f"different seeds ({a.seed} vs {b.seed})")
-    if a.environment.get("models") != b.environment.get("models"):
-        reasons.append(f"different models ({a.environment.get('models')} vs {b.environment.get('models')})")
+    models_a, models_b = a.environment.get("models"), b.environment.get("models")
+    if models_a != models_b:
+        reasons.append(f"different models ({_names(models_a)} vs {_names(models_b)})")
     if a.formula != b.formula:
         reasons.append(f"different D/s formulas ({a.formula} vs {b.formula})")
     return reasons
+
+
+def _suite_difference(a: Results, b: Results) -> str:
+    """What tells two suites apart, in a user's words: their names, sizes or task ids, else their content."""
+    parts = []
+    if a.suite.get("name") != b.suite.get("name"):
+        parts.append(f"{a.suite.get('name')} vs {b.suite.get('name')}")
+    ids_a, ids_b = set(a.task_ids), set(b.task_ids)
+    if len(ids_a) != len(ids_b):
+        parts.append(f"{len(ids_a)} tasks vs {len(ids_b)}")
+    elif ids_a != ids_b:
+        parts.append(f"other task ids ({len(ids_a - ids_b)} of {len(ids_a)} in one run only)")
+    elif not parts:
+        # Same ids (a suite numbers its tasks math-0000, ...), other tasks: another seed or source drew them.
+        parts.append(f"the same {len(ids_a)} task ids hold different tasks or references")
+    return ", ".join(parts)
+
+
+def _difficulty_difference(a: Results, b: Results) -> list[str]:
+    """The same tasks weighed differently (a run made before the difficulty scale changed): D/s would not compare."""
+    weights_a = {o.id: o.difficulty for c in a.configurations for o in c.outcomes}
+    weights_b = {o.id: o.difficulty for c in b.configurations for o in c.outcomes}
+    differ = sorted(i for i in weights_a.keys() & weights_b.keys() if weights_a[i] != weights_b[i])
+    if not differ:
+        return []
+    first = differ[0]
+    return [f"different difficulties: {len(differ)} of {len(weights_a.keys() & weights_b.keys())} tasks weigh "
+            f"differently ({first}: {weights_a[first]:g} vs {weights_b[first]:g})"]
+
+
+def _names(models: Any) -> str:
+    return ", ".join(map(str, models)) if isinstance(models, list) and models else "none recorded"
 
 
 def _pairs(a: Results, b: Results) -> list[tuple[Configuration, Configuration]]:
@@ -139,8 +173,8 @@ def table(comparison: Comparison) -> Table:
     for c in comparison.configurations:
         for key in DELTAS:
             ci = c.delta_ci95.get(key)
-            out.add_row(c.a if c.a == c.b else f"{c.a} / {c.b}", key, _fmt(c.a_figures[key]), _fmt(c.b_figures[key]), _fmt(c.delta[key]),
-                        f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "")
+            out.add_row(c.a if c.a == c.b else f"{c.a} / {c.b}", key, _fmt(c.a_figures[key]), _fmt(c.b_figures[key]),
+                        _fmt(c.delta[key]), f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "")
     return out
 
 
