@@ -162,8 +162,10 @@ def test_the_difficulty_table_counts_the_shipped_suites():
     triage_rows = Counter(r.difficulty for r in build_suite(200, ["triage"], 0))
     assert rows["triage: ESI v4 vignettes (seed 0)"].counts == {str(k): triage_rows[float(k)] for k in LEVELS}
     assert all(sum(r.counts.values()) == r.tasks for r in rows.values())
-    with pytest.raises(ValueError, match="off the 1..5 scale"):
+    with pytest.raises(ValueError, match="off the 1..5 scale: 6"):
         distribution("bad", [(6.0, Measure("x", 1))])
+    with pytest.raises(ValueError, match="one measure expected, found x, y"):
+        distribution("mixed", [(1.0, Measure("x", 1)), (2.0, Measure("y", 3))])
 
 
 def test_gsm8k_file(tmp_path):

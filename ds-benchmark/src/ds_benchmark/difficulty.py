@@ -54,12 +54,14 @@ class Distribution(Contract):
 def distribution(suite: str, items: list[tuple[float, Measure]]) -> Distribution:
     """The spread of (difficulty, measure) pairs over the levels; ValueError if one lies off the scale or the
     suite mixes measures."""
-    names = {measure.name for _, measure in items}
+    names = sorted({measure.name for _, measure in items})
     off_scale = sorted({d for d, _ in items if d not in LEVELS})
-    if off_scale or len(names) != 1:
-        raise ValueError(f"{suite}: difficulties off the 1..5 scale {off_scale} or not one measure {sorted(names)}")
+    if off_scale:
+        raise ValueError(f"{suite}: difficulties off the 1..5 scale: {', '.join(f'{d:g}' for d in off_scale)}")
+    if len(names) != 1:
+        raise ValueError(f"{suite}: one measure expected, found {', '.join(names) or 'none'}")
     counts = Counter(int(d) for d, _ in items)
-    return Distribution(suite=suite, measure=names.pop(), tasks=len(items),
+    return Distribution(suite=suite, measure=names[0], tasks=len(items),
                         counts={str(k): counts[k] for k in LEVELS},
                         mean=round(sum(d for d, _ in items) / len(items), 2))
 
