@@ -93,7 +93,6 @@ VERIFIERS: dict[str, Callable[[str, dict], Check]] = {
 NO_REFERENCE = "not scored: the record has no reference"
 # Why a verdict has `correct: null`. Only the last two are the scorer's own failures (its trace entry says error).
 Unchecked = Literal["no_reference", "stage_error", "bad_reference", "no_sandbox"]
-SCORER_FAILURES = ("bad_reference", "no_sandbox")
 
 
 class BadReference(ValueError):
