@@ -36,6 +36,11 @@ def test_precedence_flag_env_dotenv_yaml_default(tmp_path):
         ("MIMO_MAX_RETRIES", "1.5"),
         ("MIMO_BASE_URL", "localhost:8000"),
         ("MIMO_ENGINE_EXTENSIONS", "maybe"),
+        ("MIMO_PRECISION_POLICIES", "native;mxfp4"),
+        ("MIMO_PRECISION_POLICIES", "native,,mxfp4"),
+        ("MIMO_PRECISION_POLICIES", "all,native"),
+        ("MIMO_ENGINE_THREADS", "0"),
+        ("MIMO_ENGINE_THREADS", "two"),
     ],
 )
 def test_malformed_value_names_the_variable(variable, value, tmp_path):
@@ -89,3 +94,30 @@ def test_with_cache_dir_keeps_the_models_and_nothing_else(tmp_path):
     assert private.cache_dir == tmp_path / "private" and private.model == s.model
     assert (tmp_path / "private" / "models").resolve() == (tmp_path / "shared" / "models").resolve()
     assert s.with_cache_dir(tmp_path / "private") == private  # again: the link is already there
+
+
+def test_engine_policies_and_threads_follow_the_same_precedence(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("precision_policies: [native, mxfp4]\nMIMO_ENGINE_THREADS: 1\n")
+    assert load_settings(config_file=config, env={}, dotenv_path=None).precision_policies == ("native", "mxfp4")
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("MIMO_PRECISION_POLICIES=q8_0, entropy@5.5\nMIMO_ENGINE_THREADS=2\n")
+    s = load_settings(config_file=config, env={"MIMO_ENGINE_THREADS": "3"}, dotenv_path=dotenv)
+    assert s.precision_policies == ("q8_0", "entropy@5.5")  # .env beats yaml
+    assert s.engine_threads == 3  # env beats .env
+    flags = load_settings(overrides={"precision_policies": ("all",), "engine_threads": 1},
+                          env={"MIMO_ENGINE_THREADS": "3"}, dotenv_path=dotenv)
+    assert flags.precision_policies == ("all",) and flags.engine_threads == 1
+    defaults = load_settings(env={}, dotenv_path=None)
+    assert defaults.precision_policies is None and defaults.engine_threads is None  # the engine's own defaults
+    assert load_settings(env=s.to_env(), dotenv_path=None) == s  # handed to another process unchanged
+    assert s.to_env()["MIMO_PRECISION_POLICIES"] == "q8_0,entropy@5.5" and s.to_dict()["precision_policies"] == [
+        "q8_0", "entropy@5.5"]
+
+
+def test_a_flag_is_checked_as_its_variable_and_named_as_the_flag():
+    from mimo_core.settings import parse_setting
+
+    assert parse_setting("MIMO_PRECISION_POLICIES", "native, experts-mxfp4") == ("native", "experts-mxfp4")
+    with pytest.raises(SettingsError, match="--threads"):
+        parse_setting("MIMO_ENGINE_THREADS", "-2", "--threads")

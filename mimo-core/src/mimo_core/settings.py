@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -34,6 +35,8 @@ class Settings:
     max_retries: int = 2
     engine_extensions: bool = False
     engine_idle_timeout_s: float = 600.0
+    precision_policies: tuple[str, ...] | None = None  # None: the engine's default set; ("all",): every policy
+    engine_threads: int | None = None  # None: every core
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cache_dir", Path(self.cache_dir).expanduser())  # flags may pass a str
@@ -66,7 +69,7 @@ class Settings:
             if f.name == "api_key":
                 out["api_key_set"] = bool(value)
                 continue
-            out[f.name] = str(value) if isinstance(value, Path) else value
+            out[f.name] = str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value
         out["backend"] = "embedded" if self.embedded else "remote"
         return out
 
@@ -77,7 +80,7 @@ class Settings:
         for variable, (name, _) in VARIABLES.items():
             value = getattr(self, name)
             if value is not None:
-                out[variable] = str(int(value)) if isinstance(value, bool) else str(value)
+                out[variable] = _to_text(value)
         return out
 
     def with_cache_dir(self, folder: Path) -> "Settings":
@@ -89,6 +92,15 @@ class Settings:
         if not (folder / "models").exists():
             (folder / "models").symlink_to(shared_models.resolve())
         return dataclasses.replace(self, cache_dir=folder)
+
+
+def _to_text(value: Any) -> str:
+    """A setting's value as its variable's text (what its parser reads back)."""
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, tuple):
+        return ",".join(value)
+    return str(value)
 
 
 # variable -> (Settings field, parser)
@@ -134,6 +146,28 @@ def _parse_str(name: str, raw: str) -> str | None:
     return raw.strip() or None
 
 
+POLICY_NAME = re.compile(r"[a-z][a-z0-9_]*(-[a-z0-9_]+)*(@[0-9]+(\.[0-9]+)?)?")  # native, experts-mxfp4, entropy@5.5
+
+
+def _parse_policies(name: str, raw: str) -> tuple[str, ...] | None:
+    """Comma-separated precision policy names, or `all`. Only their form is checked here: which policies exist is
+    the engine's to say (`mimo-engine serve` refuses an unknown one, naming this variable)."""
+    names = tuple(part.strip() for part in raw.split(","))
+    if names == ("",):
+        return None
+    for policy in names:
+        if not POLICY_NAME.fullmatch(policy):
+            raise SettingsError(f"{name}={raw!r}: {policy!r} is not a precision policy name (comma-separated names "
+                                f"such as native,mxfp4,entropy@6, or all)")
+    if "all" in names and len(names) > 1:
+        raise SettingsError(f"{name}={raw!r}: `all` stands alone")
+    return names
+
+
+def _parse_threads(name: str, raw: str) -> int | None:
+    return _parse_int(name, raw, 1) if raw.strip() else None
+
+
 VARIABLES: dict[str, tuple[str, Any]] = {
     "MIMO_BASE_URL": ("base_url", _parse_url),
     "MIMO_API_KEY": ("api_key", _parse_str),
@@ -145,8 +179,17 @@ VARIABLES: dict[str, tuple[str, Any]] = {
     "MIMO_MAX_RETRIES": ("max_retries", lambda n, r: _parse_int(n, r, 0)),
     "MIMO_ENGINE_EXTENSIONS": ("engine_extensions", _parse_bool),
     "MIMO_ENGINE_IDLE_TIMEOUT_S": ("engine_idle_timeout_s", _parse_float),
+    "MIMO_PRECISION_POLICIES": ("precision_policies", _parse_policies),
+    "MIMO_ENGINE_THREADS": ("engine_threads", _parse_threads),
 }
 _FIELD_TO_VARIABLE = {f: v for v, (f, _) in VARIABLES.items()}
+
+
+def parse_setting(variable: str, raw: str, shown_as: str | None = None) -> Any:
+    """The value of `variable` (a MIMO_* name) read from the text `raw`, as the environment would give it;
+    SettingsError names `shown_as` (a flag, say) or else the variable."""
+    _, parse = VARIABLES[variable]
+    return parse(shown_as or variable, raw)
 
 
 def _required(name: str, value: str | None) -> str:
@@ -168,7 +211,7 @@ def _from_yaml(path: Path) -> dict[str, str]:
         variable = key if key in VARIABLES else _FIELD_TO_VARIABLE.get(str(key))
         if variable is None:
             raise SettingsError(f"config file {path}: unknown setting {key!r}")
-        out[variable] = "" if value is None else str(value)
+        out[variable] = "" if value is None else ",".join(map(str, value)) if isinstance(value, list) else str(value)
     return out
 
 

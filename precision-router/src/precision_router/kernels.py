@@ -227,12 +227,13 @@ def matmul(x: np.ndarray, w: Packed) -> np.ndarray:
 
 
 def configure_threads(threads: int | None = None) -> int:
-    """Give numba's kernels `threads` threads (default: MIMO_ENGINE_THREADS, else every core) and OpenBLAS one, so
-    that the two pools never alternate. Returns the thread count."""
+    """Give numba's kernels `threads` threads (None: every core) and OpenBLAS one, so that the two pools never
+    alternate. numba's count holds for the calling thread only: call it in each thread that runs the kernels.
+    Returns the thread count."""
     from threadpoolctl import threadpool_limits
 
-    threads = threads or int(os.environ.get("MIMO_ENGINE_THREADS") or numba.config.NUMBA_NUM_THREADS)
-    threads = max(1, min(threads, numba.config.NUMBA_NUM_THREADS))
+    # The caller resolves the setting (MIMO_ENGINE_THREADS, through mimo_core.settings): no environment read here.
+    threads = max(1, min(threads or numba.config.NUMBA_NUM_THREADS, numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(threads)
     threadpool_limits(limits=1, user_api="blas")
     return threads
