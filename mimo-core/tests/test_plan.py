@@ -23,7 +23,7 @@ def test_an_undecided_plan_sends_nothing():
 
 def test_the_baseline_parts_are_sent_explicitly():
     record = _record(precision={"policy": "native"}, kv={"enabled": False},
-                     reasoning={"speculation": {"method": "none", "reason": "spec-reasoner is disabled"}})
+                     reasoning={"speculation": {"method": "none", "block": None, "reason": "spec-reasoner is disabled"}})
     assert InferencePlan.of(record).request() == MimoRequest(
         precision=PrecisionRequest("native"), cache=CacheRequest(False), speculation=SpeculationRequest("none"))
 

@@ -15,7 +15,8 @@ from spec_reasoner.reasoner import Options, Reasoner, reason_stream
 from spec_reasoner.section import Reasoning
 
 pytestmark = pytest.mark.model
-OPTIONS = Options(k=2, threshold=5.0, max_steps=4, max_tokens=32, step_tokens=10)
+OPTIONS = Options(k=2, threshold=5.0, max_steps=4, max_tokens=32, step_tokens=10, step_drafting="always",
+                  drafter="none")
 MATH = {"id": "m1", "domain": "math", "task": "Tom has 3 apples and buys 4 more. How many apples does he have?",
         "reference": {"answer": "7"}, "config": {"disabled": [], "seed": 1}, "mine": {"kept": True}}
 
@@ -91,5 +92,6 @@ def test_the_stage_writes_reasoning_and_a_trace_and_passes_the_rest(engine_setti
     written = reasoning.draft_tokens.completion + reasoning.oracle_tokens.completion
     assert 0 <= trace["completion_tokens"] - written <= 2  # plus the endpoint's probe: a token per call, once
 
-    assert second["reasoning"] == {}  # disabled: no reasoning, no model call
+    assert set(second["reasoning"]) == {"speculation"}  # disabled: no chain, no speculation, no model call
+    assert second["reasoning"]["speculation"]["method"] == "none"
     assert second["trace"][-1]["status"] == "baseline" and second["trace"][-1]["calls"] == 0

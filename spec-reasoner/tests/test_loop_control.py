@@ -87,7 +87,7 @@ def test_accepted_prefix_then_the_oracle_writes_the_rejected_step():
     assert result.answer == "96" and result.stopped == "answer" and result.verify_requests == 1
     scoring_calls = [c for c in client.calls if isinstance(c[2], list)]
     assert len(scoring_calls) == 1 and len(scoring_calls[0][2]) == 3 and scoring_calls[0][1] == "oracle"
-    assert ctx.usage.calls == len(client.calls)  # every call counts towards the trace entry
+    assert ctx.served.calls == len(client.calls)  # every call counts towards the trace entry
     Reasoning.from_dict(result.to_dict())  # the section reads back through its contract
 
 

@@ -33,6 +33,7 @@ class TokenLogprob:
     token: str
     logprob: float | None
     top_logprobs: dict[str, float] = field(default_factory=dict)
+    offset: int | None = None  # where the token starts in the choice's text (completions), where the server says
 
 
 @dataclass
@@ -98,7 +99,9 @@ def _text_logprobs(choice: Any) -> list[TokenLogprob] | None:
     if lp is None or lp.tokens is None:
         return None
     tops = lp.top_logprobs or [None] * len(lp.tokens)
-    return [TokenLogprob(tok, p, dict(top or {})) for tok, p, top in zip(lp.tokens, lp.token_logprobs, tops)]
+    offsets = lp.text_offset or [None] * len(lp.tokens)
+    return [TokenLogprob(tok, p, dict(top or {}), offset)
+            for tok, p, top, offset in zip(lp.tokens, lp.token_logprobs, tops, offsets)]
 
 
 class LLMClient:

@@ -61,4 +61,4 @@ def _str(value: Any) -> str | None:
 
 def _request_fields(section: dict[str, Any]) -> dict[str, Any]:
     """The part of `reasoning.speculation` that is the request (the section also says why, and what it measured)."""
-    return {key: section[key] for key in ("method", "block", "adaptive") if key in section}
+    return {key: section[key] for key in ("method", "block", "adaptive") if section.get(key) is not None}

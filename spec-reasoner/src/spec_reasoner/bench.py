@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-
 from mimo_core.client import LLMClient
 from mimo_core.contract import Contract
 from mimo_core.provenance import provenance

@@ -9,15 +9,15 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
-from rich.progress import Progress
-
 from mimo_core.console import add_version_option, cli_app, fail, run_app
 from mimo_core.contract import ContractError
 from mimo_core.record import RecordError, read_records
 from mimo_core.settings import Settings, SettingsError, load_settings
+from rich.console import Console
+from rich.progress import Progress
 
 from .bench import Plan, arms, run_all, suite, summarise
+from .calibration import measure_pair
 from .plot import plot
 from .reasoner import Options, reason_stream
 
@@ -63,10 +63,19 @@ def reason(
     draft_model: Optional[str] = DRAFT,
     oracle_model: Optional[str] = ORACLE,
     concurrency: Optional[int] = typer.Option(None, "--concurrency", min=1, help="Records reasoned at once."),
+    step_drafting: str = typer.Option("auto", "--step-drafting",
+                                      help="auto: draft steps only where the model pair's calibration says the "
+                                           "oracle tells right steps from wrong and drafting pays; always; never."),
+    criterion: str = typer.Option("rating", "--criterion", help="How --step-drafting always verifies a step: rating "
+                                  "(0-9) or logprob (the oracle's mean token log-probability)."),
+    drafter: str = typer.Option("auto", "--drafter", help="The block drafter of the record's calls: auto (the best "
+                                "measured on the record's domain, or none), none, ngram or suffix."),
     config: Optional[Path] = CONFIG,
 ) -> None:
-    """Read records, write each with `reasoning` (records whose config disables spec-reasoner pass unchanged)."""
-    options = _options(k=k, threshold=threshold, max_steps=max_steps, max_tokens=max_tokens, step_tokens=step_tokens)
+    """Read records, write each with `reasoning`: the block drafter of the record's calls and, where step drafting
+    runs, the chain (a record whose config disables spec-reasoner gets no speculation and no chain)."""
+    options = _options(k=k, threshold=threshold, max_steps=max_steps, max_tokens=max_tokens, step_tokens=step_tokens,
+                       step_drafting=step_drafting, criterion=criterion, drafter=drafter)
     settings = _settings(config, draft_model, oracle_model)
     try:
         source = open(file, encoding="utf-8") if file else sys.stdin
@@ -74,6 +83,26 @@ def reason(
         fail(f"{file}: {exc.strerror}", prog=PROG)
     with source:
         raise typer.Exit(reason_stream(options, source=source, settings=settings, concurrency=concurrency))
+
+
+@app.command()
+def calibrate(
+    pairing: str = typer.Option("smollm2-135m:qwen2.5-coder-0.5b", "--pairing", help="DRAFT:ORACLE."),
+    k: int = K,
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write the JSON to this file."),
+    config: Optional[Path] = CONFIG,
+) -> None:
+    """Measure whether step drafting can pay for a model pair on this backend: how well the 0-9 rating and the
+    oracle's mean token log-probability tell right steps from wrong, and the two models' decode speed (JSON)."""
+    draft, oracle = _pairing(pairing)
+    settings = _settings(config, draft, oracle)
+    calibration = asyncio.run(measure_pair(settings, draft, oracle, _options(k=k).k))
+    text = json.dumps(calibration.to_dict(), indent=2)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n", encoding="utf-8")
+    print(f"{pairing}: {calibration.reason}", file=sys.stderr)
+    print(text)
 
 
 def _pairing(text: str) -> tuple[str, str]:

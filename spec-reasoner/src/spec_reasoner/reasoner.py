@@ -1,9 +1,16 @@
-"""The loop: draft k steps, verify them in one request, keep the accepted prefix, the oracle writes the next step.
+"""The stage: the record's speculation at both granularities.
 
-Repeated until the chain holds a final answer, a model ends it, or the step or token budget is spent."""
+Token level: the block drafter of the record's later calls (and of this stage's own), chosen per domain from each
+drafter's measured acceptance (`calibration`), switched off for later calls when this record's own oracle calls
+accepted too little of what it drafted.
+Step level, the loop: draft k steps, verify them in one request, keep the accepted prefix, the oracle writes the
+next step; repeated until the chain holds a final answer, a model ends it, or the step or token budget is spent.
+The loop runs only where the pair's calibration says it can pay (`step_drafting="auto"`); otherwise the stage steps
+aside, says why, and the agents reason alone, as with the component disabled."""
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -14,12 +21,34 @@ from mimo_core.record import TaskRecord
 from mimo_core.stage import StageContext, run_stage
 
 from . import backend
+from .calibration import BLOCK, DRAFTERS, Calibrations
 from .scoring import accepted_prefix
-from .section import Reasoning, Round, Scoring, Step, Stopped, Tokens
-from .steps import DELIMITER, continuation, final_answer, first_step, join_steps, split_steps
+from .section import (
+    Criterion,
+    Reasoning,
+    Round,
+    Scoring,
+    Step,
+    StepDrafting,
+    Stopped,
+    Tokens,
+    TokenSpeculation,
+)
+from .steps import (
+    DELIMITER,
+    continuation,
+    final_answer,
+    first_step,
+    join_steps,
+    split_steps,
+)
 
 STAGE = "spec-reasoner"
 MAX_K = 16  # prompts in one scoring request (the engine's batch is 8; more would queue)
+STEP_DRAFTING = ("auto", "always", "never")
+# Later calls keep the drafter only if this record's own oracle calls accepted at least this share of its drafts,
+# judged once they drafted enough tokens to tell (the engine's adaptive drafting still decides step by step).
+MIN_ACCEPTANCE, MIN_DRAFTED = 0.25, 16
 
 
 @dataclass(frozen=True)
@@ -32,6 +61,9 @@ class Options:
     max_tokens: int = 512  # completion tokens of the chain, drafted and written
     step_tokens: int = 128  # the most tokens of one step
     delimiter: str = DELIMITER
+    step_drafting: str = "auto"  # auto: where the calibration says it pays; always / never: as told (the bench)
+    criterion: Criterion = "rating"  # how `always` verifies; `auto` takes the calibration's better criterion
+    drafter: str = "auto"  # the block drafter of the record's calls: auto (measured per domain), none, ngram, suffix
 
     def __post_init__(self) -> None:
         checks = [
@@ -41,6 +73,9 @@ class Options:
             (self.max_tokens >= 1, f"max_tokens must be at least 1, not {self.max_tokens}"),
             (self.step_tokens >= 1, f"step_tokens must be at least 1, not {self.step_tokens}"),
             (self.delimiter.strip() == "" and self.delimiter != "", "the delimiter must be whitespace, such as \\n\\n"),
+            (self.step_drafting in STEP_DRAFTING, f"step_drafting must be one of {', '.join(STEP_DRAFTING)}"),
+            (self.criterion in ("rating", "logprob"), "criterion must be rating or logprob"),
+            (self.drafter in ("auto", "none", *DRAFTERS), f"drafter must be auto, none or one of {', '.join(DRAFTERS)}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -89,43 +124,97 @@ def keep(chain: Chain, step: Step, domain: str, options: Options) -> bool:
 
 
 class Reasoner:
-    """The stage's work (`process`): one per process, so the endpoint's scoring support is probed once."""
+    """The stage's work (`process`): one per process, so the endpoint's scoring support is probed and the model
+    pair calibrated once."""
 
-    def __init__(self, options: Options = Options(), capabilities: backend.Capabilities | None = None) -> None:
+    def __init__(self, options: Options = Options(), capabilities: backend.Capabilities | None = None,
+                 calibrations: Calibrations | None = None) -> None:
         self.options = options
         self.capabilities = capabilities or backend.Capabilities()
+        self.calibrations = calibrations or Calibrations(options.k)
 
     async def process(self, record: TaskRecord, ctx: StageContext) -> None:
-        """Write `reasoning` into the record."""
-        record.reasoning = (await self.reason(record, ctx)).to_dict()
+        """Write `reasoning`: first the token-level drafter (so that this stage's own calls run under it), then the
+        chain where step drafting pays, then whether later calls keep the drafter."""
+        draft_model, oracle_model = ctx.settings.drafter_model, ctx.settings.oracle_model
+        speculation = await self.token_speculation(record, ctx, draft_model, oracle_model)
+        record.reasoning = {"speculation": speculation.to_dict()}
+        drafting = await self.step_drafting(ctx, draft_model, oracle_model)
+        if not drafting.used:
+            record.reasoning["step_drafting"] = drafting.to_dict()
+            return
+        reasoning = await self.reason(record, ctx, criterion=drafting.criterion, threshold=drafting.threshold)
+        reasoning.speculation, reasoning.step_drafting = judge(speculation, ctx), drafting
+        record.reasoning = reasoning.to_dict()
 
-    async def reason(self, record: TaskRecord, ctx: StageContext, alone: bool = False) -> Reasoning:
+    async def token_speculation(self, record: TaskRecord, ctx: StageContext, draft_model: str,
+                                oracle_model: str) -> TokenSpeculation:
+        """The block drafter for the record's calls: per domain, by measured acceptance; none where the backend
+        takes no speculation per request."""
+        if not ctx.settings.send_extensions:
+            return TokenSpeculation("none", reason="a remote server's speculative decoding is its own: it cannot be "
+                                                   "set per request", settable=False)
+        if self.options.drafter != "auto":
+            method = self.options.drafter
+            return TokenSpeculation(method, BLOCK if method != "none" else None, reason=f"--drafter {method}")
+        method, why = await self.calibrations.drafter(ctx, oracle_model, record.domain)
+        return TokenSpeculation(method, BLOCK if method != "none" else None, reason=why)
+
+    async def step_drafting(self, ctx: StageContext, draft_model: str, oracle_model: str) -> StepDrafting:
+        """Whether this record's chain is drafted step by step, with which criterion, and why."""
+        opts = self.options
+        if opts.step_drafting == "never":
+            return StepDrafting(False, reason="step drafting is off (--step-drafting never)")
+        if opts.step_drafting == "always":
+            return StepDrafting(True, opts.criterion, opts.threshold if opts.criterion == "rating" else None,
+                                reason="step drafting is on (--step-drafting always)")
+        if await self.capabilities.scoring(ctx, oracle_model) != "completions":
+            return StepDrafting(False, reason="the endpoint returns no completions logprobs: the calibration, and a "
+                                              "round's verification in one request, need them")
+        calibration = await self.calibrations.pair(ctx, draft_model, oracle_model)
+        criterion = calibration.criterion
+        threshold = (opts.threshold if criterion == "rating" else calibration.criteria["logprob"].threshold
+                     if criterion == "logprob" else None)
+        return StepDrafting(calibration.step_drafting, criterion if calibration.step_drafting else None,
+                            threshold if calibration.step_drafting else None, reason=calibration.reason,
+                            discrimination={name: c.discrimination for name, c in calibration.criteria.items()},
+                            ms_per_token=calibration.ms_per_token)
+
+    async def reason(self, record: TaskRecord, ctx: StageContext, alone: bool = False,
+                     criterion: Criterion | None = None, threshold: float | None = None) -> Reasoning:
         """The speculative chain of one record; the oracle alone where the endpoint cannot score, or if `alone`.
 
         The models are MIMO_DRAFT_MODEL / MIMO_MODEL (or flags), else the engine's defaults."""
         started = time.perf_counter()
         draft_model, oracle_model = ctx.settings.drafter_model, ctx.settings.oracle_model
         mode = await self.capabilities.scoring(ctx, oracle_model)
+        criterion = criterion or self.options.criterion
+        threshold = self.options.threshold if threshold is None else threshold
         chain = Chain()
         if alone or mode == "unavailable":
             await oracle_alone(record, ctx, oracle_model, self.options, chain)
         else:
             while chain.stopped is None:
-                await self.round(record, ctx, mode, (draft_model, oracle_model), chain)
-        return section(record, chain, (draft_model, oracle_model), mode, self.options, time.perf_counter() - started)
+                await self.round(record, ctx, mode, (draft_model, oracle_model), chain, criterion, threshold)
+        reasoning = section(record, chain, (draft_model, oracle_model), mode, self.options,
+                            time.perf_counter() - started, criterion, threshold)
+        if oracle_model in self.capabilities.one_prompt:
+            reasoning.notes.append(backend.ONE_PROMPT)
+        return reasoning
 
     async def round(self, record: TaskRecord, ctx: StageContext, mode: Scoring, models: tuple[str, str],
-                    chain: Chain) -> None:
+                    chain: Chain, criterion: Criterion, threshold: float) -> None:
         """Draft up to k steps, score them in one request, keep the accepted prefix, let the oracle write one."""
         opts, number = self.options, len(chain.rounds) + 1
         draft_model, oracle_model = models
         lap = stopwatch()
         drafts = await draft_steps(record, ctx, mode, draft_model, chain, opts)
         draft_s = lap()
-        verdict = await verify(record, ctx, mode, oracle_model, chain, drafts, opts) if drafts else None
+        verdict = (await verify(record, ctx, mode, oracle_model, chain, drafts, opts, self.capabilities, criterion)
+                   if drafts else None)
         verify_s = lap()
         scores, masses = (verdict.scores, verdict.masses) if verdict else ([], [])
-        accepted = accepted_prefix(scores, opts.threshold)
+        accepted = accepted_prefix(scores, threshold)
         chain.drafted += len(drafts)
         chain.accepted += accepted
         finished = any(keep(chain, Step(d.text, "draft", round(score, 4), number, d.tokens), record.domain, opts)
@@ -182,11 +271,16 @@ async def draft_steps(record: TaskRecord, ctx: StageContext, mode: Scoring, mode
 
 
 async def verify(record: TaskRecord, ctx: StageContext, mode: Scoring, model: str, chain: Chain,
-                 drafts: list[Draft], opts: Options) -> backend.Scores:
-    """The oracle's scores of the drafted steps: prompt i rates step i after the chain and steps 1..i-1."""
+                 drafts: list[Draft], opts: Options, capabilities: backend.Capabilities,
+                 criterion: Criterion = "rating") -> backend.Scores:
+    """The oracle's scores of the drafted steps: by rating, prompt i rates step i after the chain and steps 1..i-1;
+    by log-probability, one prompt-logprobs pass over the chain and all k steps gives each step's mean."""
     base = chain.texts()
-    solutions = [join_steps(base + [d.text for d in drafts[: i + 1]], opts.delimiter) for i in range(len(drafts))]
-    verdict = await backend.score(ctx, mode, model, record, solutions)
+    if criterion == "logprob":
+        verdict = await backend.score_logprobs(ctx, model, record, base, [d.text for d in drafts], opts.delimiter)
+    else:
+        solutions = [join_steps(base + [d.text for d in drafts[: i + 1]], opts.delimiter) for i in range(len(drafts))]
+        verdict = await backend.score(ctx, mode, model, record, solutions, capabilities)
     for result in verdict.results:
         count(chain.oracle, result)
     chain.verify_requests += len(verdict.results)
@@ -221,10 +315,28 @@ async def oracle_alone(record: TaskRecord, ctx: StageContext, model: str, opts: 
     chain.rounds.append(Round(0, [], [], 0, True, oracle_s=round(lap(), 4)))
 
 
+def judge(speculation: TokenSpeculation, ctx: StageContext) -> TokenSpeculation:
+    """The drafter for later calls after this record's own calls: kept unless they accepted too little of it."""
+    served = ctx.served
+    if speculation.method == "none" or not served.drafted_tokens or served.drafted_tokens < MIN_DRAFTED:
+        return speculation
+    rate = (served.accepted_tokens or 0) / served.drafted_tokens
+    speculation.measured_acceptance = round(rate, 4)
+    if rate < MIN_ACCEPTANCE:
+        return TokenSpeculation("none", reason=f"this record's own calls accepted {rate:.0%} of {served.drafted_tokens} "
+                                               f"tokens {speculation.method} drafted (needs {MIN_ACCEPTANCE:.0%})",
+                                measured_acceptance=round(rate, 4))
+    return speculation
+
+
 def section(record: TaskRecord, chain: Chain, models: tuple[str, str], mode: Scoring, opts: Options,
-            wall_s: float) -> Reasoning:
+            wall_s: float, criterion: Criterion = "rating", threshold: float | None = None) -> Reasoning:
     """The `reasoning` section of a finished chain."""
     scored = [s.score for s in chain.steps if s.score is not None]
+    if criterion == "logprob":  # a mean token log-probability: its exponential is a per-token probability
+        confidence = round(math.exp(sum(scored) / len(scored)), 4) if scored else None
+    else:
+        confidence = round(sum(scored) / len(scored) / 9.0, 4) if scored else None
     phases = {phase: round(sum(getattr(r, f"{phase}_s") for r in chain.rounds), 4)
               for phase in ("draft", "verify", "oracle")}
     return Reasoning(
@@ -236,10 +348,11 @@ def section(record: TaskRecord, chain: Chain, models: tuple[str, str], mode: Sco
         acceptance_rate=round(chain.accepted / chain.drafted, 4) if chain.drafted else None,
         draft_model=models[0],
         oracle_model=models[1],
-        confidence=round(sum(scored) / len(scored) / 9.0, 4) if scored else None,
+        confidence=confidence,
         scoring=mode,
         k=opts.k,
-        threshold=opts.threshold,
+        threshold=opts.threshold if threshold is None else threshold,
+        criterion=criterion,
         stopped=chain.stopped or "end",
         verify_requests=chain.verify_requests,
         draft_tokens=chain.draft,
@@ -250,6 +363,12 @@ def section(record: TaskRecord, chain: Chain, models: tuple[str, str], mode: Sco
     )
 
 
+def baseline(record: TaskRecord, ctx: StageContext) -> None:
+    """The component disabled: no chain and no speculation for the record's calls."""
+    record.reasoning = {"speculation": TokenSpeculation("none", reason="spec-reasoner is disabled").to_dict()}
+
+
 def reason_stream(options: Options = Options(), **kwargs) -> int:
-    """`spec-reasoner reason`: records in, records with `reasoning` out (none when disabled); the exit code."""
-    return run_stage(STAGE, Reasoner(options).process, component=STAGE, baseline=None, **kwargs)
+    """`spec-reasoner reason`: records in, records with `reasoning` out (only its speculation part when disabled);
+    the exit code."""
+    return run_stage(STAGE, Reasoner(options).process, component=STAGE, baseline=baseline, **kwargs)

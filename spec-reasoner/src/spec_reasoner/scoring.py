@@ -1,4 +1,5 @@
-"""The verifier's score of a step: one token 0-9, read from the oracle's top logprobs, probability-weighted."""
+"""The verifier's score of a step: one token 0-9, read from the oracle's top logprobs, probability-weighted; or the
+oracle's own mean token log-probability of the step, read from echoed prompt logprobs."""
 
 from __future__ import annotations
 
@@ -29,3 +30,15 @@ def accepted_prefix(scores: list[float | None], threshold: float) -> int:
         if score is None or score < threshold:
             return i
     return len(scores)
+
+
+def span_logprob(tokens: list, start: int, end: int) -> float | None:
+    """The mean log-probability of the echoed prompt tokens that start within characters [start, end) of the prompt;
+    positions are the server's text offsets, or the running length of the token texts where it gives none."""
+    values, position = [], 0
+    for token in tokens:
+        offset = token.offset if token.offset is not None else position
+        position = offset + len(token.token)
+        if start <= offset < end and token.logprob is not None and math.isfinite(token.logprob):
+            values.append(token.logprob)
+    return sum(values) / len(values) if values else None

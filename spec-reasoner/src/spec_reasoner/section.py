@@ -9,6 +9,7 @@ from mimo_core.contract import Contract
 
 Author = Literal["draft", "oracle"]
 Scoring = Literal["completions", "chat", "unavailable"]
+Criterion = Literal["rating", "logprob"]
 Stopped = Literal["answer", "end", "max_steps", "max_tokens"]
 
 
@@ -48,6 +49,31 @@ class Tokens(Contract):
 
 
 @dataclass
+class TokenSpeculation(Contract):
+    """`reasoning.speculation`: the block drafter the record's model calls run with (the plan's speculation part),
+    and why; `settable` is false where the backend takes no speculation per request."""
+
+    method: str
+    block: int | None = None
+    reason: str = ""
+    settable: bool = True
+    measured_acceptance: float | None = None  # accepted / drafted over this stage's own calls, where they drafted
+
+
+@dataclass
+class StepDrafting(Contract):
+    """`reasoning.step_drafting`: whether the chain was drafted step by step, by which criterion, and why; with the
+    calibration's figures behind an automatic decision (`calibration.py`)."""
+
+    used: bool
+    criterion: Criterion | None = None
+    threshold: float | None = None
+    reason: str = ""
+    discrimination: dict[str, float] = field(default_factory=dict)
+    ms_per_token: dict[str, float | None] = field(default_factory=dict)
+
+
+@dataclass
 class Reasoning(Contract):
     """The record's `reasoning`: the answer, the chain with each step's author and score, and what it cost.
 
@@ -69,6 +95,10 @@ class Reasoning(Contract):
     k: int
     threshold: float
     stopped: Stopped
+    criterion: Criterion = "rating"  # the 0-9 rating, or the oracle's mean token log-probability of the step
+    notes: list[str] = field(default_factory=list)  # what was done differently for this backend
+    speculation: TokenSpeculation | None = None  # the block drafter of the record's calls
+    step_drafting: StepDrafting | None = None  # why the chain was drafted (absent: the bench's forced arms)
     verify_requests: int = 0
     draft_tokens: Tokens = field(default_factory=Tokens)
     oracle_tokens: Tokens = field(default_factory=Tokens)
