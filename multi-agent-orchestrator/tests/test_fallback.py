@@ -48,3 +48,39 @@ def test_a_stream_the_server_cut_off_is_a_failed_agent_not_an_empty_vote(monkeyp
     cut = consensus.agents[0]
     assert cut.status == "failed" and "unfinished" in cut.error and cut.answer is None
     assert consensus.answer == "7" and consensus.confidence == 1.0  # the cut-off agent casts no vote
+
+
+def _replies(monkeypatch, texts):
+    replies = iter(texts)
+
+    async def answer(ctx, params, on_token):
+        text = next(replies)
+        on_token(Chunk(0, text))
+        return Completion([text], ["stop"], params["model"], Usage(1, 10, 5), 0.01, logprobs=None)
+
+    monkeypatch.setattr(module, "stream_chat", answer)
+
+
+def _vote(options):
+    settings = load_settings(overrides={"model": "m", "base_url": "http://127.0.0.1:9"}, env={}, dotenv_path=None)
+    record = TaskRecord.from_dict({"id": 1, "domain": "math", "task": "3 + 4?"})
+    return asyncio.run(module.orchestrate(record, StageContext(settings, lambda: None), options))
+
+
+def test_a_first_wave_that_agrees_leaves_the_other_agents_unstarted(monkeypatch):
+    _replies(monkeypatch, ["The answer is 7."] * 5)
+    consensus = _vote(Options(agents=5, first_wave=3, branches=0))
+    assert len(consensus.agents) == 3 and consensus.answer == "7"
+    assert consensus.stop_reason == "the first 3 agents agree: the other 2 were not started"
+
+
+def test_a_first_wave_that_disagrees_starts_the_others(monkeypatch):
+    _replies(monkeypatch, ["The answer is 7.", "The answer is 9.", "The answer is 7."] + ["The answer is 7."] * 2)
+    consensus = _vote(Options(agents=5, first_wave=3, branches=0))
+    assert len(consensus.agents) == 5 and consensus.answer == "7"
+    assert consensus.votes == {"7": 4.0, "9": 1.0}
+
+
+def test_without_early_stop_every_agent_runs(monkeypatch):
+    _replies(monkeypatch, ["The answer is 7."] * 5)
+    assert len(_vote(Options(agents=5, first_wave=3, branches=0, early_stop=False)).agents) == 5

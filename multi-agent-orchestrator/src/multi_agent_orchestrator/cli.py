@@ -47,6 +47,8 @@ def _settings(model: str | None, config: Path | None):
 def run(
     file: Path | None = typer.Argument(None, help="Records (JSONL); stdin when absent."),
     agents: int = typer.Option(DEFAULTS.agents, "--agents", help="Agents per record."),
+    first_wave: int = typer.Option(DEFAULTS.first_wave, "--first-wave", help="Agents started first; the others "
+                                   "only if these disagree (with --early-stop; 0: all at once)."),
     branches: int = typer.Option(DEFAULTS.branches, "--branches", help="Continuations at an agent's fork (0: none)."),
     fork_entropy: float = typer.Option(DEFAULTS.fork_entropy, "--fork-entropy",
                                        help="Top-k entropy (nats) that makes a token a fork point."),
@@ -62,7 +64,7 @@ def run(
     config: Path | None = typer.Option(None, "--config", help="YAML settings file."),
 ) -> None:
     """Read task records, write them on with `consensus` (the answer, its confidence and every vote)."""
-    options = _options(agents=agents, branches=branches, fork_entropy=fork_entropy, early_stop=early_stop,
+    options = _options(agents=agents, first_wave=first_wave, branches=branches, fork_entropy=fork_entropy, early_stop=early_stop,
                        window=window, weighting=weighting, measure=measure, max_tokens=max_tokens)
     settings = _settings(model, config)
     try:

@@ -19,6 +19,7 @@ class Options(Contract):
     made 22 confident wrong answers. DeepConf's 90% kept stays the early-stop rule."""
 
     agents: int = 5
+    first_wave: int = 3  # agents started first; the rest only if they disagree (0: all at once)
     branches: int = 2  # continuations sampled at an agent's fork point; 0: no forks
     fork_entropy: float = 1.2  # nats of top-k entropy that make a token a fork point (top-5 caps it at ln 6 = 1.79)
     fork_min_token: int = 8  # no fork in the first tokens of a reply
@@ -37,6 +38,7 @@ class Options(Contract):
     def __post_init__(self) -> None:
         checks = [
             (self.agents >= 1, "agents must be at least 1"),
+            (self.first_wave >= 0, "first_wave must be 0 or more"),
             (self.branches >= 0, "branches must be 0 or more"),
             (self.warmup >= 1, "warmup must be at least 1"),
             (0 < self.keep <= 1, "keep must be in (0, 1]"),

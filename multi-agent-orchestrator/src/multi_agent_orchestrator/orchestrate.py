@@ -253,12 +253,26 @@ class Orchestration:
         await asyncio.gather(*self.tasks, return_exceptions=True)  # their streams are closed when this returns
         self.tasks.clear()
 
-    async def run(self) -> Consensus:
-        """Run the agents to a decided vote and return the section."""
-        for agent in plan(self.record, self.options.agents, self.seed):
+    def _launch(self, agents: list[Agent]) -> None:
+        for agent in agents:
             trace = Trace(agent.index, agent, messages(self.record, agent))
             self.traces.append(trace)
             self._start([trace], agent.temperature, agent.seed)
+
+    def _wave_agrees(self) -> bool:
+        """ESC's rule over the first wave: every finished voter (and the spec-reasoner's answer) gave one answer."""
+        keys = [t.key for t in self._voters()]
+        spec = self._spec_vote()
+        keys += [spec[1]] if spec is not None else []
+        return len(keys) >= 2 and keys[0] is not None and all(k == keys[0] for k in keys)
+
+    async def run(self) -> Consensus:
+        """Run the agents to a decided vote and return the section. The first wave of agents runs alone; the
+        others start only if its answers disagree (agreeing agents make the others' votes unlikely to matter)."""
+        agents = plan(self.record, self.options.agents, self.seed)
+        first = self.options.first_wave if 0 < self.options.first_wave < len(agents) else len(agents)
+        waiting = agents[first:]
+        self._launch(agents[:first])
         try:
             while self.tasks:
                 task = await self.finished.get()
@@ -269,6 +283,13 @@ class Orchestration:
                 self._check_decided()
                 if self.stop_reason is not None:
                     await self._cancel_running()
+                elif not self.tasks and waiting:
+                    if self.options.early_stop and self._wave_agrees():
+                        self.stop_reason = (f"the first {first} agents agree: the other {len(waiting)} were not "
+                                            f"started")
+                    else:
+                        self._launch(waiting)
+                    waiting = []
         finally:
             await self._cancel_running()
         failed = [t for t in self.traces if t.status == "failed"]
