@@ -121,3 +121,13 @@ def test_a_flag_is_checked_as_its_variable_and_named_as_the_flag():
     assert parse_setting("MIMO_PRECISION_POLICIES", "native, experts-mxfp4") == ("native", "experts-mxfp4")
     with pytest.raises(SettingsError, match="--threads"):
         parse_setting("MIMO_ENGINE_THREADS", "-2", "--threads")
+
+
+def test_precision_models_are_format_model_pairs_and_go_to_a_child_process():
+    settings = load_settings(env={"MIMO_PRECISION_MODELS": "fp8=mimo-fp8, mxfp4=mimo-mxfp4"}, dotenv_path=None)
+    assert settings.precision_models == (("fp8", "mimo-fp8"), ("mxfp4", "mimo-mxfp4"))
+    assert settings.to_dict()["precision_models"] == {"fp8": "mimo-fp8", "mxfp4": "mimo-mxfp4"}
+    again = load_settings(env=settings.to_env(), dotenv_path=None)
+    assert again.precision_models == settings.precision_models
+    with pytest.raises(SettingsError, match="MIMO_PRECISION_MODELS.*not FORMAT=MODEL"):
+        load_settings(env={"MIMO_PRECISION_MODELS": "fp8"}, dotenv_path=None)

@@ -37,6 +37,8 @@ class Settings:
     engine_idle_timeout_s: float = 600.0
     precision_policies: tuple[str, ...] | None = None  # None: the engine's default set; ("all",): every policy
     engine_threads: int | None = None  # None: every core
+    # a remote server's deployments of the oracle at other precisions: (policy or format, served model name) pairs
+    precision_models: tuple[tuple[str, str], ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cache_dir", Path(self.cache_dir).expanduser())  # flags may pass a str
@@ -69,7 +71,9 @@ class Settings:
             if f.name == "api_key":
                 out["api_key_set"] = bool(value)
                 continue
-            out[f.name] = str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value
+            if isinstance(value, tuple):
+                value = dict(value) if value and isinstance(value[0], tuple) else list(value)
+            out[f.name] = str(value) if isinstance(value, Path) else value
         out["backend"] = "embedded" if self.embedded else "remote"
         return out
 
@@ -99,7 +103,7 @@ def _to_text(value: Any) -> str:
     if isinstance(value, bool):
         return str(int(value))
     if isinstance(value, tuple):
-        return ",".join(value)
+        return ",".join(item if isinstance(item, str) else "=".join(item) for item in value)
     return str(value)
 
 
@@ -164,6 +168,19 @@ def _parse_policies(name: str, raw: str) -> tuple[str, ...] | None:
     return names
 
 
+def _parse_models(name: str, raw: str) -> tuple[tuple[str, str], ...] | None:
+    """`FORMAT=MODEL` pairs, comma-separated: the served model that runs the oracle at each precision."""
+    if not raw.strip():
+        return None
+    pairs = []
+    for part in raw.split(","):
+        precision, sep, model = (piece.strip() for piece in part.partition("="))
+        if not sep or not precision or not model or not POLICY_NAME.fullmatch(precision):
+            raise SettingsError(f"{name}={raw!r}: {part.strip()!r} is not FORMAT=MODEL (such as fp8=mimo-fp8)")
+        pairs.append((precision, model))
+    return tuple(pairs)
+
+
 def _parse_threads(name: str, raw: str) -> int | None:
     return _parse_int(name, raw, 1) if raw.strip() else None
 
@@ -181,6 +198,7 @@ VARIABLES: dict[str, tuple[str, Any]] = {
     "MIMO_ENGINE_IDLE_TIMEOUT_S": ("engine_idle_timeout_s", _parse_float),
     "MIMO_PRECISION_POLICIES": ("precision_policies", _parse_policies),
     "MIMO_ENGINE_THREADS": ("engine_threads", _parse_threads),
+    "MIMO_PRECISION_MODELS": ("precision_models", _parse_models),
 }
 _FIELD_TO_VARIABLE = {f: v for v, (f, _) in VARIABLES.items()}
 
