@@ -26,14 +26,16 @@ def _print_json(data: object) -> None:
 def route(concurrency: int | None = typer.Option(None, "--concurrency", min=1, help="Records routed at once.")) -> None:
     """Pipeline stage: read records (JSONL) on stdin, write each with `precision` on stdout.
 
-    The policy comes from the record's domain (math and coding 7 bits per weight, triage 6, general 5.5) and a
-    short probe of the model's next-token entropy (one bit more when it is uncertain). Disabled
-    (config.disabled: precision-router): native precision. Against a remote backend: backend "unsupported"."""
+    The candidate policy comes from the record's domain (math and coding 7 bits per weight, triage 6, general 5.5)
+    and a short probe of the model's next-token entropy (one bit more when it is uncertain); it is kept only where
+    it reads fewer bytes than native and decodes no slower (measured once per policy), else the record runs native
+    and says why. Every later call of the record runs under it. Disabled (config.disabled: precision-router):
+    native. On a remote server: the deployment of MIMO_PRECISION_MODELS meeting the record's target bits."""
     from mimo_core.stage import run_stage  # the model client: not for --help
 
-    from precision_router.route import baseline, route as route_record
+    from precision_router.route import Router, baseline
 
-    raise typer.Exit(run_stage("precision-router", route_record, component="precision-router", baseline=baseline,
+    raise typer.Exit(run_stage("precision-router", Router().route, component="precision-router", baseline=baseline,
                                concurrency=concurrency))
 
 
