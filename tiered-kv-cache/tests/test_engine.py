@@ -1,6 +1,7 @@
 """The tiers inside the real engine (smollm2-135m): greedy output is token-identical with the cache off and served
 from each tier; the plan stage warms a record's prefix, and the next engine process finds it on disk."""
 
+import asyncio
 import io
 import json
 
@@ -8,14 +9,17 @@ import numpy as np
 import pytest
 
 from mimo_core import daemon
+from mimo_core.client import Completion, Usage
 from mimo_core.record import TaskRecord, write_record
 from mimo_core.settings import load_settings
+from mimo_core.stage import StageContext
 from mimo_engine.runtime import EngineCore, LoadedModel, Work
 from tiered_kv_cache import TierConfig
 from tiered_kv_cache.bench import private_engine
 from tiered_kv_cache.disk import inspect_disk
 from tiered_kv_cache.live import live_stats
-from tiered_kv_cache.plan import REMOTE_REASON, run_plan
+from tiered_kv_cache.plan import (NO_CACHED_COUNT, NO_SWITCH, SERVER_REASON, baseline_record, plan_record,
+                                  run_plan)
 
 pytestmark = pytest.mark.model
 MODEL = "smollm2-135m"
@@ -121,9 +125,28 @@ def test_plan_warms_the_prefix_and_the_next_engine_process_finds_it_on_disk():
         assert again["kv"]["tier_hits"]["disk"] >= 48
 
 
-def test_plan_against_a_remote_endpoint_says_unsupported_and_calls_nothing():
+class Server:
+    """A remote server's chat that reports `cached` prompt tokens, or none (a unit test of control flow)."""
+
+    def __init__(self, cached):
+        self.cached, self.calls = cached, []
+
+    async def chat(self, messages, **kwargs):
+        self.calls.append(kwargs)
+        return Completion(["x"], ["stop"], kwargs["model"], Usage(1, 40, 1, cached_tokens=self.cached), 0.01)
+
+
+@pytest.mark.parametrize("cached", [32, None])
+def test_plan_warms_a_remote_servers_own_cache_and_says_what_it_reported(cached):
     settings = load_settings(overrides={"base_url": "http://127.0.0.1:9/v1", "model": "m"}, env={},
                              dotenv_path=None)
-    (out,) = plan([record(1)], settings)
-    assert out["kv"]["backend"] == "unsupported" and out["kv"]["reason"] == REMOTE_REASON
-    assert out["kv"]["warmed"] is False and out["trace"][-1]["calls"] == 0 and out["error"] is None
+    server = Server(cached)
+    task = TaskRecord(id=1, domain="math", task="What is 12 * 8?")
+    asyncio.run(plan_record(task, StageContext(settings, lambda: server, task)))
+    kv = task.kv
+    assert kv["backend"] == "server" and kv["warmed"] and kv["enabled"] and kv["cached_tokens"] == cached
+    assert kv["reason"] == (SERVER_REASON if cached is not None else f"{SERVER_REASON}; {NO_CACHED_COUNT}")
+    assert [c["model"] for c in server.calls] == ["m"]  # one warm request (the client sends no engine fields)
+    off = TaskRecord(id=2, domain="math", task="What is 12 * 8?", config={"disabled": ["tiered-kv-cache"]})
+    baseline_record(off, StageContext(settings, lambda: server, off))
+    assert off.kv["enabled"] is False and off.kv["reason"] == NO_SWITCH

@@ -50,7 +50,8 @@ def plan(
 
     A record with tiered-kv-cache in config.disabled gets `kv.enabled: false` and no call.
 
-    Against a remote endpoint: `kv.backend: "unsupported"`, the reason, and no call.
+    Against a remote server: the same request warms the server's own prefix cache (`kv.backend: "server"`), and
+    `kv.cached_tokens` says what the server reported cached, or null where it reports nothing.
 
     Exit codes: 0 done; 2 bad input (`line N: reason`; the records before it were written)."""
     from tiered_kv_cache.plan import run_plan

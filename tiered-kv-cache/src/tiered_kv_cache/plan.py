@@ -6,9 +6,14 @@ engine prefills the prefix (the one token comes from that prefill's last logits,
 blocks, in whichever tier they end up; every later call finds them instead of prefilling them again. Warming once
 first matters most when many calls start together: each would otherwise prefill the same prefix at the same time.
 
-A disabled component does the baseline: no warming, `kv.enabled: false` (later stages send `mimo.cache.enabled:
-false`, so every call prefills from scratch). Against a remote endpoint the tiers do not exist: the section says
-`backend: "unsupported"` and why, and no call is made (the server's own prefix cache serves the record's first call).
+The section's `enabled` is the cache part of the record's plan: every later call of the record runs with prefix
+reuse on or off accordingly (`mimo_core.plan`). A disabled component does the baseline: no warming, `kv.enabled:
+false`, so every later call prefills from scratch.
+
+Against a remote server the engine's tiers do not exist, but a server with automatic prefix caching (vLLM, SGLang,
+llama.cpp's server) keeps what it computed: the same one-token request warms the prefix there, and the section
+records the cached tokens the server reports for it, or that it reports none. A remote server's cache cannot be
+switched off per request, so a disabled component there says so.
 """
 
 from __future__ import annotations
@@ -27,9 +32,10 @@ from mimo_core.stage import StageContext, run_stage
 from tiered_kv_cache.tiers import TIERS
 
 STAGE = "tiered-kv-cache"
-REMOTE_REASON = ("MIMO_BASE_URL points at a remote server: the KV tiers live in the embedded engine, so nothing was "
-                 "warmed; the server's own prefix cache, if it has one, serves the prefix after the record's first call")
-NO_REPORT_REASON = "the server answered without the engine's mimo.cache report: its cache tiers are unknown"
+SERVER_REASON = ("a remote server: the prefix was warmed in its own prefix cache, which serves the record's later "
+                 "calls where it has one; the engine's tiers do not exist there")
+NO_CACHED_COUNT = "the server reports no cached tokens (usage.prompt_tokens_details): whether it reuses is unknown"
+NO_SWITCH = "a remote server's prefix cache cannot be switched off per request: later calls may still reuse it"
 
 
 @dataclass
@@ -46,12 +52,13 @@ class KVSection(Contract):
     """The record's `kv` section. `prefix_tokens` and `tier_hits` are the first (oracle) model's."""
 
     enabled: bool
-    backend: Literal["engine", "unsupported"]
+    backend: Literal["engine", "server"]
     prefix_key: str
     warmed: bool = False
     prefix_tokens: int | None = None
     tier_hits: dict[str, int] = field(default_factory=dict)
     models: dict[str, Warmed] = field(default_factory=dict)
+    cached_tokens: int | None = None  # what the server reported cached for the warm request (None: not reported)
     reason: str | None = None
 
 
@@ -65,39 +72,37 @@ def warm_models(ctx: StageContext) -> list[str]:
     return list(dict.fromkeys([ctx.settings.oracle_model, ctx.settings.drafter_model]))
 
 
-async def warm(ctx: StageContext, messages: list[dict[str, Any]], model: str) -> Warmed | None:
-    """Prefill `messages` on `model` with a one-token chat request; None if the server sent no cache report."""
+async def warm(ctx: StageContext, messages: list[dict[str, Any]], model: str) -> tuple[Warmed, int | None]:
+    """Prefill `messages` on `model` with a one-token chat request (deliberately with reuse on, whatever the plan
+    holds: warming is what this stage decides); the engine's tier hits, and the cached tokens the server reported."""
     completion = await ctx.chat(messages, model=model, max_tokens=1, temperature=0.0,
                                 override=MimoRequest(cache=CacheRequest(True)))
     cache = (completion.engine or {}).get("cache")
-    if not isinstance(cache, dict):
-        return None
-    hits = {tier: int(cache.get(f"{tier}_hit_tokens", 0)) for tier in TIERS}
-    return Warmed(completion.usage.prompt_tokens, hits, round(completion.latency_s, 6))
+    hits = {tier: int(cache.get(f"{tier}_hit_tokens", 0)) for tier in TIERS} if isinstance(cache, dict) else {}
+    return Warmed(completion.usage.prompt_tokens, hits, round(completion.latency_s, 6)), completion.usage.cached_tokens
 
 
 async def plan_record(record: TaskRecord, ctx: StageContext) -> None:
-    """Warm the record's shared prefix in the engine and write its `kv` section."""
+    """Warm the record's shared prefix on every model later calls use (the engine's tiers, or a remote server's own
+    prefix cache) and write its `kv` section."""
     messages = shared_prefix(record)
-    section = KVSection(enabled=True, backend="unsupported", prefix_key=prefix_key(messages))
-    if not ctx.settings.send_extensions:
-        section.reason = REMOTE_REASON
-    else:
-        models = warm_models(ctx)
-        results = await asyncio.gather(*(warm(ctx, messages, model) for model in models))
-        warmed = [r for r in results if r is not None]
-        if len(warmed) < len(results):
-            section.reason = NO_REPORT_REASON
-        else:
-            section.backend, section.warmed, section.models = "engine", True, dict(zip(models, warmed))
-            section.prefix_tokens, section.tier_hits = warmed[0].prefix_tokens, warmed[0].tier_hits
+    models = warm_models(ctx)
+    results = await asyncio.gather(*(warm(ctx, messages, model) for model in models))
+    engine = ctx.settings.send_extensions
+    section = KVSection(enabled=True, backend="engine" if engine else "server", prefix_key=prefix_key(messages),
+                        warmed=True, models={m: w for m, (w, _) in zip(models, results)},
+                        prefix_tokens=results[0][0].prefix_tokens, tier_hits=results[0][0].tier_hits,
+                        cached_tokens=results[0][1])
+    if not engine:
+        section.reason = SERVER_REASON if section.cached_tokens is not None else f"{SERVER_REASON}; {NO_CACHED_COUNT}"
     record.kv = section.to_dict()
 
 
 def baseline_record(record: TaskRecord, ctx: StageContext) -> None:
-    """The component is disabled: no warming, and the section tells later stages to leave the cache off."""
-    backend = "engine" if ctx.settings.embedded else "unsupported"
-    record.kv = KVSection(enabled=False, backend=backend, prefix_key=prefix_key(shared_prefix(record))).to_dict()
+    """The component is disabled: no warming, and the plan's cache part off for the record's later calls."""
+    engine = ctx.settings.send_extensions
+    record.kv = KVSection(enabled=False, backend="engine" if engine else "server",
+                          prefix_key=prefix_key(shared_prefix(record)), reason=None if engine else NO_SWITCH).to_dict()
 
 
 def run_plan(**kwargs: Any) -> int:
