@@ -11,6 +11,7 @@ from ds_benchmark.results import Results
 from ds_benchmark.suites import build_suite
 from ds_benchmark.verify import score_record
 from mimo_core.record import TraceEntry
+from mimo_core.served import Served
 
 runner = CliRunner()
 
@@ -227,3 +228,43 @@ def test_provenance_comes_from_the_trace_and_the_cli_says_a_summary(tmp_path):
     assert env["machines"] == [{"cpus": 64, "host": "node-7"}] and env["versions"] == {"mimo-core": ["0.1.0"]}
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("report: full: 8 records, ") and " correct, " in line and "D/s" in line
+
+
+def served_run(disabled=(), cached=None, **kwargs):
+    """`answered_run` whose agents' calls were served `cached` prompt tokens of 100 (None: the server said nothing)."""
+    records = answered_run(disabled=disabled, **kwargs)
+    for r in records:
+        entry = r.trace[0]
+        entry.served = Served()
+        engine = {"cache": {"cached_tokens": cached}, "precision": {"policy": "native", "weight_bytes": 85,
+                                                                    "weights_read": 80}} if cached is not None else None
+        entry.served.add(2, 100, 40, None, engine)
+    return records
+
+
+def test_report_sums_what_each_configuration_and_stage_was_served(tmp_path):
+    records = served_run(cached=60) + served_run(disabled=["tiered-kv-cache"], cached=0)
+    results = Results.from_dict(json.loads(report(tmp_path, "served", records).read_text()))
+    full, without = sorted(results.configurations, key=lambda c: len(c.disabled))
+    assert full.served.prompt_tokens == 800 and full.served.cached_tokens == 480
+    assert full.mechanism() == {"cached_share": 0.6, "bits_per_weight": 8.5, "accepted_per_pass": None}
+    assert full.stages["multi-agent-orchestrator"]["served"]["cached_tokens"] == 480
+    (impact,) = results.impact  # the row of the cache switched off shows its mechanism off
+    assert impact.mechanism_full["cached_share"] == 0.6 and impact.mechanism_without["cached_share"] == 0.0
+
+
+def test_a_figure_no_call_reported_stays_unreported_in_the_report(tmp_path):
+    results = Results.from_dict(json.loads(report(tmp_path, "silent", served_run(cached=None)).read_text()))
+    (config,) = results.configurations
+    assert config.served.calls == 16 and config.served.cached_tokens is None
+    assert config.served.reported["cached_tokens"] is False and config.mechanism()["cached_share"] is None
+
+
+def test_compare_shows_the_mechanism_beside_ds(tmp_path):
+    a = report(tmp_path, "a", served_run(cached=0))
+    b = report(tmp_path, "b", served_run(cached=60))
+    result = runner.invoke(app, ["compare", str(a), str(b)])
+    assert result.exit_code == 0, result.output
+    (config,) = Comparison.from_dict(json.loads(result.stdout)).configurations
+    assert config.a_figures["cached_share"] == 0.0 and config.b_figures["cached_share"] == 0.6
+    assert config.delta["cached_share"] == 0.6 and "cached_share" in result.stderr

@@ -10,10 +10,11 @@ from rich.table import Table
 
 from mimo_core.contract import Contract
 
-from .results import ComponentImpact, Configuration, Results
+from .results import MECHANISMS, ComponentImpact, Configuration, Results
 from .score import bootstrap_ci
 
-DELTAS = ("ds", "accuracy", "weighted_accuracy", "overconfident_wrong", "errors", "tokens_per_s", "wall_s")
+DELTAS = ("ds", "accuracy", "weighted_accuracy", "overconfident_wrong", "errors", "tokens_per_s", "wall_s",
+          *MECHANISMS)
 
 
 @dataclass
@@ -108,7 +109,7 @@ def compare_configurations(a: Configuration, b: Configuration, seed: int = 0) ->
                       for x, y in shared],
                      dtype=float).reshape(-1, 4)
     wall_a, wall_b = a.figures.wall_s, b.figures.wall_s
-    fa, fb = a.figures.to_dict(), b.figures.to_dict()
+    fa, fb = {**a.figures.to_dict(), **a.mechanism()}, {**b.figures.to_dict(), **b.mechanism()}
     return ConfigurationDelta(
         a=a.name,
         b=b.name,
@@ -151,6 +152,8 @@ def component_impact(results: Results) -> list[ComponentImpact]:
             accuracy_drop=delta.delta["accuracy"],
             tokens_per_s_drop=delta.delta["tokens_per_s"] or 0.0,
             paired_tasks=delta.paired_tasks,
+            mechanism_full=full.mechanism(),
+            mechanism_without=without.mechanism(),
         ))
     return sorted(rows, key=lambda row: -row.ds_drop)
 
@@ -158,11 +161,12 @@ def component_impact(results: Results) -> list[ComponentImpact]:
 def impact_table(rows: list[ComponentImpact], title: str = "component impact") -> Table:
     """The component impact table for the terminal, largest D/s drop first."""
     out = Table("component switched off", "D/s full", "D/s without", "D/s drop", "95% CI", "accuracy drop",
-                "tokens/s drop", title=title)
+                "tokens/s drop", *(f"{name} full / without" for name in MECHANISMS), title=title)
     for r in rows:
         ci = f"[{_fmt(r.ds_drop_ci95[0])}, {_fmt(r.ds_drop_ci95[1])}]" if r.ds_drop_ci95 else ""
         out.add_row(r.component, _fmt(r.ds_full), _fmt(r.ds_without), _fmt(r.ds_drop), ci, _fmt(r.accuracy_drop),
-                    _fmt(r.tokens_per_s_drop))
+                    _fmt(r.tokens_per_s_drop), *(f"{_fmt(r.mechanism_full.get(name))} / "
+                                                 f"{_fmt(r.mechanism_without.get(name))}" for name in MECHANISMS))
     return out
 
 

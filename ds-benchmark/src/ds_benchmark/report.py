@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from mimo_core.record import SECTIONS, TaskRecord
+from mimo_core.served import Served
 
 from .compare import component_impact
 from .results import Configuration, Outcome, Results
@@ -66,8 +67,17 @@ def outcome(record: TaskRecord, formula: str) -> Outcome:
     )
 
 
+def served_total(entries: Iterable) -> Served:
+    """What the calls of these trace entries were served, summed (entries without calls add nothing)."""
+    total = Served()
+    for entry in entries:
+        if entry.served is not None:
+            total.merge(entry.served)
+    return total
+
+
 def stage_figures(records: list[TaskRecord]) -> dict[str, dict[str, Any]]:
-    """Per stage, from the trace: entries by status, wall time, model calls and tokens."""
+    """Per stage, from the trace: entries by status, wall time, model calls and tokens, and what they were served."""
     by_stage = defaultdict(list)
     for entry in (e for record in records for e in record.trace):
         by_stage[entry.stage].append(entry)
@@ -79,6 +89,7 @@ def stage_figures(records: list[TaskRecord]) -> dict[str, dict[str, Any]]:
             "calls": sum(e.calls for e in entries),
             "prompt_tokens": sum(e.prompt_tokens for e in entries),
             "completion_tokens": sum(e.completion_tokens for e in entries),
+            "served": served_total(entries).to_dict(),
         }
         for stage, entries in by_stage.items()
     }
@@ -99,6 +110,7 @@ def configuration(disabled: list[str], records: list[TaskRecord], wall_s: float 
         domains={d: figures([o for o in outcomes if o.domain == d], wall_s, seed) for d in domains},
         stages=stage_figures(records),
         outcomes=outcomes,
+        served=served_total(e for record in records for e in record.trace),
     )
 
 

@@ -7,8 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from mimo_core.contract import Contract
+from mimo_core.served import Served
 
 SCHEMA = "mimo.results/1"
+# What each component's mechanism shows in the calls a configuration made (`mechanism`): the share of prompt tokens
+# served from a prefix cache, the bits per weight the engine read, and the tokens a verification pass yielded.
+MECHANISMS = ("cached_share", "bits_per_weight", "accepted_per_pass")
 
 
 @dataclass
@@ -63,6 +67,13 @@ class Configuration(Contract):
     domains: dict[str, Figures]
     stages: dict[str, dict[str, Any]]
     outcomes: list[Outcome]
+    served: Served | None = None  # every stage's calls for every record, summed (None: made before it was kept)
+
+    def mechanism(self) -> dict[str, float | None]:
+        """The figures of MECHANISMS over the configuration's calls; None where no call reported them."""
+        served = self.served or Served()
+        return {"cached_share": served.cached_share, "bits_per_weight": served.bits_per_weight,
+                "accepted_per_pass": served.accepted_per_pass}
 
 
 @dataclass
@@ -77,6 +88,9 @@ class ComponentImpact(Contract):
     accuracy_drop: float | None
     tokens_per_s_drop: float  # raw speed: completion tokens per second, full minus without
     paired_tasks: int
+    # the mechanism with the component on and off (MECHANISMS): each row shows its own switched off
+    mechanism_full: dict[str, float | None] = field(default_factory=dict)
+    mechanism_without: dict[str, float | None] = field(default_factory=dict)
 
 
 @dataclass
