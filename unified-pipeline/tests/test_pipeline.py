@@ -1,11 +1,16 @@
 """run_pipeline.py end to end on the real engine: one task through the five stage processes."""
 
 import json
+import os
+import threading
+import time
+from pathlib import Path
 
 import pytest
 
 from mimo_core.record import COMPONENTS, TaskRecord
-from unified_pipeline.pipe import STAGES
+from unified_pipeline.pipe import STAGES, run_pipe
+from unified_pipeline.task import task_record
 
 pytestmark = pytest.mark.model
 
@@ -45,3 +50,45 @@ def test_a_task_without_reference_is_shown_and_not_scored(engine_settings, run_s
 def test_bad_input_is_one_line_and_exit_2(args, said, run_script, tmp_path):
     done = run_script("run_pipeline", *args, env={"PATH": ""}, cwd=tmp_path, timeout=60)
     assert done.returncode == 2 and said in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def children() -> dict[int, str]:
+    """This process's children and their states (R, S, Z...), from /proc."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, parent = stat.read_text().rsplit(")", 1)[1].split()[:2]
+        except (OSError, IndexError, ValueError):
+            continue  # gone while being read
+        if int(parent) == os.getpid():
+            found[int(stat.parent.name)] = state
+    return found
+
+
+def test_each_stage_process_is_reaped_as_it_ends(engine_settings, script_env, tmp_path):
+    records = [task_record(f"What is {i} + {i}?", "math", str(2 * i), list(COMPONENTS)) for i in range(1, 4)]
+    all_out = threading.Event()
+
+    def feed():
+        yield from records
+        # The stages' input ends only once every record is out, so that they end while the pipe's generator waits;
+        # unless a stage has ended already (it failed: the pipe ends and says why).
+        while not all_out.wait(0.5):
+            if len(children()) < len(STAGES) or "Z" in children().values():
+                return
+
+    with open(tmp_path / "stages.log", "w+", encoding="utf-8") as log:
+        pipe = run_pipe(feed(), script_env(engine_settings), log)
+        out = [next(pipe) for _ in records]
+        stages = children()
+        assert len(stages) == len(STAGES) and "Z" not in stages.values()
+        all_out.set()
+        # the pipe's generator is paused here, its consumer not yet back: a stage process is reaped as it ends,
+        # not when the run ends (before, each waited as a zombie for the last one and the caller)
+        deadline = time.monotonic() + 300
+        while set(children()) & set(stages):
+            assert time.monotonic() < deadline, f"stage processes left unreaped: {children()}"
+            time.sleep(0.2)
+        assert list(pipe) == []
+    assert [r.id for r in out] == [r.id for r in records] and all(r.verdict for r in out)
+    assert "Z" not in children().values()

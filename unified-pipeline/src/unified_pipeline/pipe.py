@@ -57,6 +57,13 @@ def _feed(records: Iterable[TaskRecord], sink: IO[str]) -> None:
             pass
 
 
+def _reap_when_done(process: subprocess.Popen) -> None:
+    """Wait on a stage process from a thread of its own, so that it is reaped the moment it exits: a stage that
+    ends early (its input ended, or it crashed) must not stay a zombie until every other stage has ended too."""
+    # Popen.wait is safe across threads (it holds the Popen's lock), and its exit code stays readable afterwards.
+    threading.Thread(target=process.wait, name=f"reap-{process.pid}", daemon=True).start()
+
+
 def run_pipe(records: Iterable[TaskRecord], env: dict[str, str], stderr: IO[str]) -> Iterator[TaskRecord]:
     """Stream `records` through the five stages and yield each record as the last stage writes it.
 
@@ -71,6 +78,7 @@ def run_pipe(records: Iterable[TaskRecord], env: dict[str, str], stderr: IO[str]
             if processes:
                 processes[-1].stdout.close()  # the next stage holds the read end now: EOF travels down the pipe
             processes.append(process)
+            _reap_when_done(process)
             upstream = process.stdout
         feeder = threading.Thread(target=_feed, args=(records, processes[0].stdin), daemon=True)
         feeder.start()
