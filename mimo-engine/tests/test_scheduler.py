@@ -13,7 +13,7 @@ from tiered_kv_cache import KVPool
 from mimo_core.extensions import MimoRequest
 from mimo_engine.runtime import BLOCK_SIZE
 from mimo_engine.sampling import InvalidRequest, SamplingParams
-from mimo_engine.scheduler import Done, Engine, Failed, ModelWorker, QueueFull, Request, UnknownModel
+from mimo_engine.scheduler import Done, Engine, Failed, ModelWorker, QueueFull, Request, Unavailable, UnknownModel
 from mimo_engine.step import StepBatch
 
 EOS = 256
@@ -54,6 +54,9 @@ class FakeModel:
 
     def new_pool(self, num_blocks: int) -> KVPool:
         return KVPool(1, 1, 1, num_blocks, BLOCK_SIZE)
+
+    def use_threads(self) -> None:  # LoadedModel's per-thread kernel setup: nothing to set up here
+        pass
 
     def policy(self, name: str | None) -> Policy:  # LoadedModel's precision side: every policy reads one form
         return static_policy(name or "native")
@@ -221,7 +224,7 @@ def test_model_error_fails_the_request(model):
 def test_engine_loads_each_model_once_and_knows_unknown_names():
     loads = []
 
-    def load(name):
+    def load(name, report):
         loads.append(name)
         time.sleep(0.05)
         return FakeModel(name=name)
@@ -280,3 +283,110 @@ def test_a_prompt_that_starts_like_an_earlier_one_reuses_its_blocks(worker, mode
         return await request.result()
 
     assert asyncio.run(without_cache()).report.cache.cached_tokens == 0
+
+
+def test_a_cancelled_request_s_tokens_are_counted_as_they_were_computed(model):
+    model.script = b"x" * 60
+    model.step_s = 0.002
+    worker = ModelWorker(model, max_batch_size=4, max_queue=0)
+    prompt = [1, 2, 3, 4, 5]
+
+    async def main():
+        request = Request(prompt, SamplingParams(max_tokens=50))
+        worker.submit(request)
+        received = 0
+        async for _ in request.events():  # the client reads a few tokens, then hangs up
+            received += 1
+            if received == 3:
+                break
+        request.cancel()
+        return received
+
+    try:
+        received = asyncio.run(main())
+        deadline = time.monotonic() + 10
+        while worker.metrics.live:  # the worker retires it at its next step
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert worker.metrics.counter("completion_tokens") >= received
+        assert worker.metrics.counter("prompt_tokens") == len(prompt)
+        assert worker.metrics.counter("cache_prefilled_tokens") == len(prompt)
+        assert worker.metrics.histograms["duration_s"].n == 0  # it never finished: no duration observed
+    finally:
+        worker.close()
+
+
+def test_metrics_count_a_running_request_before_it_ends(model):
+    model.script = b"x" * 60
+    model.step_s = 0.002
+    worker = ModelWorker(model, max_batch_size=4, max_queue=0)
+
+    async def main():
+        request = Request([1, 2], SamplingParams(max_tokens=40))
+        worker.submit(request)
+        seen = 0
+        async for event in request.events():
+            seen += 1
+            if seen == 5:  # mid-stream: what it has computed is already counted
+                assert worker.metrics.counter("completion_tokens") >= 5
+                assert worker.metrics.counter("prompt_tokens") == 2
+        return event
+
+    try:
+        done = asyncio.run(main())
+        assert isinstance(done, Done)
+        assert worker.metrics.counter("completion_tokens") == done.report.completion_tokens == 40
+        assert worker.metrics.histograms["duration_s"].n == 1 and not worker.metrics.live
+    finally:
+        worker.close()
+
+
+def test_a_loading_model_keeps_the_engine_busy_and_says_how_far_it_is():
+    pulled, release = threading.Event(), threading.Event()
+
+    def load(name, report):
+        report("pulling", 40, 100)
+        pulled.set()
+        release.wait(10)
+        report("loading", 0, 0)
+        return FakeModel(name=name)
+
+    engine = Engine(["a", "b"], load)
+    try:
+        assert not engine.busy() and engine.model_health()["a"].state == "not_loaded"
+        engine.request_load(["a"])
+        assert pulled.wait(10)
+        far_later = engine.last_active() + 3600
+        assert engine.busy() and engine.idle_s(now=far_later) == 0  # an hour into a load is not idle
+        a = engine.model_health()["a"]
+        assert (a.state, a.bytes_done, a.bytes_total) == ("pulling", 40, 100)
+        release.set()
+        deadline = time.monotonic() + 10
+        while engine.model_health()["a"].state != "ready":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert engine.loaded() == ["a"] and engine.model_health()["b"].state == "not_loaded"
+        assert not engine.busy() and engine.idle_s(now=engine.last_active() + 5) == 5  # the clock starts at its end
+        with pytest.raises(UnknownModel):
+            engine.request_load(["nope"])
+    finally:
+        engine.close()
+
+
+def test_a_request_in_flight_keeps_the_engine_busy_and_a_failed_load_says_so():
+    def load(name, report):
+        raise OSError("disk on fire")
+
+    engine = Engine(["a"], load)
+    try:
+        engine.begin_request()
+        assert engine.busy() and engine.idle_s(now=engine.last_active() + 3600) == 0
+        engine.end_request()
+        assert not engine.busy()
+        with pytest.raises(Unavailable):
+            engine.worker("a")
+        failed = engine.model_health()["a"]
+        assert failed.state == "failed" and "could not be loaded" in failed.error and "disk" not in failed.error
+        assert not engine.busy()
+    finally:
+        engine.close()

@@ -1,10 +1,13 @@
 """Server-wide figures and their Prometheus text: each figure is declared once and /metrics derives from it.
 
-Per-request figures are declared on the `mimo` report (`mimo_core.extensions.MimoReport`, with `figure(...)`):
-when a request finishes, `WorkerMetrics.finished` adds its counters to the server's totals and observes its
-histograms, so a request's `mimo` report and /metrics can never disagree. What only exists server-wide (the queue,
-the KV blocks, latency between tokens, tokens per step) is declared below, once; the block traffic between KV tiers
-(hits and misses per tier, promotions, demotions, drops, bytes per link) is declared once in
+Per-request figures are declared on the `mimo` report (`mimo_core.extensions.MimoReport`, with `figure(...)`), and
+/metrics counts work as it is done, as vLLM does: an admitted request's report is live (the scheduler adds its prompt
+tokens once its prompt is in, each generated token as it is sampled, each prefill chunk as it is computed), /metrics
+reads its counters through, and when it ends (finished, failed, or cancelled because its client hung up) they are
+folded into the server's totals for good. So a request's `mimo` report and /metrics never disagree, and the work of
+a request nobody waited for still shows. Histograms observe finished requests only. What only exists server-wide
+(the queue, the KV blocks, latency between tokens, tokens per step) is declared below, once; the block traffic
+between KV tiers (hits and misses per tier, promotions, demotions, drops, bytes per link) is declared once in
 `tiered_kv_cache.CacheStats` and exported here as counters labelled by tier or link.
 """
 
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field, fields
@@ -95,19 +99,35 @@ class WorkerMetrics:
     requests: int = 0  # accepted
     rejected: int = 0  # refused with 429
     steps: int = 0
-    totals: dict[str, float] = field(default_factory=dict)  # counter figures of the report, summed
+    totals: dict[str, float] = field(default_factory=dict)  # counter figures of the reports of ended requests, summed
+    live: dict[int, MimoReport] = field(default_factory=dict)  # reports of requests not yet ended, by id
     histograms: dict[str, Histogram] = field(default_factory=_report_histograms)
     inter_token_latency_s: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS_S))
     step_tokens: Histogram = field(default_factory=lambda: Histogram(TOKEN_BUCKETS))
     recent: deque = field(default_factory=deque)  # (monotonic time, tokens generated)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # moving a report from live to totals
 
-    def finished(self, report: MimoReport) -> None:
-        """Fold a finished request's report into the totals and histograms."""
-        for name, _, kind in report_figures():
-            if kind == "counter":
-                self.totals[name] = self.totals.get(name, 0) + _report_value(report, name)
-            else:
-                self.histograms[name].observe(_report_value(report, name))
+    def admitted(self, report: MimoReport) -> None:
+        """Count an accepted request's report from now on, as the scheduler fills it in."""
+        with self._lock:
+            self.live[id(report)] = report
+
+    def ended(self, report: MimoReport, finished: bool = False) -> None:
+        """Fold an ended request's counters into the totals for good; a `finished` one (not failed, not cancelled)
+        is observed by the histograms too. Harmless for a report already ended."""
+        with self._lock:
+            if self.live.pop(id(report), None) is None:
+                return
+            for name, _, kind in report_figures():
+                if kind == "counter":
+                    self.totals[name] = self.totals.get(name, 0) + _report_value(report, name)
+                elif finished:
+                    self.histograms[name].observe(_report_value(report, name))
+
+    def counter(self, name: str) -> float:
+        """A counter figure of the report (`report_figures`' name) over every request so far, ended or not."""
+        with self._lock:
+            return self.totals.get(name, 0) + sum(_report_value(r, name) for r in self.live.values())
 
     def record_tokens(self, tokens: int) -> None:
         """Count generated tokens for the trailing tokens/s window."""
@@ -155,7 +175,7 @@ def prometheus_text(engine: Engine) -> str:
     family("steps_total", "counter", "Engine steps run.", per_model(lambda w: w.metrics.steps))
     for name, help_text, kind in report_figures():
         if kind == "counter":
-            family(f"{name}_total", "counter", help_text, per_model(lambda w, n=name: w.metrics.totals.get(n, 0)))
+            family(f"{name}_total", "counter", help_text, per_model(lambda w, n=name: w.metrics.counter(n)))
         else:
             histogram(name, help_text, lambda w, n=name: w.metrics.histograms[n])
     histogram("inter_token_latency_s", "Seconds between consecutive tokens of a sequence.",

@@ -8,8 +8,7 @@ later prompt that starts the same way reuses them.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,6 @@ from precision_router.kernels import configure_threads
 from precision_router.policy import GROUPS, POLICIES, Assignment, Policy, entropy_nats
 from tiered_kv_cache import KVCacheManager, KVPool, Prefix, TierConfig
 
-from mimo_core.settings import load_settings
 from mimo_engine.gguf_model import load_weights, read_config
 from mimo_engine.model import ModelConfig, ModelWeights, Route, Routes, hidden_states, logits
 from mimo_engine.paged_attention import PagedAttention
@@ -35,16 +33,17 @@ DEFAULT_POLICIES = ("native", "q8_0", "mxfp4", "experts-mxfp4", "entropy")  # ho
 CALIBRATION_TEXT = policy.calibration_text()
 
 
-def served_policies() -> tuple[str, ...]:
-    """The precision policies a model is loaded for: MIMO_PRECISION_POLICIES (comma-separated, or "all"), else
-    DEFAULT_POLICIES. The first is what a request that names none runs under."""
-    raw = os.environ.get("MIMO_PRECISION_POLICIES", "").strip()
-    if raw == "all":
+def resolve_policies(names: Sequence[str] | None) -> tuple[str, ...]:
+    """The precision policies a model is loaded for, from the setting's names (MIMO_PRECISION_POLICIES, resolved by
+    the caller): None is DEFAULT_POLICIES, `all` every policy. The first is what a request that names none runs
+    under. UnknownPolicy (a ValueError) names the policies that exist."""
+    if not names:
+        return DEFAULT_POLICIES
+    if tuple(names) == ("all",):
         return POLICIES
-    names = tuple(p.strip() for p in raw.split(",") if p.strip()) or DEFAULT_POLICIES
     for name in names:
-        policy.parse(name)  # UnknownPolicy names the policies
-    return names
+        policy.parse(name)
+    return tuple(names)
 
 
 class PolicyNotServed(ValueError):
@@ -62,21 +61,29 @@ class LoadedModel:
     fingerprint: str  # what a KV block's identity depends on besides its tokens: weights, KV dtype and layout
     natives: dict[str, Any]  # each group's native format: {"attn": [per block], "mlp": [per block], "head": fmt}
     policies: dict[str, Policy] = field(default_factory=dict)  # served, by name; the first is the default
+    packed: bool = False  # whether numba's packed-weight kernels do the heavy work (else BLAS on float32)
+    threads: int | None = None  # the kernels' threads (MIMO_ENGINE_THREADS); None: every core
     calibration: np.ndarray | None = None  # next-token entropies (nats) of the native model on calibration text
     _plans: dict[Any, WeightPlan] = field(default_factory=dict, repr=False)
     _reads: dict[WeightPlan, tuple] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def load(cls, name: str, cache_dir: Path | None = None, policies: Sequence[str] | None = None) -> LoadedModel:
-        """Load registry model `name` from `cache_dir` (default: MIMO_CACHE_DIR), pulling it on first use, with its
-        weights in the formats of `policies` (default: `served_policies()`)."""
-        cache_dir = load_settings().cache_dir if cache_dir is None else cache_dir
-        return cls.from_gguf(name, ensure_model(name, cache_dir), policies)
+    def load(cls, name: str, cache_dir: Path, policies: Sequence[str] | None = None, threads: int | None = None,
+             report: Callable[..., None] | None = None) -> LoadedModel:
+        """Load registry model `name` from `cache_dir`, pulling it on first use, with its weights in the formats of
+        `policies` (see `resolve_policies`) and its kernels on `threads` threads. `report(state, done, total)` hears
+        how far it is: ("pulling", bytes done, bytes total) while it is pulled, then ("loading", 0, 0)."""
+        on_pull = None if report is None else lambda done, total: report("pulling", done, total)
+        path = ensure_model(name, cache_dir, on_pull)
+        if report is not None:
+            report("loading", 0, 0)
+        return cls.from_gguf(name, path, policies, threads)
 
     @classmethod
-    def from_gguf(cls, name: str, path: Path, policies: Sequence[str] | None = None) -> LoadedModel:
-        """Load the GGUF file at `path` under the name `name` (`policies` as for `load`)."""
-        names = tuple(policies or served_policies())
+    def from_gguf(cls, name: str, path: Path, policies: Sequence[str] | None = None,
+                  threads: int | None = None) -> LoadedModel:
+        """Load the GGUF file at `path` under the name `name` (`policies` and `threads` as for `load`)."""
+        names = resolve_policies(policies)
         reader = GGUFReader(path)
         config = read_config(reader)
         spec = MODELS.get(name)
@@ -86,9 +93,9 @@ class LoadedModel:
         if len(statics) < len(names):  # entropy: native and the low format
             held = {g: held[g] | {"native", policy.LOW_FORMAT} for g in GROUPS}
         weights, natives = load_weights(reader, config, held)
-        if any(f != "f32" for g in GROUPS for f in held[g] | set(np.ravel(natives[g]))):
-            configure_threads()  # packed kernels do the heavy work: numba gets the cores, BLAS one thread
-        model = cls(name, config, Tokenizer.from_gguf(reader), weights, "", natives)
+        packed = any(f != "f32" for g in GROUPS for f in held[g] | set(np.ravel(natives[g])))
+        model = cls(name, config, Tokenizer.from_gguf(reader), weights, "", natives, packed=packed, threads=threads)
+        model.use_threads()  # the calibration pass below runs the kernels in this thread
         for n in names:
             model.policies[n] = statics.get(n) or model.calibrated(n)
         # Cached KV blocks, on disk too, are reused only under this exact identity: the weights (the tokenizer is in
@@ -97,6 +104,12 @@ class LoadedModel:
         default = model.resolve(model.plan(model.policy(None)))
         model.fingerprint = f"{weights_id}:plan={default}:kv=float32:block={BLOCK_SIZE}"
         return model
+
+    def use_threads(self) -> None:
+        """Set the calling thread up to run this model: when packed kernels do the heavy work, numba gets the
+        model's threads and BLAS one (numba's count is per thread: each thread that runs a forward pass calls this)."""
+        if self.packed:
+            configure_threads(self.threads)
 
     def policy(self, name: str | None) -> Policy:
         """Policy `name` (None: the default): any policy whose formats this model holds is served, not only those

@@ -24,6 +24,7 @@ import numpy as np
 from precision_router.policy import Policy, entropy_nats
 from tiered_kv_cache import KVPool, NoFreeBlocks, TierSizes
 
+from mimo_core.daemon import ModelHealth
 from mimo_core.extensions import MimoReport, MimoRequest, SpeculationRequest
 from mimo_engine.metrics import WorkerGauges, WorkerMetrics
 from mimo_engine.runtime import BLOCK_SIZE, EngineCore, LoadedModel, PolicyNotServed, Work
@@ -298,6 +299,7 @@ class ModelWorker:
                 raise QueueFull(self.model.name, RETRY_AFTER_S)
             self._waiting.append(request)
             self.metrics.requests += 1
+            self.metrics.admitted(request.report)  # counted from now on as its work is done
             self.last_active = time.monotonic()
             self._wakeup.notify()
 
@@ -352,6 +354,7 @@ class ModelWorker:
         return len(self._running) + sum(p.request.params.n for p in self._prefilling)
 
     def _loop(self) -> None:
+        self.model.use_threads()  # numba's thread count is this thread's own
         while True:
             with self._wakeup:
                 while not (self._closed or self.busy):
@@ -366,6 +369,7 @@ class ModelWorker:
                 self._fail_admitted(f"{type(exc).__name__}: {exc}")
         self._fail_admitted("the server is shutting down")
         for request in self._waiting:
+            self.metrics.ended(request.report)
             request.emit(Failed("the server is shutting down"))
         try:
             self.core.close()  # cached blocks go down to the disk tier, for the next process
@@ -444,7 +448,6 @@ class ModelWorker:
         cache.hbm_hit_tokens, cache.dram_hit_tokens = cached["hbm"], cached["dram"]
         cache.disk_hit_tokens = cached["disk"]
         cache.cached_tokens = sum(cached.values())
-        cache.prefilled_tokens = len(request.prompt) - cache.cached_tokens
         self._prefilling.append(Prefill(seq_id, request))
         return True
 
@@ -482,6 +485,7 @@ class ModelWorker:
                     report.decode_s = round(report.decode_s + elapsed, 6)
             self._count_reads(request, w)
             if w.seq_id in prefilling:
+                request.report.cache.prefilled_tokens += w.num_tokens  # counted as computed, not when admitted
                 self._prefilled(prefilling[w.seq_id], logits)
             else:
                 self._advance(running[w.seq_id], logits)
@@ -502,6 +506,7 @@ class ModelWorker:
         if self.core.pending(prefill.seq_id):
             return
         self._prefilling.remove(prefill)
+        request.report.prompt_tokens = len(request.prompt)  # counted once its prompt is in, as vLLM counts it
         if request.prompt_logprobs is not None:
             rows = np.concatenate(request.prompt_rows)  # [P, V]
             request.prompt_rows = []
@@ -605,16 +610,19 @@ class ModelWorker:
         self.speculator.release(choice.seq_id, [*choice.request.prompt, *choice.result.tokens])
         request = choice.request
         if all(c.result.finish_reason for c in request.choices):
-            request.report.prompt_tokens = len(request.prompt)
             request.report.duration_s = round(time.monotonic() - request.submitted_at, 6)
-            self.metrics.finished(request.report)
+            self.metrics.ended(request.report, finished=True)
             request.emit(Done([c.result for c in request.choices], request.prompt_scores, request.report))
 
     def _retire_cancelled(self) -> None:
         """Drop the requests whose client went away, freeing their blocks at once."""
         for request in {id(r): r for r in self._admitted() if r.cancelled}.values():
             self._release(request)
+            self.metrics.ended(request.report)  # what it computed before its client left stays counted
         with self._wakeup:
+            for request in self._waiting:
+                if request.cancelled:
+                    self.metrics.ended(request.report)
             self._waiting = deque(r for r in self._waiting if not r.cancelled)
 
     def _admitted(self) -> list[Request]:
@@ -637,6 +645,7 @@ class ModelWorker:
 
     def _fail(self, request: Request, message: str) -> None:
         self._release(request)
+        self.metrics.ended(request.report)
         request.emit(Failed(message))
 
     def _fail_admitted(self, message: str) -> None:
@@ -644,13 +653,22 @@ class ModelWorker:
             self._fail(request, message)
 
 
+# load(name, report): the model, pulling it first if needed; report(state, done, total) says how far it is
+# ("pulling", bytes done, bytes total; then "loading", 0, 0)
+Loader = Callable[[str, Callable[[str, int, int], None]], LoadedModel]
+
+
 class Engine:
-    """The models this process serves: each loaded on first use (once, behind a lock) with its own worker."""
+    """The models this process serves: each loaded on first use (once, behind a lock) with its own worker.
+
+    It knows each model's state (not loaded, pulling with its bytes, loading, ready, failed: `model_health`) and
+    whether it is busy (a model loading, a request in flight, a worker with work), which the idle timeout reads:
+    the idle clock starts when the last request ends and nothing loads."""
 
     def __init__(
         self,
         available: Iterable[str],
-        load: Callable[[str], LoadedModel],
+        load: Loader,
         max_batch_size: int = 8,
         max_queue: int = 32,
         step_tokens: int = STEP_TOKENS,
@@ -666,6 +684,10 @@ class Engine:
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self._touched = time.monotonic()
+        self._health = {name: ModelHealth() for name in self.available}
+        self._since = {name: time.monotonic() for name in self.available}  # when each model's state began
+        self._loading: set[str] = set()
+        self._in_flight = 0  # requests (not health checks) being answered
 
     def loaded(self) -> list[str]:
         """Names of the models loaded so far."""
@@ -686,33 +708,111 @@ class Engine:
             lock = self._locks.setdefault(name, threading.Lock())
         with lock:  # one load per model; other models stay servable meanwhile
             if name not in self._workers:
-                log.info("loading %s", name)
-                started = time.monotonic()
-                draft_name = self._worker_options["speculation"].draft_model
-                try:
-                    model = self._load(name)
-                    draft = self._load(draft_name) if draft_name and draft_name != name else None
-                except Exception as exc:  # pip's output, a bad file, no memory: for the log, not for the client
-                    log.error("could not load %s: %s", name, exc)
-                    raise Unavailable(f"the model `{name}` could not be loaded; the server's log says why") from exc
-                try:
-                    self._workers[name] = ModelWorker(model, draft=draft, **self._worker_options)
-                except ValueError as exc:  # a draft model with another tokenizer, a default drafter it lacks
-                    raise Unavailable(f"the model `{name}` cannot be served: {exc}") from exc
-                log.info("loaded %s in %.1f s", name, time.monotonic() - started)
+                self._load_now(name)
         return self._workers[name]
 
+    def _load_now(self, name: str) -> None:
+        """Load model `name` and start its worker, keeping its state (and the engine's busy flag) up to date."""
+        log.info("loading %s", name)
+        started = time.monotonic()
+        with self._guard:
+            self._loading.add(name)
+        self._set(name, "loading")
+        draft_name = self._worker_options["speculation"].draft_model
+
+        def report(state: str, done: int = 0, total: int = 0) -> None:  # a draft model's pull counts as this one's
+            self._set(name, state, done, total)
+
+        try:
+            try:
+                model = self._load(name, report)
+                draft = self._load(draft_name, report) if draft_name and draft_name != name else None
+            except Exception as exc:  # pip's output, a bad file, no memory: for the log, not for the client
+                log.error("could not load %s: %s", name, exc)
+                failed = Unavailable(f"the model `{name}` could not be loaded; the server's log says why")
+                self._set(name, "failed", error=str(failed))
+                raise failed from exc
+            try:
+                self._workers[name] = ModelWorker(model, draft=draft, **self._worker_options)
+            except ValueError as exc:  # a draft model with another tokenizer, a default drafter it lacks
+                self._set(name, "failed", error=f"the model `{name}` cannot be served: {exc}")
+                raise Unavailable(f"the model `{name}` cannot be served: {exc}") from exc
+        finally:
+            with self._guard:
+                self._loading.discard(name)
+            self.touch()  # the idle clock starts when the load ends, never during it
+        seconds = time.monotonic() - started
+        self._set(name, "ready", seconds=seconds)
+        log.info("loaded %s in %.1f s", name, seconds)
+
+    def _set(self, name: str, state: str, done: int = 0, total: int = 0, error: str | None = None,
+             seconds: float | None = None) -> None:
+        with self._guard:
+            if self._health[name].state != state:
+                self._since[name] = time.monotonic()
+            self._health[name] = ModelHealth(state, done, total, round(seconds, 3) if seconds is not None else 0.0,
+                                             error)
+
+    def model_health(self) -> dict[str, ModelHealth]:
+        """Every served model's state now; a pull or a load says how long it has been running."""
+        now = time.monotonic()
+        with self._guard:
+            return {name: h if h.state in ("ready", "failed", "not_loaded")
+                    else ModelHealth(h.state, h.bytes_done, h.bytes_total, round(now - self._since[name], 3))
+                    for name, h in sorted(self._health.items())}
+
+    def request_load(self, names: Iterable[str]) -> None:
+        """Start loading (and pulling) each named model that is neither loaded nor loading, in the background; a
+        model that failed before is tried again. UnknownModel for a model not served here."""
+        for name in names:
+            if name not in self.available:
+                raise UnknownModel(name, self.available)
+        for name in names:
+            with self._guard:
+                if name in self._workers or name in self._loading:
+                    continue
+                self._loading.add(name)  # busy from now on, before the thread has started
+            self._set(name, "loading")
+            threading.Thread(target=self._load_quietly, args=(name,), name=f"mimo-engine:load:{name}",
+                             daemon=True).start()
+
+    def _load_quietly(self, name: str) -> None:
+        try:
+            self.worker(name)
+        except Unavailable:
+            pass  # its state says failed, and the log says why
+
     def touch(self) -> None:
-        """Note activity that is not a generation (a health check, a model listing)."""
+        """Note activity: any request, a health check included, and the end of a request or a load."""
         self._touched = time.monotonic()
+
+    def begin_request(self) -> None:
+        """A request that may take a while (a generation, a load) has arrived: the engine is busy until it ends."""
+        with self._guard:
+            self._in_flight += 1
+        self.touch()
+
+    def end_request(self) -> None:
+        """A request begun with `begin_request` has been answered."""
+        with self._guard:
+            self._in_flight -= 1
+        self.touch()
 
     def last_active(self) -> float:
         """Monotonic time of the latest activity: a touch, a submit or a step."""
         return max([self._touched, *(w.last_active for w in self._workers.values())])
 
     def busy(self) -> bool:
-        """Whether any model has requests waiting or running."""
-        return any(w.busy for w in self._workers.values())
+        """Whether the engine is at work: a request in flight, a model loading, or a model with requests waiting or
+        running."""
+        return bool(self._in_flight or self._loading) or any(w.busy for w in self._workers.values())
+
+    def idle_s(self, now: float | None = None) -> float:
+        """Seconds the engine has been idle at monotonic time `now` (default: now): 0 while it is busy, else since
+        its last activity."""
+        if self.busy():
+            return 0.0
+        return max(0.0, (time.monotonic() if now is None else now) - self.last_active())
 
     def close(self) -> None:
         """Stop every worker."""
