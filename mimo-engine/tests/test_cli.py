@@ -72,3 +72,48 @@ def test_serve_exits_by_itself_when_idle(start_server):
     assert health["models_loaded"] == [] and health["models_served"] == ["smollm2-135m"]  # loaded on first use
     assert server.process.wait(timeout=20) == 0
     assert "idle for 2 s: exiting" in server.log()
+
+
+@pytest.mark.parametrize(
+    "args, env, named",
+    [(("--precision-policies", "native,nope"), {}, "MIMO_PRECISION_POLICIES"),
+     (("--precision-policies", "Native!"), {}, "--precision-policies"),
+     (("--threads", "0"), {}, "--threads"),
+     ((), {"MIMO_ENGINE_THREADS": "many"}, "MIMO_ENGINE_THREADS"),
+     ((), {"MIMO_PRECISION_POLICIES": "mxfp4,all"}, "MIMO_PRECISION_POLICIES")],
+)  # fmt: skip
+def test_bad_engine_settings_are_one_line_naming_the_setting(args, env, named):
+    result = mimo_engine("serve", "--allow", "smollm2-135m", *args, env=env)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("mimo-engine: error:")
+    assert named in result.stderr
+
+
+@pytest.mark.model
+def test_serve_loads_the_policies_and_threads_it_is_given(start_server):
+    server = start_server("--model", "smollm2-135m", "--precision-policies", "native,mxfp4", "--threads", "1",
+                          env={"MIMO_PRECISION_POLICIES": "all", "MIMO_ENGINE_THREADS": "2"})  # the flags win
+    health = httpx.get(f"{server.url}/health").json()
+    assert health["precision_policies"] == ["native", "mxfp4"] and health["threads"] == 1
+    assert "precision policies native,mxfp4; kernel threads 1" in server.log()
+
+    def ask(policy: str) -> httpx.Response:
+        return httpx.post(f"{server.url}/v1/completions", timeout=120, json={
+            "model": "smollm2-135m", "prompt": "1, 2,", "max_tokens": 1, "mimo": {"precision": {"policy": policy}}})
+
+    assert ask("experts-mxfp4").status_code == 200  # its formats (native and mxfp4) are held
+    refused = ask("f32")  # float32 weights were not loaded
+    assert refused.status_code == 400 and "native, mxfp4" in refused.json()["error"]["message"]
+
+
+@pytest.mark.model
+def test_a_load_and_a_request_longer_than_the_idle_timeout_are_not_idle(start_server):
+    # --drain-timeout 0: were the server to take the load or the generation for idle time, it would cut the request
+    server = start_server("--allow", "smollm2-135m", "--idle-timeout", "0.5", "--drain-timeout", "0")
+    ask = {"model": "smollm2-135m", "prompt": "1, 2, 3,", "max_tokens": 200, "temperature": 0}
+    response = httpx.post(f"{server.url}/v1/completions", json=ask, timeout=300)
+    assert response.status_code == 200, response.text
+    report = response.json()["mimo"]
+    assert report["load_s"] > 0 and report["completion_tokens"] > 0
+    assert server.process.wait(timeout=30) == 0
+    assert "idle for 0.5 s: exiting" in server.log()

@@ -63,6 +63,28 @@ def test_streaming_matches_the_plain_reply(client, greedy):
     assert chunks[-1].usage.completion_tokens > 0 and chunks[-1].model_extra["mimo"]["model"] == MODEL
 
 
+def test_a_stream_cut_after_a_few_tokens_still_counts_its_tokens(client, server):
+    def counted(name: str) -> float:
+        return float(_metric(httpx.get(f"{server.url}/metrics").text, name))
+
+    prompt_before, generated_before = counted("mimo_engine_prompt_tokens_total"), counted(
+        "mimo_engine_completion_tokens_total")
+    stream = chat(client, max_tokens=2000, temperature=0, stream=True,
+                  messages=[{"role": "user", "content": "Count from 1 to 1000, one number a line."}])
+    received = 0
+    for chunk in stream:
+        received += bool(chunk.choices and chunk.choices[0].delta.content)
+        if received == 5:
+            break
+    stream.close()  # the client hangs up
+    deadline = time.monotonic() + 20
+    while _metric(httpx.get(f"{server.url}/metrics").text, "mimo_engine_running") != "0":
+        assert time.monotonic() < deadline, "the abandoned sequence is still decoding"
+        time.sleep(0.2)
+    assert counted("mimo_engine_completion_tokens_total") - generated_before >= received
+    assert counted("mimo_engine_prompt_tokens_total") - prompt_before > 10  # the prompt it prefilled
+
+
 def test_a_client_that_leaves_frees_its_sequence(client, server):
     stream = client.completions.create(model=MODEL, prompt="1, 2, 3, 4,", max_tokens=2000, temperature=0, stream=True)
     next(iter(stream))
@@ -145,6 +167,20 @@ def test_overload_gets_429_with_retry_after(client):
 @pytest.mark.parametrize(
     "body, param",
     [
+        ({"messages": QUESTION, "response_format": {"type": "json_object"}}, "response_format"),
+        ({"messages": QUESTION, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"messages": QUESTION, "tool_choice": "required"}, "tool_choice"),
+        ({"messages": QUESTION, "parallel_tool_calls": False}, "parallel_tool_calls"),
+        ({"messages": QUESTION, "functions": [{"name": "f"}]}, "functions"),
+        ({"messages": QUESTION, "logit_bias": {"50256": -100}}, "logit_bias"),
+        ({"messages": QUESTION, "presence_penalty": 0.5}, "presence_penalty"),
+        ({"messages": QUESTION, "frequency_penalty": 1}, "frequency_penalty"),
+        ({"messages": QUESTION, "user": "alice"}, "user"),
+        ({"messages": QUESTION, "service_tier": "flex"}, "service_tier"),
+        ({"messages": QUESTION, "min_p": 0.1}, "min_p"),  # vLLM's, not done here
+        ({"messages": QUESTION, "echo": True}, "echo"),  # a parameter of the other endpoint
+        ({"messages": [{"role": "user", "content": "hi", "name": "alice"}]}, "messages[0].name"),
+        ({"messages": QUESTION, "stream_options": {"include_obfuscation": True}}, "stream_options"),
         ({"messages": QUESTION, "temperature": -1}, "temperature"),
         ({"messages": []}, "messages"),
         ({}, "messages"),
@@ -161,6 +197,31 @@ def test_bad_input_is_400_in_openai_shape(server, body, param):
     assert response.status_code == 400
     error = response.json()["error"]
     assert error["type"] == "invalid_request_error" and error["param"] == param and error["message"]
+
+
+@pytest.mark.parametrize("field, value", [("suffix", "!"), ("best_of", 3), ("logit_bias", {"1": 5}),
+                                          ("presence_penalty", -1.0), ("user", "u"), ("logprobs_mode", "raw")])
+def test_completions_refuse_what_they_do_not_do(server, field, value):
+    body = {"model": MODEL, "prompt": "1, 2,", "max_tokens": 1, field: value}
+    response = httpx.post(f"{server.url}/v1/completions", json=body)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == field and f"`{field}`" in error["message"]
+    assert error["code"] in {"unsupported_parameter", "unknown_parameter"}
+
+
+def test_values_that_ask_for_nothing_more_are_accepted(client):
+    reply = chat(client, max_tokens=1, temperature=0, response_format={"type": "text"}, tools=[], tool_choice="none",
+                 logit_bias={}, presence_penalty=0, frequency_penalty=0.0, store=False, user=None)
+    assert reply.choices[0].finish_reason in {"stop", "length"}
+    scored = client.completions.create(model=MODEL, prompt="1, 2,", max_tokens=1, best_of=1, suffix="", temperature=0)
+    assert scored.choices[0].text
+
+
+def test_json_output_asked_through_the_client_is_refused_not_ignored(client):
+    with pytest.raises(openai.BadRequestError) as info:
+        chat(client, max_tokens=4, response_format={"type": "json_object"})
+    assert info.value.body["param"] == "response_format" and "JSON" in info.value.body["message"]
 
 
 def test_bad_input_through_the_client(client):
@@ -200,8 +261,10 @@ def test_speculation_keeps_greedy_output_and_reports_its_work(client, server):
 def test_models_health_and_metrics(client, server):
     assert [m.id for m in client.models.list()] == [MODEL]  # what it serves, not the whole registry
     health = httpx.get(f"{server.url}/health").json()
-    assert health == {"status": "ok", "pid": server.process.pid, "models_loaded": [MODEL], "models_served": [MODEL],
-                      "busy": False}
+    assert {k: health[k] for k in ("status", "pid", "models_loaded", "models_served", "busy")} == {
+        "status": "ok", "pid": server.process.pid, "models_loaded": [MODEL], "models_served": [MODEL], "busy": False}
+    assert health["models"][MODEL]["state"] == "ready" and health["models"][MODEL]["seconds"] > 0  # its load time
+    assert health["precision_policies"] is None and health["threads"] is None  # the engine's defaults
     metrics = httpx.get(f"{server.url}/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
     assert float(_metric(metrics.text, "mimo_engine_requests_total")) >= 1

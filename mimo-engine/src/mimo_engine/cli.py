@@ -13,7 +13,7 @@ from tiered_kv_cache.tiers import DISK_BYTES, DRAM_BYTES, TierSizes
 
 from mimo_core.console import add_version_option, cli_app, fail, run_app
 from mimo_core.extensions import SPECULATION_METHODS
-from mimo_core.settings import load_settings
+from mimo_core.settings import SettingsError, load_settings, parse_setting
 from mimo_engine.pull import PullError, pull as pull_model
 from mimo_engine.registry import UnknownModelError, get_spec, model_status
 
@@ -66,6 +66,20 @@ def _known_models(names: list[str]) -> list[str]:
     return [_known_model(name) for name in names]
 
 
+def _setting(variable: str, flag: str) -> Any:
+    """Typer callback: a flag read as its MIMO_* variable would be (same checks), or a usage error naming the flag."""
+
+    def parse(raw: str | None) -> Any:
+        if raw is None:
+            return None
+        try:
+            return parse_setting(variable, raw, flag)
+        except SettingsError as exc:
+            raise typer.BadParameter(str(exc)) from None
+
+    return parse
+
+
 def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
     sys.stdout.flush()
@@ -114,24 +128,40 @@ def serve(
                                            "qwen2.5-coder-1.5b), loaded with each model it drafts for."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Log only warnings and errors: no start line, no "
                                "line per request."),
+    precision_policies: str | None = typer.Option(
+        None, "--precision-policies", callback=_setting("MIMO_PRECISION_POLICIES", "--precision-policies"),
+        help="The precision policies each model is loaded for, comma-separated, or all (default: "
+        "MIMO_PRECISION_POLICIES, else native,q8_0,mxfp4,experts-mxfp4,entropy); the first is the default.",
+    ),  # fmt: skip
+    threads: str | None = typer.Option(
+        None, "--threads", callback=_setting("MIMO_ENGINE_THREADS", "--threads"),
+        help="Threads of the packed-weight kernels (default: MIMO_ENGINE_THREADS, else every core).",
+    ),  # fmt: skip
 ) -> None:
     """Serve the OpenAI API for the models named with --model, --allow or --allow-pull.
 
-    Endpoints: /v1/chat/completions, /v1/completions, /v1/models, /health, /metrics. Logs on stderr: a start line,
-    model loads, one line per request."""
-    from mimo_engine.scheduler import SpeculationOptions, Unavailable  # the web and model stack: not for --help
+    Endpoints: /v1/chat/completions, /v1/completions, /v1/models, /health, /load, /metrics. Logs on stderr: a start
+    line, model loads, one line per request."""
+    from mimo_engine.runtime import resolve_policies  # the web and model stack: not for --help
+    from mimo_engine.scheduler import SpeculationOptions, Unavailable
     from mimo_engine.server import ServerOptions, serve as run_server
 
     if not (model or allow or allow_pull):
         raise typer.BadParameter("name a model to serve with --model (loaded at start) or --allow (loaded on first "
                                  "request), or pass --allow-pull")
+    settings = load_settings(overrides={"precision_policies": precision_policies, "engine_threads": threads})
+    try:
+        resolve_policies(settings.precision_policies)  # which policies exist is the engine's to say
+    except ValueError as exc:
+        raise SettingsError(f"MIMO_PRECISION_POLICIES (or --precision-policies): {exc}") from None
     options = ServerOptions(allow=tuple(allow), allow_pull=allow_pull, max_batch_size=max_batch_size,
                             max_queue=max_queue, step_tokens=step_tokens, kv_cache_bytes=int(kv_cache_gib * (1 << 30)),
                             kv_tiers=TierSizes(int(kv_dram_gib * GIB), int(kv_disk_gib * GIB), kv_policy,
-                                               _cache_dir() / "kv"),
+                                               settings.cache_dir / "kv"),
                             max_body_bytes=int(max_body_mib * (1 << 20)), idle_timeout_s=idle_timeout,
-                            drain_s=drain_timeout, cache_dir=_cache_dir(),
-                            speculation=SpeculationOptions(speculation, speculation_block, draft_model))
+                            drain_s=drain_timeout, cache_dir=settings.cache_dir,
+                            speculation=SpeculationOptions(speculation, speculation_block, draft_model),
+                            precision_policies=settings.precision_policies, threads=settings.engine_threads)
     try:
         run_server(host, port, model, options, quiet=quiet)
     except Unavailable as exc:

@@ -1,9 +1,10 @@
 """The OpenAI-compatible HTTP server over the continuous-batching engine.
 
-What a hostile client meets: bodies over `max_body_bytes` are refused (413) before they are read; tokenizing and
-model loads run off the event loop, so `/health` answers while they work; only the models the operator named are
-served; a client that hangs up has its sequences stopped and freed; SIGTERM stops accepting at once and cuts what
-is still running after a bounded drain.
+What a hostile client meets: bodies over `max_body_bytes` are refused (413) before they are read; a parameter the
+engine does not act on is refused (400 naming it), never silently ignored; tokenizing and model loads run off the
+event loop, so `/health` answers while they work; only the models the operator named are served; a client that hangs
+up has its sequences stopped and freed; SIGTERM stops accepting at once and cuts what is still running after a
+bounded drain.
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tiered_kv_cache import TierSizes
 
 from mimo_core.contract import ContractError
+from mimo_core.daemon import EngineHealth
 from mimo_core.extensions import MimoReport, MimoRequest
 from mimo_engine.metrics import prometheus_text
 from mimo_engine.registry import MODELS
-from mimo_engine.runtime import LoadedModel
+from mimo_engine.runtime import LoadedModel, resolve_policies
 from mimo_engine.sampling import (
     InvalidRequest,
     SamplingParams,
@@ -67,17 +69,76 @@ CUT_GRACE_S = 5.0  # after the cut, how long responses get to send their error b
 
 # ---------------------------------------------------------------- request bodies
 
+# The OpenAI parameters the engine does not act on, and why. A request that sets one is refused with 400 naming it,
+# never answered as if it had not asked: a client that wants JSON output or tool calls must not get free text and
+# no error. A value that asks for nothing beyond what the engine does anyway is accepted (`_NEUTRAL`), and so is an
+# explicit null (the default). A field neither supported (the body classes' fields) nor listed here is unknown: 400.
+UNSUPPORTED = {
+    "response_format": "it samples free text and cannot constrain the output to JSON or a schema",
+    "tools": "it does not do tool calls",
+    "tool_choice": "it does not do tool calls",
+    "parallel_tool_calls": "it does not do tool calls",
+    "functions": "it does not do function calls",
+    "function_call": "it does not do function calls",
+    "logit_bias": "it does not bias token logits",
+    "presence_penalty": "it applies no repetition penalty",
+    "frequency_penalty": "it applies no repetition penalty",
+    "best_of": "it does not rank candidates; ask for n choices instead",
+    "suffix": "it does not insert text before a suffix",
+    "user": "it keeps nothing per end user",
+    "safety_identifier": "it keeps nothing per end user",
+    "service_tier": "it has no service tiers",
+    "store": "it stores no completions",
+    "metadata": "it stores no completions to tag",
+    "modalities": "it writes text only",
+    "audio": "it writes text only",
+    "prediction": "it does not take predicted outputs",
+    "reasoning_effort": "its models take no reasoning effort",
+    "verbosity": "its models take no verbosity",
+    "web_search_options": "it does not search the web",
+    "prompt_cache_key": "its prefix cache needs no key: a prompt that starts like an earlier one reuses its blocks",
+    "prompt_cache_retention": "its prefix cache keeps blocks until they are evicted",
+}
+_NEUTRAL: dict[str, Callable[[Any, "OpenAIBody"], bool]] = {
+    "response_format": lambda v, _: v == {"type": "text"},
+    "tools": lambda v, _: v == [],
+    "functions": lambda v, _: v == [],
+    "tool_choice": lambda v, _: v == "none",
+    "function_call": lambda v, _: v == "none",
+    "logit_bias": lambda v, _: v == {},
+    "presence_penalty": lambda v, _: v == 0,
+    "frequency_penalty": lambda v, _: v == 0,
+    "best_of": lambda v, body: v == body.n,  # as many candidates as choices: every candidate is returned
+    "suffix": lambda v, _: v == "",
+    "store": lambda v, _: v is False,
+    "metadata": lambda v, _: v == {},
+    "modalities": lambda v, _: v == ["text"],
+}
+# What a chat message may carry besides role and content: fields whose content the template would drop are refused
+_MESSAGE_FIELDS = {"tool_call_id", "refusal"}  # tool_call_id: the template renders the tool message's text alone
+
+
+class UnsupportedParameter(InvalidRequest):
+    """A request field the engine does not act on, or does not know; `code` as OpenAI's errors have it."""
+
+    def __init__(self, message: str, param: str, code: str = "unsupported_parameter") -> None:
+        super().__init__(message, param)
+        self.code = code
+
 
 class StreamOptions(BaseModel):
     """OpenAI's `stream_options`: whether the last chunk carries usage."""
+
+    model_config = ConfigDict(extra="forbid")
 
     include_usage: bool = False
 
 
 class OpenAIBody(BaseModel):
-    """Fields common to both endpoints; an explicit null means "the default", as OpenAI's API treats it."""
+    """Fields common to both endpoints; an explicit null means "the default", as OpenAI's API treats it. Other
+    fields are kept (`model_extra`) for `refuse_unsupported` to name."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")
 
     model: str
     temperature: float = 1.0
@@ -99,6 +160,15 @@ class OpenAIBody(BaseModel):
         """The `mimo` extension of this body; an unknown or ill-typed field is a 400 naming it."""
         return MimoRequest.from_dict(self.mimo, "mimo")
 
+    def refuse_unsupported(self, endpoint: str) -> None:
+        """Raise UnsupportedParameter for the first field this endpoint does not act on (see UNSUPPORTED)."""
+        for name, value in (self.model_extra or {}).items():
+            if name in UNSUPPORTED:
+                if name in _NEUTRAL and _NEUTRAL[name](value, self):
+                    continue
+                raise UnsupportedParameter(f"`{name}` is not supported by mimo-engine: {UNSUPPORTED[name]}", name)
+            raise UnsupportedParameter(f"unknown parameter `{name}` for {endpoint}", name, "unknown_parameter")
+
     def sampling(self, max_tokens: int | None, logprobs: bool, top_logprobs: int) -> SamplingParams:
         """The validated sampling parameters of this body."""
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
@@ -116,8 +186,14 @@ class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[dict[str, Any]] | None = None
 
-    def text(self) -> str:
-        """The message's text, its text parts joined."""
+    def text(self, index: int) -> str:
+        """The message's text, its text parts joined; a field the chat template would drop (a name, tool calls) is
+        refused, naming `messages[index]`."""
+        for name, value in (self.model_extra or {}).items():
+            if value not in (None, []) and name not in _MESSAGE_FIELDS:
+                where = f"messages[{index}].{name}"
+                raise UnsupportedParameter(f"`{where}` is not supported by mimo-engine: the chat template renders "
+                                           f"each message's role and text only", where)
         if isinstance(self.content, list):
             if any(part.get("type") != "text" for part in self.content):
                 raise InvalidRequest("only text content parts are supported", "messages")
@@ -185,7 +261,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(InvalidRequest)
     async def _invalid(_: HttpRequest, exc: InvalidRequest) -> JSONResponse:
-        return error_response(400, str(exc), exc.param)
+        return error_response(400, str(exc), exc.param, getattr(exc, "code", None))
 
     @app.exception_handler(ContractError)
     async def _bad_extension(_: HttpRequest, exc: ContractError) -> JSONResponse:
@@ -336,8 +412,10 @@ class ServerOptions:
     max_body_bytes: int = MAX_BODY_BYTES
     idle_timeout_s: float = 0.0  # 0: never exit when idle
     drain_s: float = DRAIN_S
-    cache_dir: Path | None = None
+    cache_dir: Path = Path(".")  # MIMO_CACHE_DIR, as the CLI resolved it: models, the disk KV tier
     speculation: SpeculationOptions = SpeculationOptions()  # for requests that name none; the draft model
+    precision_policies: tuple[str, ...] | None = None  # MIMO_PRECISION_POLICIES (None: the engine's default set)
+    threads: int | None = None  # MIMO_ENGINE_THREADS: the packed kernels' threads (None: every core)
 
 
 def served_models(models: list[str], options: ServerOptions) -> set[str]:
@@ -349,7 +427,8 @@ def build_engine(models: list[str], options: ServerOptions) -> Engine:
     """The engine serving `served_models`, with `models` loaded now; Unavailable if one of them cannot load."""
     engine = Engine(
         served_models(models, options),
-        lambda name: LoadedModel.load(name, options.cache_dir),
+        lambda name, report: LoadedModel.load(name, options.cache_dir, options.precision_policies, options.threads,
+                                              report),
         max_batch_size=options.max_batch_size,
         max_queue=options.max_queue,
         step_tokens=options.step_tokens,
@@ -366,7 +445,7 @@ def build_engine(models: list[str], options: ServerOptions) -> Engine:
     return engine
 
 
-def create_app(engine: Engine, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+def create_app(engine: Engine, options: ServerOptions = ServerOptions()) -> FastAPI:
     """The FastAPI app over `engine`, behind the `Gate` middleware; the engine is closed when the app shuts down."""
 
     @contextlib.asynccontextmanager
@@ -377,9 +456,9 @@ def create_app(engine: Engine, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
             await asyncio.to_thread(engine.close)
 
     app = FastAPI(title="mimo-engine", lifespan=lifespan)
-    app.add_middleware(Gate, engine=engine, max_body_bytes=max_body_bytes)
+    app.add_middleware(Gate, engine=engine, max_body_bytes=options.max_body_bytes)
     _install_error_handlers(app)
-    _add_info_routes(app, engine)
+    _add_info_routes(app, engine, options)
     _add_chat_route(app, engine)
     _add_completion_route(app, engine)
     return app
@@ -387,8 +466,9 @@ def create_app(engine: Engine, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
 
 class Gate:
     """ASGI middleware: refuses a body over `max_body_bytes` with 413 before it is parsed (by its Content-Length, or
-    as a chunked body grows past it), counts every request as activity for the idle timeout, and logs one access
-    line per request. Plain ASGI rather than `@app.middleware`, which would hide a client's disconnect."""
+    as a chunked body grows past it), counts every request as activity for the idle timeout (and any request but a
+    GET as work in flight: the engine is not idle until it has been answered), and logs one access line per
+    request. Plain ASGI rather than `@app.middleware`, which would hide a client's disconnect."""
 
     def __init__(self, app: Callable, engine: Engine, max_body_bytes: int) -> None:
         self.app = app
@@ -399,6 +479,9 @@ class Gate:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         self.engine.touch()  # any request, /health included, keeps an idle-timeout server alive
+        work = scope["method"] != "GET"  # generation, a load; GETs are the quick info routes
+        if work:
+            self.engine.begin_request()
         started, status = time.perf_counter(), 500
 
         async def send_status(message: dict) -> None:
@@ -413,6 +496,8 @@ class Gate:
             else:
                 await self.app(scope, self._bounded(receive), send_status)
         finally:
+            if work:
+                self.engine.end_request()
             client = "%s:%s" % tuple(scope.get("client") or ("-", "-"))
             access_log.info('%s "%s %s" %d %.3f s', client, scope["method"], scope["path"], status,
                             time.perf_counter() - started)
@@ -469,11 +554,33 @@ async def resolve(engine: Engine, name: str) -> tuple[ModelWorker, float]:
     return worker, round(time.perf_counter() - started, 6)
 
 
-def _add_info_routes(app: FastAPI, engine: Engine) -> None:
+class LoadBody(BaseModel):
+    """The body of POST /load: the served models to load (and pull) now, in the background."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    models: list[str] = Field(min_length=1)
+
+
+def health(engine: Engine, options: ServerOptions) -> EngineHealth:
+    """What /health says: the process, the models served and loaded, each model's state (pulling with its bytes,
+    loading, ready, failed), whether the engine is at work, and the policies and threads it was started with."""
+    policies = list(options.precision_policies) if options.precision_policies is not None else None
+    return EngineHealth(pid=os.getpid(), models_loaded=engine.loaded(), models_served=sorted(engine.available),
+                        busy=engine.busy(), models=engine.model_health(), precision_policies=policies,
+                        threads=options.threads)
+
+
+def _add_info_routes(app: FastAPI, engine: Engine, options: ServerOptions) -> None:
     @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "pid": os.getpid(), "models_loaded": engine.loaded(),
-                "models_served": sorted(engine.available), "busy": engine.busy()}
+    async def get_health() -> dict[str, Any]:
+        return health(engine, options).to_dict()
+
+    @app.post("/load", status_code=202)
+    async def load(body: LoadBody) -> dict[str, Any]:
+        """Start loading the named models (a model not served is 404); answers at once with /health's report."""
+        engine.request_load(body.models)
+        return health(engine, options).to_dict()
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
@@ -497,11 +604,12 @@ def _add_info_routes(app: FastAPI, engine: Engine) -> None:
 def _add_chat_route(app: FastAPI, engine: Engine) -> None:
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatBody, http: HttpRequest) -> Any:
+        body.refuse_unsupported("/v1/chat/completions")
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         if max_tokens is not None and max_tokens < 1:
             raise InvalidRequest("max_tokens must be at least 1", "max_tokens")
         params = body.sampling(max_tokens, body.logprobs, body.top_logprobs)
-        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        messages = [{"role": m.role, "content": m.text(i)} for i, m in enumerate(body.messages)]
         worker, load_s = await resolve(engine, body.model)
         tokenizer = worker.model.tokenizer
         prompt = await asyncio.to_thread(_chat_prompt, tokenizer, messages)
@@ -587,6 +695,7 @@ def _completion_prompts(body: CompletionBody, tokenizer: Any) -> list[Prompt]:
 def _add_completion_route(app: FastAPI, engine: Engine) -> None:
     @app.post("/v1/completions")
     async def completions(body: CompletionBody, http: HttpRequest) -> Any:
+        body.refuse_unsupported("/v1/completions")
         if body.max_tokens < (0 if body.echo else 1):
             raise InvalidRequest("max_tokens must be at least 1 (0 only with echo)", "max_tokens")
         params = body.sampling(body.max_tokens, body.logprobs is not None, body.logprobs or 0)
@@ -710,7 +819,7 @@ class EngineServer(uvicorn.Server):
     async def _exit_when_idle(self, timeout_s: float) -> None:
         while True:
             await asyncio.sleep(min(1.0, timeout_s / 4))
-            if not self.engine.busy() and time.monotonic() - self.engine.last_active() >= timeout_s:
+            if self.engine.idle_s() >= timeout_s:  # a load or a request in flight is never idle
                 log.info("idle for %g s: exiting", timeout_s)
                 self.should_exit = True
                 return
@@ -722,7 +831,9 @@ def start_line(host: str, port: int, engine: Engine, options: ServerOptions) -> 
     lazy = "any registry model" if options.allow_pull else ", ".join(sorted(engine.available - set(loaded)))
     return (f"mimo-engine serving http://{host}:{port}/v1 (pid {os.getpid()}); loaded: {', '.join(loaded) or 'none'}"
             f"; on first request: {lazy or 'none'}; body limit {options.max_body_bytes / (1 << 20):g} MiB, "
-            f"batch {options.max_batch_size}, queue {options.max_queue}, drain {options.drain_s:g} s")
+            f"batch {options.max_batch_size}, queue {options.max_queue}, drain {options.drain_s:g} s; precision "
+            f"policies {','.join(resolve_policies(options.precision_policies))}; kernel threads "
+            f"{options.threads or 'every core'}")
 
 
 def log_to_stderr(quiet: bool = False) -> None:
@@ -741,7 +852,7 @@ def serve(host: str, port: int, models: list[str], options: ServerOptions = Serv
     Unavailable if a model named to load at start cannot be loaded."""
     log_to_stderr(quiet)
     engine = build_engine(models, options)
-    config = uvicorn.Config(create_app(engine, options.max_body_bytes), host=host, port=port, log_config=None,
+    config = uvicorn.Config(create_app(engine, options), host=host, port=port, log_config=None,
                             log_level="warning", access_log=False,
                             timeout_graceful_shutdown=int(options.drain_s + CUT_GRACE_S))
     EngineServer(config, engine, options).run()
