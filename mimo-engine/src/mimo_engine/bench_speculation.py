@@ -122,14 +122,14 @@ def _speculation(method: str, adaptive: bool, block: int) -> MimoRequest:
     return MimoRequest.from_dict({"speculation": {"method": method, "block": block, "adaptive": adaptive}})
 
 
-def run_speculation_bench(name: str, draft_model: str | None = None, methods: tuple[str, ...] | None = None,
-                          block: int = 8, max_tokens: int = 64, per_set: int = 8, cache_dir: Path | None = None,
-                          progress=None) -> SpeculationBench:
+def run_speculation_bench(name: str, cache_dir: Path, draft_model: str | None = None,
+                          methods: tuple[str, ...] | None = None, block: int = 8, max_tokens: int = 64,
+                          per_set: int = 8, progress=None, threads: int | None = None) -> SpeculationBench:
     """The table: every drafter in `methods` (default: ngram, suffix, self-mxfp4, and draft-model when a draft
     model is named) against plain decoding, on each prompt set at batch 1 and 8. `progress(text)` hears each run."""
     load_average_before = os.getloadavg()[0]
-    model = LoadedModel.load(name, cache_dir)
-    draft = LoadedModel.load(draft_model, cache_dir, policies=("native",)) if draft_model else None
+    model = LoadedModel.load(name, cache_dir, threads=threads)
+    draft = LoadedModel.load(draft_model, cache_dir, policies=("native",), threads=threads) if draft_model else None
     methods = methods or ("ngram", "suffix", "self-mxfp4", *(("draft-model",) if draft else ()))
     if "draft-model" in methods and draft is None:
         raise ValueError("the draft-model drafter needs --draft-model")

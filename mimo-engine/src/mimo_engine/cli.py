@@ -205,28 +205,35 @@ def bench(
     prompts: int = typer.Option(8, min=1, max=8, help="With --speculation: prompts per set."),
     plot: Path | None = typer.Option(None, help="With --speculation: also draw the table as a PNG here."),
 ) -> None:
-    """Measure prefill and decode tokens/s at batch 1, 4 and 8 against the memory-bandwidth roofline (or, with
-    --interference or --speculation, what those options say)."""
+    """Measure prefill and decode tokens/s at batch 1, 4 and 8 against the memory-bandwidth roofline, measured in
+    the same run (or, with --interference or --speculation, what those options say). The kernels run on
+    MIMO_ENGINE_THREADS threads (default: every core)."""
     from mimo_engine.bench import run_bench, run_interference  # the model stack: not for --help
 
+    settings = load_settings()
     if speculation:
         from mimo_engine.bench_speculation import plot_speculation, run_speculation_bench
 
         try:
-            table = run_speculation_bench(model, draft_model, tuple(method) or None, block, max_tokens, prompts,
-                                          _cache_dir(), progress=lambda text: print(text, file=sys.stderr))
+            table = run_speculation_bench(model, settings.cache_dir, draft_model, tuple(method) or None, block,
+                                          max_tokens, prompts, progress=lambda text: print(text, file=sys.stderr),
+                                          threads=settings.engine_threads)
         except ValueError as exc:  # an unknown drafter, draft-model without a draft model, another tokenizer
             fail(str(exc), prog=PROG)
         if plot:
             plot_speculation(table, plot)
         result = table.to_dict()
     elif interference:
-        result = run_interference(model, cache_dir=_cache_dir(), step_tokens=step_tokens).to_dict()
+        result = run_interference(model, settings.cache_dir, step_tokens=step_tokens,
+                                  threads=settings.engine_threads).to_dict()
     else:
         try:
-            result = run_bench(model, cache_dir=_cache_dir(), policy=policy).to_dict()
+            bench_result = run_bench(model, settings.cache_dir, policy=policy, threads=settings.engine_threads)
         except ValueError as exc:  # an unknown policy, or entropy (calibrated per token: the sweep measures it)
             fail(str(exc), prog=PROG)
+        if bench_result.roofline_note:
+            print(f"{PROG}: warning: {bench_result.roofline_note}", file=sys.stderr)
+        result = bench_result.to_dict()
     if out:
         out.write_text(json.dumps(result, indent=2) + "\n")
     _print_json(result)
