@@ -5,6 +5,7 @@ import pytest
 
 from tiered_kv_cache import NoFreeBlocks
 
+from mimo_core.settings import load_settings
 from mimo_engine.paged_attention import KERNEL_MAX_ROWS
 from mimo_engine.runtime import BLOCK_SIZE, EngineCore, LoadedModel, Work
 
@@ -24,7 +25,7 @@ ATOL = 2e-3  # logits are ~10-40; different summation orders of the same float32
 
 @pytest.fixture(scope="module")
 def model() -> LoadedModel:
-    return LoadedModel.load("smollm2-135m")
+    return LoadedModel.load("smollm2-135m", load_settings().cache_dir)
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from precision_router.policy import static_policy
 
+from mimo_core.settings import load_settings
 from mimo_engine.runtime import EngineCore, LoadedModel, Work
 from mimo_engine.step import WeightPlan
 
@@ -20,7 +21,7 @@ BEFORE = {
 
 @pytest.fixture(scope="module")
 def model() -> LoadedModel:
-    return LoadedModel.load(MODEL, policies=("native", "mxfp4", "f32"))
+    return LoadedModel.load(MODEL, load_settings().cache_dir, policies=("native", "mxfp4", "f32"))
 
 
 def greedy(core: EngineCore, seq_id, text: str, plan: WeightPlan, n: int = 16) -> list[int]:
@@ -35,7 +36,8 @@ def greedy(core: EngineCore, seq_id, text: str, plan: WeightPlan, n: int = 16) -
 
 
 def test_f32_greedy_output_is_unchanged_from_before(model):
-    f32 = LoadedModel.load(MODEL, policies=("f32",))  # f32 as the default: the prompt too runs in float32
+    # f32 as the default: the prompt too runs in float32
+    f32 = LoadedModel.load(MODEL, load_settings().cache_dir, policies=("f32",))
     # KV computed under other default formats is another model's as far as the cache (and its disk tier) knows
     assert f32.fingerprint != model.fingerprint and "q8_0" in model.fingerprint
     core = EngineCore(f32, num_blocks=16)
@@ -128,3 +130,23 @@ def test_blocks_computed_under_another_plan_are_never_reused(model):
     core.add("default", ids, reuse=False)
     core.step([Work("default", len(ids), "last")])
     assert core.add("again", ids + [13], reuse=True)["hbm"] == len(ids) // 16 * 16
+
+
+def test_the_thread_setting_reaches_each_thread_that_runs_the_kernels(model):
+    import dataclasses
+    import threading
+
+    import numba
+
+    one = dataclasses.replace(model, threads=1)
+    seen = []
+
+    def run_here() -> None:  # a new thread starts with numba's default: every core
+        before = numba.get_num_threads()
+        one.use_threads()
+        seen.extend([before, numba.get_num_threads()])
+
+    thread = threading.Thread(target=run_here)
+    thread.start()
+    thread.join()
+    assert seen == [numba.config.NUMBA_NUM_THREADS, 1]

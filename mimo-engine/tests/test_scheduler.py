@@ -51,12 +51,13 @@ class FakeModel:
     config: FakeConfig = field(default_factory=FakeConfig)
     tokenizer: FakeTokenizer = field(default_factory=FakeTokenizer)
     steps: list[StepBatch] = field(default_factory=list)
+    threads_set_in: list[str] = field(default_factory=list)
 
     def new_pool(self, num_blocks: int) -> KVPool:
         return KVPool(1, 1, 1, num_blocks, BLOCK_SIZE)
 
-    def use_threads(self) -> None:  # LoadedModel's per-thread kernel setup: nothing to set up here
-        pass
+    def use_threads(self) -> None:  # LoadedModel's per-thread kernel setup: here, who called it
+        self.threads_set_in.append(threading.current_thread().name)
 
     def policy(self, name: str | None) -> Policy:  # LoadedModel's precision side: every policy reads one form
         return static_policy(name or "native")
@@ -300,14 +301,14 @@ def test_a_cancelled_request_s_tokens_are_counted_as_they_were_computed(model):
             if received == 3:
                 break
         request.cancel()
+        deadline = time.monotonic() + 10
+        while worker.metrics.live:  # the worker retires it at its next step (the loop stays up meanwhile)
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
         return received
 
     try:
         received = asyncio.run(main())
-        deadline = time.monotonic() + 10
-        while worker.metrics.live:  # the worker retires it at its next step
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
         assert worker.metrics.counter("completion_tokens") >= received
         assert worker.metrics.counter("prompt_tokens") == len(prompt)
         assert worker.metrics.counter("cache_prefilled_tokens") == len(prompt)
@@ -390,3 +391,8 @@ def test_a_request_in_flight_keeps_the_engine_busy_and_a_failed_load_says_so():
         assert not engine.busy()
     finally:
         engine.close()
+
+
+def test_the_worker_sets_its_own_thread_up_to_run_the_model(worker, model):
+    run(worker, ([1], SamplingParams(temperature=0, max_tokens=2)))
+    assert model.threads_set_in == ["mimo-engine:fake"]  # numba's thread count is per thread: the worker's own

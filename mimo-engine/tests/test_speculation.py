@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from mimo_core.extensions import MimoRequest
+from mimo_core.settings import load_settings
 from mimo_engine.runtime import EngineCore, LoadedModel
 from mimo_engine.sampling import SamplingParams, probabilities
 from mimo_engine.scheduler import Done, ModelWorker, Request
@@ -149,14 +150,14 @@ REPETITIVE = ("def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return 
 
 @pytest.fixture(scope="module")
 def model() -> LoadedModel:
-    return LoadedModel.load(MODEL, policies=("native", "mxfp4"))
+    return LoadedModel.load(MODEL, load_settings().cache_dir, policies=("native", "mxfp4"))
 
 
 @pytest.fixture(scope="module")
 def draft() -> LoadedModel:
     """smollm2-135m with its weights in MXFP4: a draft model with the same tokenizer that the target often
     disagrees with, so rollback is exercised."""
-    return LoadedModel.load(MODEL, policies=("mxfp4",))
+    return LoadedModel.load(MODEL, load_settings().cache_dir, policies=("mxfp4",))
 
 
 def generate(worker: ModelWorker, prompt: list[int], params: SamplingParams, speculation: dict | None) -> Done:
