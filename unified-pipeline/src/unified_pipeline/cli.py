@@ -229,7 +229,7 @@ def compare_benchmarks(
             if results.impact:
                 console.print(impact_table(results.impact, title=f"component impact of {path.name}"))
     if plot:
-        plot.write_bytes(png(comparison_figure(comparison, a.stem, b.stem)))
+        plot.write_bytes(png(comparison_figure(comparison, first, second, a.stem, b.stem)))
     if html_path:
         html_path.write_text(comparison_page(comparison, first, second, a.stem, b.stem), encoding="utf-8")
     for path, what in ((plot, "plot"), (html_path, "HTML report")):

@@ -117,5 +117,6 @@ def comparison_page(comparison: Comparison, a: Results, b: Results, a_name: str,
     for name, results in ((a_name, a), (b_name, b)):
         if results.impact:
             parts.append(impact_table(f"component impact of {name}", results.impact))
-    parts.append(image("D/s and accuracy of both runs", png(comparison_figure(comparison, a_name, b_name))))
+    figure = comparison_figure(comparison, a, b, a_name, b_name)
+    parts.append(image("D/s and accuracy of both runs, and B - A", png(figure)))
     return page(f"{a_name} vs {b_name}", parts)
