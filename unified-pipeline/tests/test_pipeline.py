@@ -23,7 +23,8 @@ def test_one_task_through_the_pipe_gives_a_scored_record(engine_settings, run_sc
     assert [e.stage for e in record.trace] == [name for name, _ in STAGES]
     status = {e.stage: e.status for e in record.trace}
     assert status["spec-reasoner"] == "baseline" and status["multi-agent-orchestrator"] == "ok"
-    assert record.error is None and record.answer and record.reasoning == {}
+    assert record.error is None and record.answer
+    assert "chain" not in record.reasoning and record.reasoning["speculation"]["method"] == "none"
     assert record.verdict["correct"] in (True, False) and record.verdict["expected"] == "96"
     assert 0.0 <= record.consensus["confidence"] <= 1.0 and record.precision["policy"]
 

@@ -1,11 +1,15 @@
 """The files of a run: which results_vN a run takes, and what a resumed run keeps of a records file."""
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 
 from ds_benchmark.suites import build_suite
 from unified_pipeline.benchmark import RunFiles, default_results_path, load_done
+
+NUMBERS = {3: "three", 4: "four", 5: "five"}
 
 
 def scored(i: int, disabled=(), error=None):
@@ -43,3 +47,11 @@ def test_a_torn_line_before_the_end_is_an_error_not_silently_dropped(tmp_path):
     path.write_text("\n".join([scored(0)[:30], scored(1)]) + "\n")
     with pytest.raises(ValueError, match="line 1"):
         load_done(path)
+
+
+def test_the_readme_lists_every_file_of_a_run_and_counts_them_right():
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    listed = re.findall(r"^\| `(NAME\.[a-z.]+)` \|", text, re.M)
+    files = RunFiles(Path("NAME.json"))
+    assert sorted(listed) == sorted(path.name for path in (files.plan, files.records, files.results, files.log))
+    assert f"A run is {NUMBERS[len(listed)]} files" in text

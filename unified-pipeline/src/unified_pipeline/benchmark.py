@@ -1,9 +1,9 @@
 """The D/s benchmark through the pipe: a suite, one or five configurations, records kept as they finish, a report.
 
-A run is three files side by side: `NAME.run.json` (what the run is: its suite and configurations, so that
+A run is four files side by side: `NAME.run.json` (what the run is: its suite and configurations, so that
 `--resume` continues exactly it), `NAME.records.jsonl` (every scored record, appended and synced as the pipe writes
-it) and `NAME.json` (the `mimo.results/1` file `ds-benchmark report` writes at the end). The stages' diagnostics go
-to `NAME.log`.
+it), `NAME.json` (the `mimo.results/1` file `ds-benchmark report` writes at the end) and `NAME.log` (what the stages
+said on stderr).
 
 On the embedded engine each configuration gets an engine of its own with an empty KV cache (the model files are
 shared), warmed up before its first task: no configuration inherits another's cached prefixes, and loading models
@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ds_benchmark.compare import Comparison, compare
 from ds_benchmark.report import wall_time
 from ds_benchmark.results import Results
 from ds_benchmark.suites import build_suite
@@ -233,3 +234,14 @@ def run_benchmark(plan: RunPlan, files: RunFiles, settings: Settings, progress: 
         shutil.rmtree(engine_settings(settings, files, []).cache_dir.parent, ignore_errors=True)
     return results
 
+
+
+def compare_runs(a: Results, b: Results) -> Comparison:
+    """`ds-benchmark compare` of two runs, its reasons in run_benchmark's terms: runs of a different --n are said to
+    be so (compare itself names only the two suites' digests), before compare's own reasons."""
+    comparison = compare(a, b)
+    n_a, n_b = a.suite.get("n"), b.suite.get("n")
+    if n_a != n_b:
+        comparison.reasons.insert(0, f"different --n ({n_a} vs {n_b} tasks)")
+        comparison.comparable = False
+    return comparison

@@ -13,10 +13,10 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ds_benchmark.compare import compare, impact_table, table
+from ds_benchmark.compare import impact_table, table
 from ds_benchmark.report import summary_lines
 from ds_benchmark.results import load_results
-from mimo_core.console import EXIT_INTERRUPTED, cli_app, fail, version_option
+from mimo_core.console import EXIT_FAILED, EXIT_INTERRUPTED, cli_app, fail, version_option
 from mimo_core.contract import ContractError
 from mimo_core.record import COMPONENTS, DOMAINS, TaskRecord
 from mimo_core.settings import SettingsError, load_settings
@@ -26,10 +26,12 @@ from .pages import comparison_page, results_page
 from .pipe import PipeError, shell_command
 from .plots import comparison_figure, png
 from .show import render
-from .task import run_task, task_record
+from .task import failure, run_task, task_record
 
 VersionOption = version_option("unified-pipeline")
-ConfigOption = typer.Option(None, "--config", help="YAML settings file (MIMO_* names); flags > env > .env > it.")
+ConfigOption = typer.Option(None, "--config", metavar="FILE",
+                            help="YAML settings file (MIMO_* names). A flag beats the environment, which beats "
+                                 ".env, which beats this file.")
 
 
 def _settings(config: Path | None, prog: str):
@@ -56,14 +58,18 @@ and spent.
 The task's record goes through the five stage tools joined by OS pipes, exactly as in a shell:
 {shell_command()}. Every stage uses the same backend: the shared embedded engine, or MIMO_BASE_URL.
 
-Exit codes: 0 answered; 1 the pipeline failed (the stage and its last message are said); 2 bad input.""")
+Exit codes: 0 answered and every stage ok; 1 a stage failed, or the pipe did (said on stderr: the stage, its
+trace entry and the record's error; an answer that came out past a failed stage is still shown); 2 bad input;
+130 interrupted.""")
 def run_pipeline(
-    task: str = typer.Option(..., "--task", help="The question or problem."),
-    domain: str = typer.Option(..., "--domain", help=f"One of {', '.join(DOMAINS)}."),
-    reference: str | None = typer.Option(None, "--reference",
-                                         help="The expected answer (math, general; triage: an ESI level). "
-                                              "Without it the answer is not scored."),
-    disable: list[str] = typer.Option([], "--disable", help=f"Switch a component off: {', '.join(COMPONENTS)}."),
+    task: str = typer.Option(..., "--task", metavar="TEXT", help="The question or problem."),
+    domain: str = typer.Option(..., "--domain", metavar="DOMAIN", help=f"One of {', '.join(DOMAINS)}."),
+    reference: str | None = typer.Option(None, "--reference", metavar="ANSWER",
+                                         help="The expected answer (math, general: a number or text; triage: an "
+                                              "ESI level). Without it the answer is not scored."),
+    disable: list[str] = typer.Option([], "--disable", metavar="COMPONENT",
+                                      help=f"Switch a component off (its stage does its baseline); repeat for more: "
+                                           f"{', '.join(COMPONENTS)}."),
     as_json: bool = typer.Option(False, "--json", help="Print the record as JSON instead of the tables."),
     config: Path | None = ConfigOption,
     version: bool = VersionOption,
@@ -82,9 +88,12 @@ def run_pipeline(
         except KeyboardInterrupt:
             raise typer.Exit(EXIT_INTERRUPTED)
     if as_json:
-        print(json.dumps(record.to_dict(), indent=2, ensure_ascii=False))
+        print(json.dumps(record.to_dict(), indent=2, ensure_ascii=False), flush=True)
     else:
         Console().print(render(record))
+    problem = failure(record)
+    if problem:
+        fail(problem, code=EXIT_FAILED, prog=PIPELINE)
 
 
 # ------------------------------------------------------------------------------------------------ run_benchmark
@@ -132,18 +141,28 @@ def _plan(files: benchmark.RunFiles, resume: bool, n: int | None, domains: list[
 @benchmark_app.command(context_settings={"allow_extra_args": True})
 def run_benchmark(
     ctx: typer.Context,
-    n: int | None = typer.Option(None, "--n", help="Tasks per configuration, split evenly over the domains "
-                                                   "[default: 30]."),
-    domains: list[str] | None = typer.Option(None, "--domains", help="--domains math coding triage [default]."),
-    seed: int | None = typer.Option(None, "--seed", help="The suite's seed: the same tasks for the same seed "
-                                                         "[default: 0]."),
-    math_source: str | None = typer.Option(None, "--math-source", help="gsm8k [default] or templates."),
-    ablation: bool = typer.Option(False, "--ablation", help="Also run with each component switched off, and "
+    n: int | None = typer.Option(None, "--n", metavar="N", help="Tasks per configuration, split evenly over the "
+                                                               "domains [default: 30]."),
+    domains: list[str] | None = typer.Option(None, "--domains", metavar="DOMAIN...",
+                                             help="The domains to draw tasks from, space-separated, among math, "
+                                                  "coding, triage [default: math coding triage]."),
+    seed: int | None = typer.Option(None, "--seed", metavar="SEED",
+                                    help="The suite's seed: the same n, domains and seed give the same tasks "
+                                         "[default: 0]."),
+    math_source: str | None = typer.Option(None, "--math-source", metavar="SOURCE",
+                                           help="Where math problems come from: gsm8k (GSM8K's test set) or "
+                                                "templates (generated from the seed) [default: gsm8k]."),
+    ablation: bool = typer.Option(False, "--ablation", help="Also run with each component switched off alone, and "
                                                             "report the component impact table."),
-    out: Path | None = typer.Option(None, "--out", help="Results JSON [default: the next free results_vN.json]."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run of --out (default: the newest "
-                                                        "results_vN), keeping every record already scored."),
-    html_path: Path | None = typer.Option(None, "--html", help="Also write a self-contained HTML report."),
+    out: Path | None = typer.Option(None, "--out", metavar="FILE",
+                                    help="The results JSON; the run's other files go beside it (NAME.run.json, "
+                                         "NAME.records.jsonl, NAME.log) [default: the next free results_vN.json "
+                                         "in this folder]."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run of --out (without --out: the newest "
+                                                        "results_vN.json in this folder), keeping every record "
+                                                        "already scored; other flags may only repeat the run's."),
+    html_path: Path | None = typer.Option(None, "--html", metavar="FILE",
+                                          help="Also write a self-contained HTML report."),
     config: Path | None = ConfigOption,
     version: bool = VersionOption,
 ) -> None:
@@ -198,25 +217,31 @@ compare_app = cli_app()
 
 @compare_app.command()
 def compare_benchmarks(
-    a: Path = typer.Argument(..., help="Results JSON of the baseline run."),
-    b: Path = typer.Argument(..., help="Results JSON of the run compared with it."),
-    plot: Path | None = typer.Option(None, "--plot", help="Write a bar chart (PNG)."),
-    html_path: Path | None = typer.Option(None, "--html", help="Write a self-contained HTML report."),
+    a: Path = typer.Argument(..., metavar="A", help="Results JSON of the baseline run."),
+    b: Path = typer.Argument(..., metavar="B", help="Results JSON of the run compared with it."),
+    plot: Path | None = typer.Option(None, "--plot", metavar="PNG",
+                                     help="Write the charts: D/s and accuracy of A and B with their 95% intervals, "
+                                          "and B - A with its paired interval."),
+    html_path: Path | None = typer.Option(None, "--html", metavar="FILE",
+                                          help="Write a self-contained HTML report (tables and the charts)."),
     as_json: bool = typer.Option(False, "--json", help="Print the comparison JSON instead of the tables."),
-    force: bool = typer.Option(False, "--force", help="Compare runs that are not comparable."),
+    force: bool = typer.Option(False, "--force", help="Compare runs that are not comparable (the output says "
+                                                      "they are not)."),
     version: bool = VersionOption,
 ) -> None:
     """B minus A for D/s, accuracy, errors and speed; the component impact tables where a file has an ablation.
 
-    Tasks are paired by id; each delta comes with a paired 95% bootstrap interval. Runs on different tasks, seeds,
-    models or D/s formulas are refused (--force compares them anyway, and the tables say so).
+    A and B are two results files of run_benchmark.py with the same --n and --seed (and so the same tasks): tasks
+    are paired by id, and each delta comes with a paired 95% bootstrap interval. Runs of a different --n or --seed,
+    or on other tasks, models or D/s formulas, are refused with a message saying what differs; --force compares
+    them anyway, and the output says they are not comparable.
 
     Exit codes: 0 compared; 2 bad input, or runs that are not comparable (without --force)."""
     try:
         first, second = load_results(a), load_results(b)
     except ContractError as exc:
         fail(str(exc), prog=COMPARE)
-    comparison = compare(first, second)
+    comparison = benchmark.compare_runs(first, second)
     if not comparison.comparable and not force:
         fail(f"{a} and {b} are not comparable: {'; '.join(comparison.reasons)} (--force compares them anyway)",
              prog=COMPARE)

@@ -11,6 +11,8 @@ from rich.text import Text
 
 from mimo_core.record import TaskRecord
 
+from .task import stage_errors
+
 
 def _precision(p: dict[str, Any]) -> str:
     if p.get("backend") == "unsupported":
@@ -31,8 +33,10 @@ def _kv(kv: dict[str, Any]) -> str:
 
 
 def _reasoning(r: dict[str, Any]) -> str:
-    if not r:
-        return "no reasoning: the oracle reasons alone"
+    if "chain" not in r:  # switched off: at most the speculation its calls ran with
+        speculation = r.get("speculation") or {}
+        why = f" ({speculation['reason']})" if speculation.get("reason") else ""
+        return f"no reasoning chain: the oracle reasons alone{why}"
     return (f"{r.get('accepted_steps', 0)} of {r.get('drafted_steps', 0)} drafted steps accepted in "
             f"{r.get('rounds', 0)} rounds; answer {r.get('answer')!r}")
 
@@ -75,8 +79,12 @@ def render(record: TaskRecord) -> Group:
     # Text, never markup: a task or a model's answer may hold anything, brackets included.
     stages = Table("stage", "status", "time (s)", "calls", "tokens in/out", "decision", title=Text(record.task))
     stages.columns[0].no_wrap = True
+    errors = stage_errors(record.error)
     for entry in record.trace:
         decide = DECISIONS.get(entry.stage)
+        # a failed stage decided nothing: its section is empty or stale, so its error stands in its row
+        decision = (f"failed: {errors.get(entry.stage, 'it wrote no error')}" if entry.status == "error"
+                    else decide(record) if decide else "")
         stages.add_row(entry.stage, entry.status, f"{entry.wall_s:.2f}", str(entry.calls),
-                       f"{entry.prompt_tokens}/{entry.completion_tokens}", Text(decide(record) if decide else ""))
+                       f"{entry.prompt_tokens}/{entry.completion_tokens}", Text(decision))
     return Group(Panel(head, title=f"answer ({record.domain})", expand=False), stages)
