@@ -8,7 +8,7 @@ from ds_benchmark.report import build_results
 from ds_benchmark.suites import build_suite
 from ds_benchmark.verify import score_record
 from mimo_core.record import TraceEntry
-from unified_pipeline.benchmark import compare_runs
+from ds_benchmark.compare import compare
 
 
 def scored_run(n: int, seed: int):
@@ -23,9 +23,9 @@ def scored_run(n: int, seed: int):
 
 
 def test_runs_of_a_different_n_are_refused_saying_so():
-    comparison = compare_runs(scored_run(6, 0), scored_run(4, 0))
-    assert not comparison.comparable and comparison.reasons[0] == "different --n (6 vs 4 tasks)"
-    same = compare_runs(scored_run(4, 0), scored_run(4, 0))
+    comparison = compare(scored_run(6, 0), scored_run(4, 0))
+    assert not comparison.comparable and comparison.reasons[0] == "different suites: 6 tasks vs 4"
+    same = compare(scored_run(4, 0), scored_run(4, 0))
     assert same.comparable and same.reasons == []
 
 
@@ -35,8 +35,8 @@ def test_the_refusal_names_each_difference_on_one_line(run_script, tmp_path):
     done = run_script("compare_benchmarks", "a.json", "b.json", env=dict(os.environ), cwd=tmp_path, timeout=120)
     assert done.returncode == 2
     (line,) = done.stderr.strip().splitlines()
-    assert line.startswith("compare_benchmarks.py: error: a.json and b.json are not comparable: different --n "
-                           "(6 vs 4 tasks); different suites")
+    assert line.startswith("compare_benchmarks.py: error: a.json and b.json are not comparable: different suites: 6 "
+                           "tasks vs 4")
     assert "different seeds (0 vs 1)" in line and line.endswith("(--force compares them anyway)")
 
 

@@ -24,7 +24,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ds_benchmark.compare import Comparison, compare
 from ds_benchmark.report import wall_time
 from ds_benchmark.results import Results
 from ds_benchmark.suites import build_suite
@@ -234,14 +233,3 @@ def run_benchmark(plan: RunPlan, files: RunFiles, settings: Settings, progress: 
         shutil.rmtree(engine_settings(settings, files, []).cache_dir.parent, ignore_errors=True)
     return results
 
-
-
-def compare_runs(a: Results, b: Results) -> Comparison:
-    """`ds-benchmark compare` of two runs, its reasons in run_benchmark's terms: runs of a different --n are said to
-    be so (compare itself names only the two suites' digests), before compare's own reasons."""
-    comparison = compare(a, b)
-    n_a, n_b = a.suite.get("n"), b.suite.get("n")
-    if n_a != n_b:
-        comparison.reasons.insert(0, f"different --n ({n_a} vs {n_b} tasks)")
-        comparison.comparable = False
-    return comparison

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ds_benchmark.compare import impact_table, table
+from ds_benchmark.compare import compare, impact_table, table
 from ds_benchmark.report import summary_lines
 from ds_benchmark.results import load_results
 from mimo_core.console import EXIT_FAILED, EXIT_INTERRUPTED, cli_app, fail, version_option
@@ -241,7 +241,7 @@ def compare_benchmarks(
         first, second = load_results(a), load_results(b)
     except ContractError as exc:
         fail(str(exc), prog=COMPARE)
-    comparison = benchmark.compare_runs(first, second)
+    comparison = compare(first, second)
     if not comparison.comparable and not force:
         fail(f"{a} and {b} are not comparable: {'; '.join(comparison.reasons)} (--force compares them anyway)",
              prog=COMPARE)
