@@ -28,6 +28,7 @@ from typing import Literal, TextIO
 import httpx
 from filelock import FileLock, Timeout
 from rich.console import Console
+from rich.markup import escape
 
 from .contract import Contract
 from .settings import Settings
@@ -181,10 +182,10 @@ class Waiting:
         key = what if key is None else key
         if self._isatty():
             if self._live is None:
-                self._live = Console(file=self.stream).status(text)
+                self._live = Console(file=self.stream).status(escape(text))  # a path is text, not markup
                 self._live.start()
             else:
-                self._live.update(text)
+                self._live.update(escape(text))
         elif key != self._key or time.monotonic() - self._last_at >= SAY_EVERY_S:
             print(text, file=self.stream, flush=True)
             self._last_at = time.monotonic()
