@@ -12,11 +12,10 @@ from .vote import WEIGHTINGS
 
 @dataclass
 class Options(Contract):
-    """How the orchestrator votes. The weighting is the bench's choice (results/bench.json, 8 GSM8K problems on
-    qwen2.5-coder-0.5b, 5 agents, the same traces weighed every way): a plain majority with doubt had a calibration
-    error of 0.16 and no confident wrong answer, where CISC over the tail confidence (T=0.5), the published default
-    this replaced, had 0.56 and 3 (D/s -0.070 against +0.031); in the 60 records of two 30-task pipeline runs, CISC
-    made 22 confident wrong answers. DeepConf's 90% kept stays the early-stop rule."""
+    """How the orchestrator votes. The weighting is the bench's choice (results/bench.json: 6 GSM8K problems and 6
+    triage vignettes on qwen2.5-coder-0.5b, 5 agents, the same traces weighed every way): no weighting answered more
+    tasks right than the plain majority, and among those of equal D/s the majority with doubt is the best calibrated
+    (expected calibration error 0.13, the plain vote share 0.35). DeepConf's 90% kept stays the early-stop rule."""
 
     agents: int = 5
     first_wave: int = 3  # agents started first; the rest only if they disagree (0: all at once)
