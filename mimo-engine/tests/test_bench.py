@@ -3,17 +3,8 @@ fraction of the roofline that is never published above 1 (no timing here: the be
 
 import pytest
 
-from mimo_engine.bench import (
-    FALLBACK_BUFFER_BYTES,
-    MIN_BUFFER_BYTES,
-    Bandwidth,
-    BandwidthSampler,
-    BenchResult,
-    DecodeFigures,
-    bandwidth_buffer_bytes,
-    last_level_cache_bytes,
-    roofline_fraction,
-)
+from mimo_core.profiles import FALLBACK_BUFFER_BYTES, MIN_BUFFER_BYTES, bandwidth_buffer_bytes, last_level_cache_bytes
+from mimo_engine.bench import Bandwidth, BandwidthSampler, BenchResult, DecodeFigures, roofline_fraction
 
 
 def test_a_decode_within_the_roofline_is_its_fraction():

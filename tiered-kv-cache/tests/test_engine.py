@@ -30,7 +30,7 @@ POOL_BLOCKS = 10  # the prompt and its generation fit; a filler of this many blo
 
 @pytest.fixture(scope="module")
 def model() -> LoadedModel:
-    return LoadedModel.load(MODEL)
+    return LoadedModel.load(MODEL, load_settings().cache_dir)
 
 
 def generate(core: EngineCore, seq: str, prompt: list[int], reuse: bool, n: int = 8) -> tuple[list[int], dict]:

@@ -191,8 +191,10 @@ class MimoReport(Contract):
     SCHEMA = "mimo.engine-report/1"
 
     model: str
-    prompt_tokens: int = figure("prompt tokens of finished requests")
-    completion_tokens: int = figure("tokens generated for finished requests")
+    prompt_tokens: int = figure("prompt tokens, counted once a request's prompt is prefilled (cached ones included; a "
+                                "request cancelled later still counts)")
+    completion_tokens: int = figure("tokens generated, counted as each is sampled (a request cancelled later still "
+                                    "counts)")
     load_s: float = figure("seconds spent loading the model for the request (lazily loaded models)", "histogram", 0.0)
     queued_s: float = figure("seconds from arrival to the first scheduled step", "histogram", 0.0)
     time_to_first_token_s: float = figure("seconds from arrival to the first generated token", "histogram", 0.0)

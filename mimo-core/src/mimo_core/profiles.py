@@ -16,6 +16,11 @@ import numpy as np
 import yaml
 
 THIS_MACHINE = "this-machine"
+CPU_CACHES = Path("/sys/devices/system/cpu/cpu0/cache")
+FALLBACK_BUFFER_BYTES = 256 << 20  # where the cache size cannot be read: larger than any CPU's last-level cache
+MIN_BUFFER_BYTES = 64 << 20
+CACHE_MULTIPLE = 4  # the buffer is this many last-level caches, so that a pass streams from DRAM, not from cache
+SIZE_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 
 @dataclass(frozen=True)
@@ -85,19 +90,55 @@ def median_seconds(run: Callable[[], object], repeats: int = 5) -> float:
     return float(np.median(times))
 
 
-def measure_memory_bandwidth(size_bytes: int = 256 << 20) -> float:
-    """Main-memory bandwidth in bytes/s: median of array copies (each reads and writes `size_bytes`)."""
-    src = np.ones(size_bytes // 4, dtype=np.float32)
+def best_seconds(run: Callable[[], object], repeats: int = 5) -> float:
+    """Shortest wall time of `run` over `repeats` calls, after one untimed warm-up: other work on the machine can
+    only slow a pass down, so the best one is the machine's own speed."""
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def last_level_cache_bytes(caches: Path = CPU_CACHES) -> int | None:
+    """The largest cache of cpu0 in bytes, from sysfs (`index*/size`, such as `32768K`); None where unreadable."""
+    sizes = []
+    for size_file in caches.glob("index*/size"):
+        try:
+            text = size_file.read_text().strip()
+            sizes.append(int(text[:-1]) * SIZE_UNITS[text[-1]] if text[-1:] in SIZE_UNITS else int(text))
+        except (OSError, ValueError):
+            continue
+    return max(sizes) if sizes else None
+
+
+def bandwidth_buffer_bytes(llc_bytes: int | None) -> int:
+    """Bytes of the buffer a bandwidth pass streams: CACHE_MULTIPLE last-level caches (at least MIN_BUFFER_BYTES),
+    or FALLBACK_BUFFER_BYTES where the cache size is unknown."""
+    return max(CACHE_MULTIPLE * llc_bytes, MIN_BUFFER_BYTES) if llc_bytes else FALLBACK_BUFFER_BYTES
+
+
+def measure_memory_bandwidth(size_bytes: int | None = None) -> float:
+    """Main-memory copy bandwidth in bytes/s (bytes read plus written): the best of several array copies over a
+    buffer far larger than the last-level cache."""
+    src = np.ones((size_bytes or bandwidth_buffer_bytes(last_level_cache_bytes())) // 4, dtype=np.float32)
     dst = np.empty_like(src)
-    return 2 * src.nbytes / median_seconds(lambda: np.copyto(dst, src))
+    return 2 * src.nbytes / best_seconds(lambda: np.copyto(dst, src))
 
 
-def measure_read_bandwidth(size_bytes: int = 512 << 20) -> float:
-    """Streaming-read bandwidth in bytes/s: a matrix-vector product over `size_bytes` of float32, the same read on
-    every core (through BLAS) that decoding does with its weights."""
-    matrix = np.ones((size_bytes // 4 // 4096, 4096), dtype=np.float32)  # 4096: the fastest row length measured
+def measure_read_bandwidth(size_bytes: int | None = None, threads: int | None = None) -> float:
+    """Streaming-read bandwidth in bytes/s: the best of several float32 matrix-vector products over a buffer far
+    larger than the last-level cache, on `threads` BLAS threads (default every core): the read decoding does with
+    its weights (one thread would measure one core's share)."""
+    from threadpoolctl import threadpool_limits
+
+    size = size_bytes or bandwidth_buffer_bytes(last_level_cache_bytes())
+    matrix = np.ones((size // 4 // 4096, 4096), dtype=np.float32)  # 4096: the fastest row length measured
     vector = np.ones(4096, dtype=np.float32)
-    return matrix.nbytes / median_seconds(lambda: matrix @ vector)
+    with threadpool_limits(limits=threads or os.cpu_count() or 1, user_api="blas"):
+        return matrix.nbytes / best_seconds(lambda: matrix @ vector)
 
 
 def measure_disk_read_bandwidth(folder: Path, size_bytes: int = 128 << 20) -> float:
@@ -121,17 +162,18 @@ def measure_disk_read_bandwidth(folder: Path, size_bytes: int = 128 << 20) -> fl
 
 
 def measure_this_machine(cache_dir: Path) -> HardwareProfile:
-    """Measure this machine: no accelerator memory; DRAM and disk measured; the host link is a memory copy."""
-    memory_bandwidth = measure_memory_bandwidth()
+    """Measure this machine: no accelerator memory; DRAM (a streaming read: what decoding does) and disk measured;
+    the host link is a memory copy."""
+    read_bandwidth, copy_bandwidth = measure_read_bandwidth(), measure_memory_bandwidth()
     return HardwareProfile(
         name=THIS_MACHINE,
         description=f"{platform.node()}: {os.cpu_count()} CPUs, measured {time.strftime('%Y-%m-%d')}, no GPU",
         gpus=0,
         hbm_bytes=None,
-        hbm_bandwidth=memory_bandwidth,  # the engine's working set lives in RAM, so its "HBM" runs at RAM speed
+        hbm_bandwidth=read_bandwidth,  # the engine's working set lives in RAM, so its "HBM" runs at RAM speed
         dram_bytes=float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")),
-        dram_bandwidth=memory_bandwidth,
-        host_link_bandwidth=memory_bandwidth,
+        dram_bandwidth=read_bandwidth,
+        host_link_bandwidth=copy_bandwidth,
         nvme_bytes=float(shutil.disk_usage(cache_dir if cache_dir.exists() else Path.home()).free),
         nvme_bandwidth=measure_disk_read_bandwidth(cache_dir / "profiles"),
     )

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numba
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from mimo_core.contract import Contract
 from mimo_core.extensions import MimoRequest
-from mimo_core.profiles import measure_memory_bandwidth, measure_read_bandwidth, median_seconds
+from mimo_core.profiles import (CPU_CACHES, bandwidth_buffer_bytes, last_level_cache_bytes, measure_memory_bandwidth,
+                                 measure_read_bandwidth, median_seconds)
 from mimo_engine.runtime import BLOCK_SIZE, EngineCore, LoadedModel, Work
 from mimo_engine.sampling import SamplingParams
 from mimo_engine.scheduler import STEP_TOKENS, Delta, ModelWorker, Request
@@ -37,14 +37,9 @@ BENCH_TEXT = (
     "The history of computing is a story of machines that learned to do arithmetic faster than people, and then "
     "of people who learned to ask those machines better questions. "
 )
-CPU_CACHES = Path("/sys/devices/system/cpu/cpu0/cache")
-FALLBACK_BUFFER_BYTES = 256 << 20  # where the cache size cannot be read: larger than any CPU's last-level cache
-MIN_BUFFER_BYTES = 64 << 20
-CACHE_MULTIPLE = 4  # the buffer is this many last-level caches, so that a pass streams from DRAM, not from cache
 TARGET_FRACTION_OF_ROOFLINE = 0.9
 TARGET_BATCH8_SPEEDUP = 4.0
 BATCH_SIZES = (1, 4, 8)
-SIZE_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 
 @dataclass
@@ -60,24 +55,6 @@ class Bandwidth(Contract):
     method: str
 
 
-def last_level_cache_bytes(caches: Path = CPU_CACHES) -> int | None:
-    """The largest cache of cpu0 in bytes, from sysfs (`index*/size`, such as `32768K`); None where unreadable."""
-    sizes = []
-    for size_file in caches.glob("index*/size"):
-        try:
-            text = size_file.read_text().strip()
-            sizes.append(int(text[:-1]) * SIZE_UNITS[text[-1]] if text[-1:] in SIZE_UNITS else int(text))
-        except (OSError, ValueError):
-            continue
-    return max(sizes) if sizes else None
-
-
-def bandwidth_buffer_bytes(llc_bytes: int | None) -> int:
-    """Bytes of the buffer a bandwidth pass streams: CACHE_MULTIPLE last-level caches (at least MIN_BUFFER_BYTES),
-    or FALLBACK_BUFFER_BYTES where the cache size is unknown."""
-    return max(CACHE_MULTIPLE * llc_bytes, MIN_BUFFER_BYTES) if llc_bytes else FALLBACK_BUFFER_BYTES
-
-
 class BandwidthSampler:
     """Samples of the memory bandwidth taken between decode timings, and the best of them."""
 
@@ -91,8 +68,7 @@ class BandwidthSampler:
     def sample(self) -> None:
         """One sample of each: the read on `threads` BLAS threads (the engine keeps BLAS at one thread, which would
         measure a single core's share), then the copy."""
-        with threadpool_limits(limits=self.threads, user_api="blas"):
-            self.reads.append(measure_read_bandwidth(self.buffer_bytes))
+        self.reads.append(measure_read_bandwidth(self.buffer_bytes, self.threads))
         self.copies.append(measure_memory_bandwidth(self.buffer_bytes))
 
     def result(self) -> Bandwidth:
@@ -101,7 +77,7 @@ class BandwidthSampler:
             read_gb_s=round(max(self.reads) / 1e9, 2), copy_gb_s=round(max(self.copies) / 1e9, 2),
             samples=len(self.reads), buffer_bytes=self.buffer_bytes, last_level_cache_bytes=self.llc_bytes,
             threads=self.threads,
-            method=f"best of {len(self.reads)} samples taken between the decode timings, each the median of 5 passes "
+            method=f"best of {len(self.reads)} samples taken between the decode timings, each the best of 5 passes "
                    f"over {self.buffer_bytes >> 20} MiB (read: float32 matrix-vector product on {self.threads} "
                    f"threads; copy: numpy array copy, counting bytes read and written)",
         )  # fmt: skip

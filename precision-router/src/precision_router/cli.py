@@ -67,8 +67,10 @@ def sweep(model: str = typer.Option(..., "--model", "-m", help="A registry model
           rounds: int = typer.Option(3, "--rounds", min=1, help="Interleaved rounds of speed measurement.")) -> None:
     """Perplexity, mean KL to float32 and decode tokens/s for every policy (and entropy@5, 5.5, 6, 7) against the
     bits per weight the kernels read; marks the static policies' Pareto front (JSON on stdout)."""
+    from mimo_core.settings import load_settings
     from precision_router.sweep import plot as draw, sweep as run_sweep
 
+    settings = load_settings()
     try:
         content = text.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -76,7 +78,8 @@ def sweep(model: str = typer.Option(..., "--model", "-m", help="A registry model
     console = Console(stderr=True)
     try:
         with console.status("sweeping") as status:
-            result = run_sweep(model, content, text.name, rounds, progress=status.update)
+            result = run_sweep(model, content, text.name, rounds, progress=status.update,
+                               cache_dir=settings.cache_dir, threads=settings.engine_threads)
     except (ValueError, LookupError, RuntimeError, OSError) as exc:  # a bad text, an unknown model, a failed pull
         fail(str(exc).strip("'\""), prog=PROG)
     data = result.to_dict()

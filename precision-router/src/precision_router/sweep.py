@@ -150,12 +150,12 @@ def policy_names(targets: tuple[float, ...] = ENTROPY_TARGETS) -> list[str]:
 
 
 def sweep(model_name: str, text: str, text_name: str, rounds: int = 3, targets: tuple[float, ...] = ENTROPY_TARGETS,
-          progress: Callable[[str], None] = lambda _: None, cache_dir: Any = None) -> Sweep:
+          progress: Callable[[str], None] = lambda _: None, cache_dir: Any = None, threads: int | None = None) -> Sweep:
     """Measure every policy of `policy_names(targets)` on `text` with model `model_name` (see the module)."""
     from mimo_engine.runtime import LoadedModel  # noqa: PLC0415 - see the module docstring
 
     progress(f"loading {model_name} in every format")
-    model = LoadedModel.load(model_name, cache_dir, policies=[p for p in POLICIES])
+    model = LoadedModel.load(model_name, cache_dir, policies=[p for p in POLICIES], threads=threads)
     ids = model.tokenizer.encode(text)[: model.config.context_length]
     if len(ids) < SPEED_CONTEXT + SPEED_TOKENS:
         raise ValueError(f"the text has {len(ids)} tokens; a sweep needs at least {SPEED_CONTEXT + SPEED_TOKENS}")
