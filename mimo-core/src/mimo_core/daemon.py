@@ -13,6 +13,7 @@ first request. Tools that find another tool starting the engine or loading its m
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -397,6 +398,8 @@ def _stop_pid(pid: int) -> bool:
         time.sleep(0.1)
     if is_engine_process(pid):
         os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):  # an engine this process started: reap it, leave no zombie
+        os.waitpid(pid, 0)
     return True
 
 

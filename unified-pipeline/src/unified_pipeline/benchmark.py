@@ -13,6 +13,7 @@ is never counted as the pipeline's time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -156,6 +157,11 @@ class Progress:
     def starting(self, disabled: list[str], todo: int) -> None:
         """A configuration is about to warm up and run `todo` tasks."""
 
+    def warming(self) -> contextlib.AbstractContextManager:
+        """Held while the configuration's engine starts and loads its models, which say on stderr how far they are
+        (a live display would fight with those lines)."""
+        return contextlib.nullcontext()
+
     def finished(self, disabled: list[str], record: TaskRecord, records: list[TaskRecord]) -> None:
         """A record came out of the pipe, scored; `records` are the configuration's so far."""
 
@@ -176,7 +182,8 @@ def run_configuration(plan: RunPlan, files: RunFiles, settings: Settings, disabl
     if settings.embedded:
         daemon.stop_engine(stage_settings)  # one a killed run left behind; a fresh engine has an empty cache
     try:
-        warm_up(stage_settings)
+        with progress.warming():
+            warm_up(stage_settings)
         env = {**os.environ, **stage_settings.to_env()}
         with open(files.log, "a", encoding="utf-8") as log, open(files.records, "a", encoding="utf-8") as out:
             log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {configuration_name(disabled)}: "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ds_benchmark.compare import compare, impact_table, table
 from ds_benchmark.report import summary_lines
 from ds_benchmark.results import load_results
+from mimo_core import daemon
 from mimo_core.console import EXIT_FAILED, EXIT_INTERRUPTED, cli_app, fail, version_option
 from mimo_core.contract import ContractError
 from mimo_core.record import COMPONENTS, DOMAINS, TaskRecord
@@ -80,6 +82,13 @@ def run_pipeline(
     except ValueError as exc:
         fail(str(exc), prog=PIPELINE)
     _stop_on_sigterm()
+    if settings.embedded:  # the engine starts and loads before the pipe, saying so here (the stages' stderr is a log)
+        try:
+            daemon.ensure_engine(settings, prog=PIPELINE)
+        except daemon.EngineError as exc:
+            fail(str(exc), code=1, prog=PIPELINE)
+        except KeyboardInterrupt:
+            raise typer.Exit(EXIT_INTERRUPTED)
     with tempfile.NamedTemporaryFile("w+", prefix="run_pipeline-", suffix=".log", encoding="utf-8") as log:
         try:
             record = run_task(record, {**os.environ, **settings.to_env()}, log)
@@ -111,6 +120,14 @@ class BarProgress(benchmark.Progress):
 
     def starting(self, disabled: list[str], todo: int) -> None:
         self.bar.update(self.task, description=f"{benchmark.configuration_name(disabled)} (warming up)")
+
+    @contextlib.contextmanager
+    def warming(self):
+        self.bar.stop()  # the engine's own waiting line takes the terminal while it starts and loads
+        try:
+            yield
+        finally:
+            self.bar.start()
 
     def finished(self, disabled: list[str], record: TaskRecord, records: list[TaskRecord]) -> None:
         ds = benchmark.ds_so_far(records)
