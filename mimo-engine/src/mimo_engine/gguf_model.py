@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -72,6 +73,29 @@ def packed_rows(t: Any, fmt: str) -> Any:
     return values if fmt == "f32" else quantize(values, fmt)
 
 
+@dataclass(frozen=True)
+class GGUFRows:
+    """A GGUF tensor's rows in the file's own quantization, decoded a few at a time: the embedding table, whose
+    lookups read a handful of rows, so it is kept exact (its type re-quantized to Q8_0 would move every logit)."""
+
+    qtype: GGMLQuantizationType
+    data: np.ndarray  # [V, bytes per row], a copy of the file's blocks
+    shape: tuple[int, int]
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        """The float32 rows `ids`: [N] -> [N, d]."""
+        return np.asarray(dequantize(self.data[ids], self.qtype), dtype=np.float32).reshape(len(ids), self.shape[1])
+
+
+def table_rows(t: Any) -> Any:
+    """GGUF tensor `t` as a table of rows to look up, exact: float32 and Q8_0 as arrays or packed rows as they are,
+    any other type as its own blocks (`GGUFRows`)."""
+    if t.tensor_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.Q8_0):
+        return packed_rows(t, "f32" if t.tensor_type != GGMLQuantizationType.Q8_0 else "q8_0")
+    data = np.array(np.asarray(t.data))  # a copy, so that nothing keeps the file's memory map alive
+    return GGUFRows(t.tensor_type, data.reshape(data.shape[0], -1), (data.shape[0], int(t.shape[0])))
+
+
 def stack(parts: list[Any]) -> Any:
     """Matrices of one format side by side along the output axis (their rows), as one weight."""
     if isinstance(parts[0], np.ndarray):
@@ -132,7 +156,7 @@ def load_weights(reader: GGUFReader, config: ModelConfig, held: dict[str, set[st
     if head_name == "token_embd.weight" and natives["head"] != "f32":
         token_embd = lm_head[natives["head"]]  # tied: the packed head's rows are the embeddings
     else:
-        token_embd = packed_rows(embd, native_format([embd.tensor_type.name]))  # [V, d]: rows looked up
+        token_embd = table_rows(embd)  # [V, d]: rows looked up
     weights = ModelWeights(token_embd=token_embd, layers=layers, output_norm=vector("output_norm.weight"),
                            lm_head=lm_head)
     return weights, natives

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from precision_router.formats import Packed, dequantize
@@ -65,7 +65,7 @@ class LayerWeights:
 class ModelWeights:
     """All weights: embeddings, one `LayerWeights` per block, the final norm and the output head."""
 
-    token_embd: Array | Packed  # [V, d], rows looked up
+    token_embd: Array | Packed | RowTable  # [V, d], rows looked up
     layers: list[LayerWeights]
     output_norm: Array  # [d]
     lm_head: Weight  # [d, V]
@@ -109,11 +109,21 @@ def routed(x: Array, weight: Weight, route: Route, group: str, routes: Routes) -
     return out
 
 
-def embed(table: Array | Packed, tokens: Array) -> Array:
+class RowTable(Protocol):
+    """A table that decodes its own rows: the embeddings in the GGUF file's own quantization."""
+
+    shape: tuple[int, int]
+
+    def rows(self, ids: Array) -> Array: ...  # [N] -> [N, d] float32
+
+
+def embed(table: Array | Packed | RowTable, tokens: Array) -> Array:
     """The embedding rows of `tokens`, decoded from a packed table."""
-    if not isinstance(table, Packed):
+    if isinstance(table, np.ndarray):
         return table[tokens]  # [N, d]
     ids = np.asarray(tokens)
+    if not isinstance(table, Packed):
+        return table.rows(ids)  # [N, d]
     rows = Packed(table.fmt, (len(ids), table.shape[1]), table.codes[ids],
                   None if table.scales is None else table.scales[ids])
     return np.asarray(dequantize(rows))  # [N, d]
