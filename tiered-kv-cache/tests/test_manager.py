@@ -161,3 +161,22 @@ def test_a_thousand_random_requests_leak_nothing_and_every_sequence_reads_its_ow
     if dram:
         assert m.stats.hit_tokens["dram"] > 0 and m.stats.hit_tokens["disk"] > 0 and m.stats.drops > 0
     assert len(list(tmp_path.rglob("*.kvb"))) == m.tier_blocks()["disk"]  # the disk tier's files are its blocks
+
+
+def test_a_namespace_keeps_blocks_apart_from_the_models_own():
+    """Blocks computed under other weight formats are found only by prompts computed under the same formats."""
+    manager = KVCacheManager(8, block_size=4, fingerprint="model")
+    prompt = list(range(9))
+    manager.allocate("a", 9, namespace="mxfp4")
+    manager.commit("a", prompt)
+    manager.free("a")
+    assert manager.lookup(prompt).blocks == []  # the model's own namespace has none of them
+    found = manager.lookup(prompt, "mxfp4")
+    assert len(found.blocks) == 2
+    manager.allocate("b", 13, prefix=found.blocks, namespace="mxfp4")
+    manager.fork("b", "c")  # a fork commits in its parent's namespace
+    manager.commit("c", [*prompt, 9, 10, 11, 12])
+    manager.free("b")
+    manager.free("c")
+    assert len(manager.lookup([*prompt, 9, 10, 11, 12, 13], "mxfp4").blocks) == 3
+    assert manager.lookup([*prompt, 9, 10, 11, 12, 13]).blocks == []

@@ -8,6 +8,7 @@ later prompt that starts the same way reuses them.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -249,13 +250,15 @@ def calibration_entropies(model: LoadedModel) -> np.ndarray:
 
 @dataclass
 class SequenceTokens:
-    """A sequence's tokens (prompt, then generated), how many of them are in the KV cache, and how many of those
-    were computed under the engine's default weight plan (None: all). Only those may be committed for reuse: a
-    block's hash names its tokens and the model, not the weight formats its keys and values were computed with."""
+    """A sequence's tokens (prompt, then generated), how many of them are in the KV cache, the weight plan its
+    prompt was computed under, and how many tokens were computed under that plan (None: all). Only those may be
+    committed for reuse, in the plan's namespace of the block manager: a block's keys and values depend on the
+    weight formats they were computed with, not only on its tokens and the model."""
 
     token_ids: list[int]
     num_computed: int = 0
-    default_until: int | None = None
+    plan_until: int | None = None
+    plan: WeightPlan | None = None  # None: the engine's default plan
 
 
 @dataclass(frozen=True)
@@ -279,18 +282,27 @@ class EngineCore:
         self.plan = model.plan(model.policy(None))  # the weight formats of work that names none
         self.sequences: dict[Hashable, SequenceTokens] = {}
 
-    def add(self, seq_id: Hashable, prompt: Sequence[int], reuse: bool = True) -> dict[str, int]:
-        """Start a sequence from `prompt`; with `reuse`, its longest cached prefix is taken from cached blocks, in
-        whichever tier they are. Returns the prompt tokens reused from each tier (they are not computed again).
-        NoFreeBlocks if the pool is short."""
+    def namespace(self, plan: WeightPlan | None) -> str:
+        """The block manager's namespace of blocks computed under `plan`: the default plan's is the model's own
+        (""), any other's is named by the formats it reads, so that requests under one policy share their blocks."""
+        if plan is None or plan == self.plan:
+            return ""
+        return hashlib.blake2b(repr(plan).encode(), digest_size=8).hexdigest()
+
+    def add(self, seq_id: Hashable, prompt: Sequence[int], reuse: bool = True, plan: WeightPlan | None = None
+            ) -> dict[str, int]:
+        """Start a sequence from `prompt`, to be computed under `plan` (None: the default); with `reuse`, its longest
+        prefix cached under the same plan is taken from cached blocks, in whichever tier they are. Returns the prompt
+        tokens reused from each tier (they are not computed again). NoFreeBlocks if the pool is short."""
         if not prompt:
             raise ValueError("a sequence needs at least one prompt token")
         if len(prompt) > self.model.config.context_length:
             raise ValueError(f"{len(prompt)} prompt tokens exceed {self.model.name}'s context of "
                              f"{self.model.config.context_length}")
-        prefix = self.blocks.lookup(prompt) if reuse else Prefix([], [])
-        self.blocks.allocate(seq_id, len(prefix.blocks) * BLOCK_SIZE, prefix=prefix.blocks)
-        self.sequences[seq_id] = SequenceTokens(list(prompt), len(prefix.blocks) * BLOCK_SIZE)
+        namespace = self.namespace(plan)
+        prefix = self.blocks.lookup(prompt, namespace) if reuse else Prefix([], [])
+        self.blocks.allocate(seq_id, len(prefix.blocks) * BLOCK_SIZE, prefix=prefix.blocks, namespace=namespace)
+        self.sequences[seq_id] = SequenceTokens(list(prompt), len(prefix.blocks) * BLOCK_SIZE, plan=plan or self.plan)
         return prefix.tokens_by_tier(BLOCK_SIZE)
 
     def append(self, seq_id: Hashable, token_ids: Sequence[int]) -> None:
@@ -304,7 +316,7 @@ class EngineCore:
         """A new sequence sharing every token and KV block of `seq_id` (blocks are copied only when written)."""
         self.blocks.fork(seq_id, child_id)
         seq = self.sequences[seq_id]
-        self.sequences[child_id] = SequenceTokens(list(seq.token_ids), seq.num_computed, seq.default_until)
+        self.sequences[child_id] = SequenceTokens(list(seq.token_ids), seq.num_computed, seq.plan_until, seq.plan)
 
     def truncate(self, seq_id: Hashable, num_tokens: int) -> None:
         """Keep only the first `num_tokens` tokens (rejected speculative tokens are rolled back)."""
@@ -313,8 +325,8 @@ class EngineCore:
         if seq.num_computed > num_tokens:
             seq.num_computed = num_tokens
             self.blocks.truncate(seq_id, num_tokens)
-        if seq.default_until is not None and seq.default_until >= num_tokens:
-            seq.default_until = None  # what was computed under another plan is gone
+        if seq.plan_until is not None and seq.plan_until >= num_tokens:
+            seq.plan_until = None  # what was computed under another plan is gone
 
     def free(self, seq_id: Hashable) -> None:
         """Forget the sequence and release its blocks; harmless if it is already gone."""
@@ -375,10 +387,9 @@ class EngineCore:
         for s in batch.sequences:
             seq = self.sequences[s.seq_id]
             seq.num_computed = s.end_position
-            # a plan equal to the default under another name is refused too: that costs reuse, never correctness
-            if seq.default_until is None and s.weight_plan != self.plan:
-                seq.default_until = s.start_position
-            committable = seq.num_computed if seq.default_until is None else seq.default_until
+            if seq.plan_until is None and s.weight_plan != (seq.plan or self.plan):
+                seq.plan_until = s.start_position  # an entropy policy's decode tokens, each under its own plan
+            committable = seq.num_computed if seq.plan_until is None else seq.plan_until
             self.blocks.commit(s.seq_id, seq.token_ids[:committable])
             results.append(out[row : row + len(s.logit_indices)])
             row += len(s.logit_indices)

@@ -436,10 +436,9 @@ class ModelWorker:
                 return False  # it waits until running sequences finish and free their blocks
             seq_id = next(self._ids)
             try:
-                # cached blocks were computed under the default policy's formats: only a prompt read the same way
-                # may reuse them
-                same = self.model.plan(request.policy) == self.model.plan(self.model.policy(None))
-                cached = self.core.add(seq_id, request.prompt, reuse=request.reuse and same)
+                # cached blocks are found among those computed under the same weight plan as this prompt's
+                cached = self.core.add(seq_id, request.prompt, reuse=request.reuse,
+                                       plan=self.model.plan(request.policy))
             except NoFreeBlocks:
                 return False
             self._waiting.popleft()

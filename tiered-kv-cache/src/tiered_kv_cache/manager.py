@@ -63,6 +63,7 @@ class SequenceBlocks:
     table: list[int] = field(default_factory=list)
     num_tokens: int = 0
     hashes: list[BlockHash] = field(default_factory=list)
+    root: BlockHash | None = None  # the chain's root: the manager's, or its namespace's (None: the manager's)
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ class KVCacheManager:
             raise ValueError("num_blocks and block_size must be positive")
         self.num_blocks = num_blocks
         self.block_size = block_size
+        self.fingerprint = fingerprint
         self.root = root_hash(fingerprint)
         self.stats = CacheStats()
         self.policy = tiers.policy
@@ -161,15 +163,21 @@ class KVCacheManager:
 
     # ------------------------------------------------------------------ verbs
 
-    def lookup(self, token_ids: Sequence[int]) -> Prefix:
-        """The longest cached prefix of `token_ids`: its blocks, in order, each brought into the pool from the tier
-        it was found in.
+    def namespace_root(self, namespace: str = "") -> BlockHash:
+        """The root of the hash chains of a namespace: blocks whose contents depend on more than their tokens and the
+        model (the weight formats they were computed with, say) live in one of their own ("": the model's)."""
+        return self.root if not namespace else root_hash(f"{self.fingerprint}|{namespace}")
+
+    def lookup(self, token_ids: Sequence[int], namespace: str = "") -> Prefix:
+        """The longest cached prefix of `token_ids` in `namespace`: its blocks, in order, each brought into the pool
+        from the tier it was found in.
 
         It stops one token short of the prompt: the last prompt token is always computed, for its logits."""
         usable = (len(token_ids) - 1) // self.block_size
         found: list[int] = []
         tiers: list[str] = []
-        for block_hash in block_hashes(self.root, token_ids[: usable * self.block_size], self.block_size):
+        root = self.namespace_root(namespace)
+        for block_hash in block_hashes(root, token_ids[: usable * self.block_size], self.block_size):
             tier = self._find(block_hash)  # on a hit the block is in the pool and held, so later promotions keep it
             if tier is None:
                 break
@@ -196,11 +204,12 @@ class KVCacheManager:
         self._release(self._cached[block_hash])
         return tier
 
-    def allocate(self, seq_id: SeqId, num_tokens: int, prefix: Sequence[int] = ()) -> list[int]:
+    def allocate(self, seq_id: SeqId, num_tokens: int, prefix: Sequence[int] = (), namespace: str = "") -> list[int]:
         """Make the sequence's blocks cover `num_tokens` positions and return its block table.
 
-        A new sequence starts from `prefix` (blocks from `lookup`, whose references it takes). A shared or committed
-        block about to be written is copied first. NoFreeBlocks, with nothing changed, if the pool is short."""
+        A new sequence starts from `prefix` (blocks from `lookup` in `namespace`, whose references it takes); its
+        blocks are committed in that namespace. A shared or committed block about to be written is copied first.
+        NoFreeBlocks, with nothing changed, if the pool is short."""
         seq = self._seqs.get(seq_id)
         if seq is None:
             if num_tokens < len(prefix) * self.block_size:
@@ -210,7 +219,8 @@ class KVCacheManager:
             for block_id in prefix:
                 self._take(block_id)
             seq = SequenceBlocks(list(prefix), len(prefix) * self.block_size,
-                                 [self._blocks[b].block_hash for b in prefix])  # type: ignore[misc]
+                                 [self._blocks[b].block_hash for b in prefix],  # type: ignore[misc]
+                                 self.namespace_root(namespace))
             self._seqs[seq_id] = seq
         elif prefix:
             raise ValueError(f"sequence {seq_id!r} already has blocks; a prefix is only for a new sequence")
@@ -233,7 +243,8 @@ class KVCacheManager:
             raise ValueError(f"{len(token_ids)} tokens committed, but sequence {seq_id!r} covers {seq.num_tokens}")
         start = len(seq.hashes)
         parent = seq.hashes[-1] if seq.hashes else None
-        for index, block_hash in enumerate(block_hashes(self.root, token_ids, self.block_size, start, parent), start):
+        root = self.root if seq.root is None else seq.root
+        for index, block_hash in enumerate(block_hashes(root, token_ids, self.block_size, start, parent), start):
             block = self._blocks[seq.table[index]]
             if block.block_hash is None and block_hash not in self._cached:  # an equal block computed twice: keep one
                 self._register(block, block_hash)
@@ -253,7 +264,7 @@ class KVCacheManager:
         seq = self._seqs[seq_id]
         for block_id in seq.table:
             self._blocks[block_id].ref_count += 1
-        self._seqs[child_id] = SequenceBlocks(list(seq.table), seq.num_tokens, list(seq.hashes))
+        self._seqs[child_id] = SequenceBlocks(list(seq.table), seq.num_tokens, list(seq.hashes), seq.root)
         return self._seqs[child_id].table
 
     def truncate(self, seq_id: SeqId, num_tokens: int) -> None:
