@@ -23,7 +23,11 @@ def _print_json(data: object) -> None:
 
 
 @app.command()
-def route(concurrency: int | None = typer.Option(None, "--concurrency", min=1, help="Records routed at once.")) -> None:
+def route(concurrency: int | None = typer.Option(None, "--concurrency", min=1, help="Records routed at once."),
+          policy: str | None = typer.Option(None, "--policy", help="Run every record under this policy (native, "
+                                            "f32, bf16, q8_0, mxfp8, mxfp4, experts-mxfp4, entropy@B) instead of "
+                                            "choosing one per record; the engine refuses one it does not hold."),
+          ) -> None:
     """Pipeline stage: read records (JSONL) on stdin, write each with `precision` on stdout.
 
     The candidate policy comes from the record's domain (math and coding 7 bits per weight, triage 6, general 5.5)
@@ -35,8 +39,8 @@ def route(concurrency: int | None = typer.Option(None, "--concurrency", min=1, h
 
     from precision_router.route import Router, baseline
 
-    raise typer.Exit(run_stage("precision-router", Router().route, component="precision-router", baseline=baseline,
-                               concurrency=concurrency))
+    raise typer.Exit(run_stage("precision-router", Router(policy=policy).route, component="precision-router",
+                               baseline=baseline, concurrency=concurrency))
 
 
 @app.command()

@@ -138,15 +138,20 @@ def pays(native: Cost, policy: Cost) -> str | None:
 
 
 class Router:
-    """The stage's work (`route`): one per process, so each policy's cost is measured once."""
+    """The stage's work (`route`): one per process, so each policy's cost is measured once. With `policy`, every
+    record runs under that policy, chosen by the user rather than measured."""
 
-    def __init__(self, costs: Costs | None = None) -> None:
+    def __init__(self, costs: Costs | None = None, policy: str | None = None) -> None:
         self.costs = costs or Costs()
+        self.policy = policy
 
     async def route(self, record: TaskRecord, ctx: StageContext) -> None:
         """Write `precision`: the policy (or deployment) later calls run under, the probe, and why."""
         if not ctx.settings.send_extensions:
             record.precision = await remote(record, ctx)
+            return
+        if self.policy is not None:
+            record.precision = {"policy": self.policy, "backend": "engine", "reason": "--policy"}
             return
         # the probe deliberately runs native, whatever the plan holds: it measures the record, not a policy
         probe = await ctx.chat(shared_prefix(record), max_tokens=PROBE_TOKENS, logprobs=True,

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from mimo_core.client import LLMClient
 from mimo_core.contract import Contract, ContractError
-from mimo_core.extensions import MimoRequest, SpeculationRequest
+from mimo_core.extensions import MimoRequest, PrecisionRequest, SpeculationRequest
 from mimo_core.prompts import shared_prefix
 from mimo_core.record import TaskRecord
 from mimo_core.settings import Settings
@@ -70,6 +70,10 @@ CALIBRATION: tuple[tuple[str, str, str, str], ...] = (
     ("coding", "def largest(xs: list[int]) -> int:\n    \"\"\"Return the largest item of a non-empty list.\"\"\"\n",
      "    return max(xs)", "    return min(xs)"),
 )
+
+
+# A calibration measures the model pair, not the record that happens to trigger it: native weights, no drafting.
+MEASURED = MimoRequest(precision=PrecisionRequest("native"), speculation=SpeculationRequest("none"))
 
 
 def _record(domain: str, task: str) -> TaskRecord:
@@ -148,15 +152,16 @@ def drafting_pays(k: int, draft_ms: float | None, oracle_ms: float | None) -> bo
 async def ratings(ctx: StageContext, model: str, items: list[tuple[TaskRecord, str]]) -> list[float | None]:
     """The 0-9 rating of the last step of each (record, solution)."""
     results = await asyncio.gather(*(ctx.complete(prompts.rate_text(record, solution), model=model, max_tokens=1,
-                                                  echo=False, logprobs=TOP_LOGPROBS) for record, solution in items))
+                                                  echo=False, logprobs=TOP_LOGPROBS, override=MEASURED)
+                                     for record, solution in items))
     return [digit_score(r.logprobs[0][0].top_logprobs)[0] if r.logprobs and r.logprobs[0] else None for r in results]
 
 
 async def logprobs(ctx: StageContext, model: str, items: list[tuple[TaskRecord, str, str]]) -> list[float | None]:
     """The oracle's mean token log-probability of `step`, the end of `solution`, for each (record, solution, step)."""
     texts = [prompts.continue_text(record, solution) for record, solution, _ in items]
-    results = await asyncio.gather(*(ctx.complete(text, model=model, max_tokens=0, echo=True, logprobs=1)
-                                     for text in texts))
+    results = await asyncio.gather(*(ctx.complete(text, model=model, max_tokens=0, echo=True, logprobs=1,
+                                                  override=MEASURED) for text in texts))
     return [span_logprob(r.logprobs[0] if r.logprobs else [], len(text) - len(step), len(text))
             for r, text, (_, _, step) in zip(results, texts, items)]
 
@@ -165,7 +170,7 @@ async def ms_per_token(ctx: StageContext, model: str) -> float | None:
     """Decode milliseconds per token of `model`, from the engine's report (else the request's latency)."""
     record = _record("math", CALIBRATION[0][1])
     result = await ctx.chat(shared_prefix(record), model=model, max_tokens=SPEED_TOKENS, temperature=0.0,
-                            override=MimoRequest(speculation=SpeculationRequest("none")))
+                            override=MEASURED)
     tokens = result.usage.completion_tokens
     decode_s = (result.engine or {}).get("decode_s")
     seconds = decode_s if isinstance(decode_s, (int, float)) and decode_s > 0 else result.latency_s
@@ -203,7 +208,8 @@ async def drafter_lengths(ctx: StageContext, oracle: str, domain: str) -> dict[s
     lengths: dict[str, float | None] = {}
     for method in DRAFTERS:
         result = await ctx.chat(shared_prefix(record), model=oracle, max_tokens=SPEED_TOKENS * 2, temperature=0.0,
-                                override=MimoRequest(speculation=SpeculationRequest(method, BLOCK, adaptive=False)))
+                                override=MimoRequest(precision=PrecisionRequest("native"),
+                                                     speculation=SpeculationRequest(method, BLOCK, adaptive=False)))
         report = (result.engine or {}).get("speculation") or {}
         length = report.get("mean_accepted_length")
         lengths[method] = float(length) if isinstance(length, (int, float)) and report.get("verification_passes") \

@@ -75,7 +75,8 @@ class Options:
             (self.delimiter.strip() == "" and self.delimiter != "", "the delimiter must be whitespace, such as \\n\\n"),
             (self.step_drafting in STEP_DRAFTING, f"step_drafting must be one of {', '.join(STEP_DRAFTING)}"),
             (self.criterion in ("rating", "logprob"), "criterion must be rating or logprob"),
-            (self.drafter in ("auto", "none", *DRAFTERS), f"drafter must be auto, none or one of {', '.join(DRAFTERS)}"),
+            (self.drafter in ("auto", "none", *DRAFTERS),
+             f"drafter must be auto, none or one of {', '.join(DRAFTERS)}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -323,9 +324,9 @@ def judge(speculation: TokenSpeculation, ctx: StageContext) -> TokenSpeculation:
     rate = (served.accepted_tokens or 0) / served.drafted_tokens
     speculation.measured_acceptance = round(rate, 4)
     if rate < MIN_ACCEPTANCE:
-        return TokenSpeculation("none", reason=f"this record's own calls accepted {rate:.0%} of {served.drafted_tokens} "
-                                               f"tokens {speculation.method} drafted (needs {MIN_ACCEPTANCE:.0%})",
-                                measured_acceptance=round(rate, 4))
+        why = (f"this record's own calls accepted {rate:.0%} of {served.drafted_tokens} tokens "
+               f"{speculation.method} drafted (needs {MIN_ACCEPTANCE:.0%})")
+        return TokenSpeculation("none", reason=why, measured_acceptance=round(rate, 4))
     return speculation
 
 
