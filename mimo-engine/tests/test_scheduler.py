@@ -211,6 +211,33 @@ def test_cancelled_request_is_retired(model):
         worker.close()
 
 
+def test_a_request_whose_event_loop_closed_is_retired_not_a_crash(model):
+    # a caller that returns without cancelling (a script's asyncio.run ending) leaves its requests running
+    model.script = b"x" * 200
+    model.step_s = 0.005
+    worker = ModelWorker(model, max_batch_size=4, max_queue=0)
+
+    async def leave():
+        worker.submit(Request([1], SamplingParams(max_tokens=150)))
+        await asyncio.sleep(0.05)
+
+    try:
+        asyncio.run(leave())
+        deadline = time.monotonic() + 10
+        while worker.gauges().running and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert worker.gauges().running == 0 and worker.core.blocks.num_used_blocks == 0
+
+        async def again():  # the worker is alive and serves the next caller
+            request = Request([2], SamplingParams(max_tokens=3))
+            worker.submit(request)
+            return await request.result()
+
+        assert isinstance(asyncio.run(again()), Done)
+    finally:
+        worker.close()
+
+
 def test_model_error_fails_the_request(model):
     model.fail = True
     worker = ModelWorker(model)

@@ -160,8 +160,12 @@ class Request:
         return self.mimo.cache_enabled and self.prompt_logprobs is None
 
     def emit(self, event: Delta | Done | Failed) -> None:
-        """Hand an event to the request's event loop; safe to call from the worker thread."""
-        self._loop.call_soon_threadsafe(self._events.put_nowait, event)
+        """Hand an event to the request's event loop; safe to call from the worker thread. A loop that has closed
+        (its caller went away without cancelling) cancels the request: the worker retires it at its next step."""
+        try:
+            self._loop.call_soon_threadsafe(self._events.put_nowait, event)
+        except RuntimeError:  # the event loop is closed: nobody will read this request's events
+            self.cancelled = True
 
     def cancel(self) -> None:
         """Stop generating for this request (the client went away); the worker frees its sequences."""
