@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ds_benchmark.compare import DELTAS, Comparison
-from ds_benchmark.results import ComponentImpact, Results
+from ds_benchmark.results import MECHANISMS, ComponentImpact, Results
 
 from .plots import comparison_figure, data_uri, png, results_figure
 
@@ -61,11 +61,14 @@ def image(alt: str, png_bytes: bytes) -> str:
 
 
 def impact_table(caption: str, rows: list[ComponentImpact]) -> str:
-    """The component impact table, largest D/s drop first."""
+    """The component impact table, largest D/s drop first, each row's mechanism with the component on and off."""
     return table(caption, ["component switched off", "D/s full", "D/s without", "D/s drop", "95% CI",
-                           "accuracy drop", "tokens/s drop", "paired tasks"],
+                           "accuracy drop", "tokens/s drop", "paired tasks",
+                           *(f"{name} full / without" for name in MECHANISMS)],
                  [[r.component, r.ds_full, r.ds_without, r.ds_drop, r.ds_drop_ci95, r.accuracy_drop,
-                   r.tokens_per_s_drop, r.paired_tasks] for r in rows], "impact")
+                   r.tokens_per_s_drop, r.paired_tasks,
+                   *(f"{_fmt(r.mechanism_full.get(m))} / {_fmt(r.mechanism_without.get(m))}" for m in MECHANISMS)]
+                  for r in rows], "impact")
 
 
 def results_page(results: Results, title: str) -> str:
@@ -79,9 +82,10 @@ def results_page(results: Results, title: str) -> str:
     ], "setup")
     figures = table("figures per configuration", [
         "configuration", "tasks", "correct", "wrong", "not run", "errors", "accuracy", "accuracy 95% CI", "D/s",
-        "D/s 95% CI", "overconfident wrong", "tokens/s", "wall s"],
+        "D/s 95% CI", "overconfident wrong", "tokens/s", "wall s", *MECHANISMS],
         [[c.name, f.n, f.correct, f.wrong, f.not_run, f.errors, f.accuracy, f.accuracy_ci95, f.ds, f.ds_ci95,
-          f.overconfident_wrong, f.tokens_per_s, f.wall_s] for c in results.configurations for f in [c.figures]],
+          f.overconfident_wrong, f.tokens_per_s, f.wall_s, *c.mechanism().values()]
+         for c in results.configurations for f in [c.figures]],
         "figures")
     domains = table("per domain", ["configuration", "domain", "tasks", "accuracy", "D/s", "errors"],
                     [[c.name, d, f.n, f.accuracy, f.ds, f.errors]
