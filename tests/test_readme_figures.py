@@ -263,7 +263,44 @@ def kv_sizing(sizing: dict) -> list[Row]:
     return rows
 
 
+def reference(runs: list[dict]) -> list[Row]:
+    """README.md: the engine's float32 logits against transformers on the same GGUF, per model."""
+    rows = []
+    for run in runs:
+        prompts = run["prompts"].values()
+        diffs = [p["max_abs_diff"] for p in prompts]
+        rows.append([f"`{run['model']}`", (min(diffs), max(diffs)),
+                     100 * min(p["argmax_agreement"] for p in prompts)])
+    return rows
+
+
+STEP_LABELS = {4096: "4096", 256: "256", 128: "128", 64: "64"}
+
+
+def interference(*runs: dict) -> list[Row]:
+    """README.md: decoding streams' inter-token latency while a long prompt is prefilled, per step budget."""
+    return [[str(run["step_tokens"]), (run["itl_ms"]["p50"], run["itl_ms"]["p99"]), run["long_prompt_ttft_s"]]
+            for run in runs]
+
+
+def policy_bench(perplexity: dict, *benches: dict) -> list[Row]:
+    """precision-router/README.md: each policy's bits, perplexity of the calibration text and engine speed."""
+    by_policy = {b["policy"]: b for b in benches}
+    f32 = perplexity["policies"]["f32"]["perplexity"]
+    rows = []
+    for name, figures in perplexity["policies"].items():
+        ppl = figures["perplexity"]
+        bench = by_policy.get(name)
+        rows.append([name, figures["bits_per_weight"], ppl if name == "f32" else (ppl, 100 * (ppl / f32 - 1)),
+                     (bench["decode"]["1"]["tokens_per_s"], bench["decode"]["8"]["tokens_per_s"]) if bench else None,
+                     bench["prefill_tokens_per_s"] if bench else None])
+    return rows
+
+
 TABLES: dict[str, Callable[..., list[Row]]] = {
+    "interference": interference,
+    "policy-bench": policy_bench,
+    "reference": reference,
     "speculation-summary": speculation_summary,
     "speculation": speculation_table,
     "ablation": ablation_table,
