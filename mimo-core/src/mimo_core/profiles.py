@@ -79,27 +79,26 @@ def load_profile(name: str, cache_dir: Path | None = None, remeasure: bool = Fal
     return HardwareProfile.from_dict(yaml.safe_load(resource.read_text()))
 
 
-def median_seconds(run: Callable[[], object], repeats: int = 5) -> float:
-    """Median wall time of `run` over `repeats` calls, after one untimed warm-up (page faults, BLAS threads)."""
+def timings(run: Callable[[], object], repeats: int = 5) -> list[float]:
+    """Wall times of `run` over `repeats` calls, after one untimed warm-up (page faults, BLAS threads)."""
     run()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         run()
         times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    return times
+
+
+def median_seconds(run: Callable[[], object], repeats: int = 5) -> float:
+    """Median wall time of `run` over `repeats` calls (`timings`)."""
+    return float(np.median(timings(run, repeats)))
 
 
 def best_seconds(run: Callable[[], object], repeats: int = 5) -> float:
-    """Shortest wall time of `run` over `repeats` calls, after one untimed warm-up: other work on the machine can
-    only slow a pass down, so the best one is the machine's own speed."""
-    run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    """Shortest wall time of `run` over `repeats` calls (`timings`): other work on the machine can only slow a pass
+    down, so the best one is the machine's own speed."""
+    return min(timings(run, repeats))
 
 
 def last_level_cache_bytes(caches: Path = CPU_CACHES) -> int | None:
