@@ -90,12 +90,13 @@ def test_served_sums_what_was_reported_and_says_what_was_not():
     assert served.cached_tokens is None and served.reported == dict.fromkeys(FIGURES, False)
     engine = {"cache": {"cached_tokens": 64},
               "precision": {"policy": "native", "weight_bytes": 850, "weights_read": 800},
-              "speculation": {"drafted_tokens": 8, "accepted_tokens": 6, "verification_passes": 2}}
+              "speculation": {"method": "ngram", "drafted_tokens": 8, "accepted_tokens": 6, "verification_passes": 2}}
     served.add(1, 80, 10, None, engine)
     served.add(1, 80, 10, 70, {**engine, "precision": {"policy": "mxfp4", "weight_bytes": 425, "weights_read": 800}})
     assert (served.calls, served.prompt_tokens, served.cached_tokens) == (3, 260, 134)
     assert served.policies == {"native": 1, "mxfp4": 1} and served.bits_per_weight == round(8 * 1275 / 1600, 4)
     assert (served.drafted_tokens, served.accepted_tokens, served.accepted_per_pass) == (16, 12, 4.0)
+    assert served.drafters == {"ngram": 2}
     assert all(served.reported.values())
     total = Served()
     total.merge(served)

@@ -11,6 +11,7 @@ from mimo_core.client import TokenLogprob
 from mimo_core.record import TaskRecord
 from mimo_core.settings import Settings
 from mimo_core.stage import StageContext
+from mimo_core.testing import fresh_calibrations
 
 from spec_reasoner.calibration import (Calibration, Calibrations, CriterionFigures, discrimination, drafting_pays,
                                        expected_accepted)
@@ -94,7 +95,8 @@ def test_on_the_engine_the_stage_calibrates_steps_aside_and_drafts_tokens(engine
     disabled = dict(coding, id="c2", config={"disabled": ["spec-reasoner"]})
     out = io.StringIO()
     source = io.StringIO(json.dumps(coding) + "\n" + json.dumps(disabled) + "\n")
-    assert reason_stream(Options(k=2), source=source, sink=out, settings=engine_settings, concurrency=1) == 0
+    settings = fresh_calibrations(engine_settings)  # nothing measured yet: this record's stage measures it
+    assert reason_stream(Options(k=2), source=source, sink=out, settings=settings, concurrency=1) == 0
     first, second = [json.loads(line) for line in out.getvalue().splitlines()]
     drafting = first["reasoning"]["step_drafting"]
     # smollm2-135m drafting for itself: no faster than the oracle, so drafting cannot pay whatever it verifies
@@ -107,7 +109,7 @@ def test_on_the_engine_the_stage_calibrates_steps_aside_and_drafts_tokens(engine
     assert second["reasoning"] == {"speculation": {"method": "none", "block": None, "reason": "spec-reasoner is "
                                                    "disabled", "settable": True, "measured_acceptance": None}}
     assert second["trace"][-1]["status"] == "baseline" and second["trace"][-1]["served"] is None
-    folder = engine_settings.cache_dir / "spec-reasoner"
-    assert len(list(folder.glob("calibration-*.json"))) == 1  # measured once, kept for the next process
-    drafters = json.loads(next(folder.glob("drafters-*.json")).read_text())
+    folder = engine_settings.cache_dir / "calibrations"  # shared by private engines, like the models
+    assert len(list(folder.glob("spec-reasoner-calibration-*.json"))) == 1  # measured once, kept for the next
+    drafters = json.loads(next(folder.glob("spec-reasoner-drafters-*.json")).read_text())
     assert set(drafters["domains"]["coding"]) == {"ngram", "suffix"}

@@ -58,6 +58,7 @@ def _run_cli(monkeypatch, tmp_path, record: TaskRecord, *args: str):
         monkeypatch.delenv(name)
     monkeypatch.setenv("COLUMNS", "200")  # the table's rows unwrapped
     monkeypatch.setattr(cli, "run_task", lambda *_: record)
+    monkeypatch.setattr(cli.daemon, "ensure_engine", lambda *_, **__: "")  # no engine: the pipe is replaced too
     return CliRunner().invoke(cli.pipeline_app, ["--task", "What is 12 * 8?", "--domain", "math", *args])
 
 

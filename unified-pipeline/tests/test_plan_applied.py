@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from mimo_core.record import TaskRecord
+from mimo_core.testing import fresh_calibrations
 
 pytestmark = pytest.mark.model
 
@@ -54,7 +55,8 @@ def served(record: dict, stage: str) -> dict | None:
 
 @pytest.fixture(scope="module")
 def records(engine_settings):
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MIMO_")}, **engine_settings.to_env()}
+    settings = fresh_calibrations(engine_settings)  # the first record's spec-reasoner measures its drafters
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MIMO_")}, **settings.to_env()}
     base = {"domain": "coding", "task": TASK, "config": {"seed": 1}}
     return run_pipe([{"id": "full", **base},
                      {"id": "no-cache", **base, "config": {"seed": 1, "disabled": ["tiered-kv-cache"]}},
@@ -81,9 +83,13 @@ def test_the_cache_plan_reaches_the_later_stages_calls(records):
 def test_the_speculation_plan_reaches_the_calls_and_switching_it_off_stops_it(records):
     full, no_spec = records[0], records[2]
     assert served(full, "spec-reasoner")["drafted_tokens"] > 0  # its block drafters, measured on coding prompts
-    assert full["reasoning"]["speculation"]["method"] in ("ngram", "suffix", "none")
+    method = full["reasoning"]["speculation"]["method"]
+    assert method in ("ngram", "suffix", "none")
+    # every agent's call ran with the drafter the spec-reasoner chose (the engine drafts where it pays)
+    assert set(served(full, "multi-agent-orchestrator")["drafters"]) == {method}
     assert no_spec["reasoning"] == {"speculation": {"method": "none", "block": None,
                                                     "reason": "spec-reasoner is disabled", "settable": True,
                                                     "measured_acceptance": None}}
     assert served(no_spec, "spec-reasoner") is None  # no call at all
-    assert served(no_spec, "multi-agent-orchestrator")["drafted_tokens"] == 0  # speculation sent as none
+    assert set(served(no_spec, "multi-agent-orchestrator")["drafters"]) == {"none"}  # speculation sent as none
+    assert served(no_spec, "multi-agent-orchestrator")["drafted_tokens"] == 0

@@ -54,9 +54,16 @@ def test_the_pipeline_answers_through_llama_cpp_and_says_what_does_not_apply(lla
     assert done.returncode == 0, done.stderr
     record = TaskRecord.from_dict(json.loads(done.stdout))
     assert record.error is None and record.answer and record.verdict["correct"] in (True, False)
-    # what a client cannot do on someone else's server is said, not faked
-    assert record.precision["backend"] == "unsupported" and record.precision["reason"]
-    assert record.kv["backend"] == "unsupported" and record.kv["reason"] and not record.kv["warmed"]
+    # what a client can do on someone else's server it does; what it cannot is said, not faked
+    assert record.precision["policy"] == "native" and "one precision" in record.precision["reason"]  # no mapping
+    assert record.kv["backend"] == "server" and record.kv["warmed"]  # the server's own prefix cache, warmed
+    assert record.reasoning["speculation"]["settable"] is False
+    later = [e.served for e in record.trace if e.stage in ("spec-reasoner", "multi-agent-orchestrator") and e.served]
+    assert later and all(s.calls > 0 for s in later)
+    if record.kv["cached_tokens"] is None:  # this server reports no cached tokens: said, never counted as 0
+        assert "reports no cached tokens" in record.kv["reason"]
+        assert all(s.cached_tokens is None and s.reported["cached_tokens"] is False for s in later)
+    assert all(s.reported["policies"] is False and s.policies is None for s in later)  # no engine report here
     assert {e.provenance["backend"] for e in record.trace} == {"remote"}
     voters = [a for a in record.consensus["agents"] if a["status"] == "done" and a["strategy"] != "spec-reasoner"]
     assert voters and all(a["tokens"] > 0 for a in voters)  # llama.cpp ignores n: each agent had its own request

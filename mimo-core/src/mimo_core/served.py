@@ -2,8 +2,8 @@
 
 It is the evidence of the record's plan: the prompt tokens the server took from its prefix cache (the standard
 `usage.prompt_tokens_details.cached_tokens`, or the engine's `mimo.cache`), the precision policies the engine ran
-and the bits per weight it read, and the tokens drafted and accepted by block speculation. A figure that no call
-reported is null and `reported[figure]` is false: a backend that says nothing is never counted as 0.
+and the bits per weight it read, the block drafter each call ran with and the tokens drafted and accepted. A figure
+that no call reported is null and `reported[figure]` is false: a backend that says nothing is never counted as 0.
 """
 
 from __future__ import annotations
@@ -14,11 +14,20 @@ from typing import Any
 from .contract import Contract
 
 # figure -> where it comes from; `reported` has one entry per figure
-FIGURES = ("cached_tokens", "policies", "bits_per_weight", "drafted_tokens", "accepted_tokens")
+FIGURES = ("cached_tokens", "policies", "bits_per_weight", "drafters", "drafted_tokens", "accepted_tokens")
 
 
 def _add(total: int | None, value: Any) -> int | None:
     return total if not isinstance(value, int) or isinstance(value, bool) else (total or 0) + value
+
+
+def _tally(counts: dict[str, int] | None, name: Any, calls: int = 1) -> dict[str, int] | None:
+    """`counts` with `calls` more under `name` (a reported name; anything else leaves them as they are)."""
+    if not isinstance(name, str):
+        return counts
+    counts = dict(counts or {})
+    counts[name] = counts.get(name, 0) + calls
+    return counts
 
 
 @dataclass
@@ -33,6 +42,7 @@ class Served(Contract):
     weight_bytes: int | None = None  # weight bytes read for the computed tokens (the engine's count)
     weights_read: int | None = None  # weights those bytes hold: 8 * weight_bytes / weights_read bits per weight
     bits_per_weight: float | None = None
+    drafters: dict[str, int] | None = None  # block drafter (or none) -> calls that ran with it
     drafted_tokens: int | None = None
     accepted_tokens: int | None = None
     verification_passes: int | None = None
@@ -50,14 +60,13 @@ class Served(Contract):
         self.cached_tokens = _add(self.cached_tokens, cached_tokens if cached_tokens is not None
                                   else cache.get("cached_tokens"))
         precision = engine.get("precision") if isinstance(engine.get("precision"), dict) else {}
-        if isinstance(precision.get("policy"), str):
-            self.policies = self.policies or {}
-            self.policies[precision["policy"]] = self.policies.get(precision["policy"], 0) + 1
+        self.policies = _tally(self.policies, precision.get("policy"))
         self.weight_bytes = _add(self.weight_bytes, precision.get("weight_bytes"))
         self.weights_read = _add(self.weights_read, precision.get("weights_read"))
         if self.weight_bytes is not None and self.weights_read:
             self.bits_per_weight = round(8 * self.weight_bytes / self.weights_read, 4)
         speculation = engine.get("speculation") if isinstance(engine.get("speculation"), dict) else {}
+        self.drafters = _tally(self.drafters, speculation.get("method"))
         self.drafted_tokens = _add(self.drafted_tokens, speculation.get("drafted_tokens"))
         self.accepted_tokens = _add(self.accepted_tokens, speculation.get("accepted_tokens"))
         self.verification_passes = _add(self.verification_passes, speculation.get("verification_passes"))
@@ -71,10 +80,10 @@ class Served(Contract):
         for name in ("cached_tokens", "weight_bytes", "weights_read", "drafted_tokens", "accepted_tokens",
                      "verification_passes"):
             setattr(self, name, _add(getattr(self, name), getattr(other, name)))
-        if other.policies is not None:
-            self.policies = self.policies or {}
-            for policy, calls in other.policies.items():
-                self.policies[policy] = self.policies.get(policy, 0) + calls
+        for policy, calls in (other.policies or {}).items():
+            self.policies = _tally(self.policies, policy, calls)
+        for drafter, calls in (other.drafters or {}).items():
+            self.drafters = _tally(self.drafters, drafter, calls)
         self.bits_per_weight = (round(8 * self.weight_bytes / self.weights_read, 4)
                                 if self.weight_bytes is not None and self.weights_read else None)
         self.reported = {name: getattr(self, name) is not None for name in FIGURES}

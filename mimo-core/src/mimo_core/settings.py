@@ -15,6 +15,7 @@ from platformdirs import user_cache_dir
 
 ENGINE_ORACLE_MODEL = "qwen2.5-coder-0.5b"
 ENGINE_DRAFT_MODEL = "smollm2-135m"
+SHARED_FOLDERS = ("models", "calibrations")  # of a cache dir: what private engines share (`with_cache_dir`)
 
 
 class SettingsError(ValueError):
@@ -88,13 +89,14 @@ class Settings:
         return out
 
     def with_cache_dir(self, folder: Path) -> "Settings":
-        """These settings with the engine's state, its KV tiers included, in `folder`, and the models still read
-        from this cache (a symlink), so a private engine starts with an empty KV cache and pulls nothing twice."""
-        shared_models = self.cache_dir / "models"
-        shared_models.mkdir(parents=True, exist_ok=True)
+        """These settings with the engine's state, its KV tiers included, in `folder`, and what is a property of the
+        models rather than of one engine still read from this cache (symlinks: the model files, and the calibrations
+        measured on them), so a private engine starts with an empty KV cache and pulls or measures nothing twice."""
         folder.mkdir(parents=True, exist_ok=True)
-        if not (folder / "models").exists():
-            (folder / "models").symlink_to(shared_models.resolve())
+        for shared in SHARED_FOLDERS:
+            (self.cache_dir / shared).mkdir(parents=True, exist_ok=True)
+            if not (folder / shared).exists():
+                (folder / shared).symlink_to((self.cache_dir / shared).resolve())
         return dataclasses.replace(self, cache_dir=folder)
 
 

@@ -17,3 +17,15 @@ def private_engine_settings(folder: Path, **overrides: Any) -> Settings:
     values = {"cache_dir": folder, "model": TEST_MODEL, "draft_model": TEST_MODEL, "engine_idle_timeout_s": 300.0,
               **overrides}
     return load_settings(overrides=values, env={}, dotenv_path=None)
+
+
+def fresh_calibrations(settings: Settings) -> Settings:
+    """The settings with a calibrations folder of their own, empty (private engines otherwise share the real
+    cache's), so that a test sees what a first run measures."""
+    folder = settings.cache_dir / "calibrations"
+    if folder.is_symlink():
+        folder.unlink()
+    folder.mkdir(exist_ok=True)
+    for kept in folder.iterdir():
+        kept.unlink()
+    return settings

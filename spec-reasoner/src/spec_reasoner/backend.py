@@ -123,7 +123,8 @@ async def score_logprobs(ctx: StageContext, model: str, record: TaskRecord, chai
     and all the steps (the prompt starts with the record's prefix, which the server's cache holds)."""
     texts = chain + steps
     prompt = prompts.continue_text(record, join_steps(texts, delimiter))
-    result = await ctx.complete(prompt, model=model, max_tokens=0, echo=True, logprobs=1)
+    # one token, not 0: some servers read max_tokens=0 as no limit (llama-cpp-python); the token is not scored
+    result = await ctx.complete(prompt, model=model, max_tokens=1, echo=True, logprobs=1)
     tokens = result.logprobs[0] if result.logprobs else []
     start = len(prompts.continue_text(record, ""))  # where the solution starts
     spans = []

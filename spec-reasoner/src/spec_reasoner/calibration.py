@@ -160,7 +160,7 @@ async def ratings(ctx: StageContext, model: str, items: list[tuple[TaskRecord, s
 async def logprobs(ctx: StageContext, model: str, items: list[tuple[TaskRecord, str, str]]) -> list[float | None]:
     """The oracle's mean token log-probability of `step`, the end of `solution`, for each (record, solution, step)."""
     texts = [prompts.continue_text(record, solution) for record, solution, _ in items]
-    results = await asyncio.gather(*(ctx.complete(text, model=model, max_tokens=0, echo=True, logprobs=1,
+    results = await asyncio.gather(*(ctx.complete(text, model=model, max_tokens=1, echo=True, logprobs=1,
                                                   override=MEASURED) for text in texts))
     return [span_logprob(r.logprobs[0] if r.logprobs else [], len(text) - len(step), len(text))
             for r, text, (_, _, step) in zip(results, texts, items)]
@@ -217,11 +217,19 @@ async def drafter_lengths(ctx: StageContext, oracle: str, domain: str) -> dict[s
     return lengths
 
 
-async def measure_pair(settings: Settings, draft: str, oracle: str, k: int) -> Calibration:
-    """A fresh calibration of (draft, oracle) on the settings' backend, with its own client (for the CLI)."""
+async def calibrate(settings: Settings, draft: str, oracle: str, k: int, domains: list[str], afresh: bool = True
+                    ) -> tuple[Calibration, Drafters | None]:
+    """Measure (draft, oracle) on the settings' backend, and the block drafters of `domains` where it takes them
+    (`afresh`: whatever is kept; else only what is missing), and keep both where the stage finds them (for the CLI:
+    calibrating before a run keeps it untimed)."""
     client = LLMClient(settings)
+    ctx = StageContext(settings, lambda: client)
+    calibrations = Calibrations(k)
     try:
-        return await measure(StageContext(settings, lambda: client), draft, oracle, k)
+        pair = await calibrations.pair(ctx, draft, oracle, afresh=afresh)
+        drafters = (await calibrations.drafters(ctx, oracle, domains, afresh=afresh)
+                    if domains and settings.send_extensions else None)
+        return pair, drafters
     finally:
         await client.close()
 
@@ -232,7 +240,7 @@ def backend_name(ctx: StageContext) -> str:
 
 
 class Calibrations:
-    """Calibrations of this process, read from and kept in MIMO_CACHE_DIR/spec-reasoner (one file per model pair and
+    """Calibrations of this process, read from and kept in MIMO_CACHE_DIR/calibrations (one file per model pair and
     backend, one per oracle for its drafters), measured on first use; concurrent records wait for one measurement."""
 
     def __init__(self, k: int) -> None:
@@ -243,28 +251,37 @@ class Calibrations:
 
     def _path(self, ctx: StageContext, kind: str, *key: object) -> Path:
         name = hashlib.blake2b(json.dumps([backend_name(ctx), *key]).encode(), digest_size=8).hexdigest()
-        return ctx.settings.cache_dir / "spec-reasoner" / f"{kind}-{name}.json"
+        return ctx.settings.cache_dir / "calibrations" / f"spec-reasoner-{kind}-{name}.json"
 
-    async def pair(self, ctx: StageContext, draft: str, oracle: str) -> Calibration:
-        """The calibration of (draft, oracle) on this backend."""
+    async def pair(self, ctx: StageContext, draft: str, oracle: str, afresh: bool = False) -> Calibration:
+        """The calibration of (draft, oracle) on this backend (`afresh`: measured again, whatever is kept)."""
         path = self._path(ctx, "calibration", draft, oracle, self.k)
         async with self._lock:
-            if path not in self._pairs:
-                found = _read(Calibration, path)
+            if path not in self._pairs or afresh:
+                found = None if afresh else _read(Calibration, path)
                 self._pairs[path] = found or await measure(ctx, draft, oracle, self.k)
                 if found is None:
                     _write(path, self._pairs[path])
             return self._pairs[path]
 
-    async def drafter(self, ctx: StageContext, oracle: str, domain: str) -> tuple[str, str]:
-        """The block drafter for the domain's calls on `oracle`, and why: measured once per domain."""
+    async def drafters(self, ctx: StageContext, oracle: str, domains: list[str], afresh: bool = False) -> Drafters:
+        """Each block drafter's accepted length on `oracle`, for `domains`: measured once per domain (`afresh`:
+        again)."""
         path = self._path(ctx, "drafters", oracle)
         async with self._lock:
-            known = self._drafters.setdefault(path, _read(Drafters, path) or Drafters(VERSION, oracle))
-            if domain not in known.domains:
+            known = self._drafters.setdefault(path, (None if afresh else _read(Drafters, path))
+                                              or Drafters(VERSION, oracle))
+            missing = [d for d in domains if d not in known.domains or afresh]
+            for domain in missing:
                 known.domains[domain] = await drafter_lengths(ctx, oracle, domain)
+            if missing:
                 _write(path, known)
-            lengths = {m: v for m, v in known.domains[domain].items() if v is not None}
+            return known
+
+    async def drafter(self, ctx: StageContext, oracle: str, domain: str) -> tuple[str, str]:
+        """The block drafter for the domain's calls on `oracle`, and why."""
+        known = await self.drafters(ctx, oracle, [domain])
+        lengths = {m: v for m, v in known.domains[domain].items() if v is not None}
         if not lengths:
             return "none", "the backend reported no speculation: it cannot draft per request"
         method = max(lengths, key=lengths.__getitem__)

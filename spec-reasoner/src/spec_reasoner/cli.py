@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from .bench import Plan, arms, run_all, suite, summarise
-from .calibration import measure_pair
+from .calibration import calibrate as calibrate_pair
 from .plot import plot
 from .reasoner import Options, reason_stream
 
@@ -85,23 +85,32 @@ def reason(
         raise typer.Exit(reason_stream(options, source=source, settings=settings, concurrency=concurrency))
 
 
-@app.command()
+@app.command(context_settings={"allow_extra_args": True})
 def calibrate(
-    pairing: str = typer.Option("smollm2-135m:qwen2.5-coder-0.5b", "--pairing", help="DRAFT:ORACLE."),
+    ctx: typer.Context,
+    pairing: Optional[str] = typer.Option(None, "--pairing", help="DRAFT:ORACLE (default: MIMO_DRAFT_MODEL and "
+                                          "MIMO_MODEL, else the engine's)."),
+    domains: list[str] = typer.Option([], "--domains", help="Also measure the block drafters on these domains' "
+                                      "prompts: --domains math coding triage."),
     k: int = K,
+    if_missing: bool = typer.Option(False, "--if-missing", help="Measure only what is not kept yet."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the JSON to this file."),
     config: Optional[Path] = CONFIG,
 ) -> None:
     """Measure whether step drafting can pay for a model pair on this backend: how well the 0-9 rating and the
-    oracle's mean token log-probability tell right steps from wrong, and the two models' decode speed (JSON)."""
-    draft, oracle = _pairing(pairing)
+    oracle's mean token log-probability tell right steps from wrong, and the two models' decode speed; with
+    --domains, each block drafter's accepted length too. Kept in MIMO_CACHE_DIR/calibrations, where `reason` finds
+    it (so a benchmark can calibrate before it times anything); printed as JSON."""
+    draft, oracle = _pairing(pairing) if pairing else (None, None)
     settings = _settings(config, draft, oracle)
-    calibration = asyncio.run(measure_pair(settings, draft, oracle, _options(k=k).k))
-    text = json.dumps(calibration.to_dict(), indent=2)
+    draft, oracle = settings.drafter_model, settings.oracle_model
+    calibration, drafters = asyncio.run(calibrate_pair(settings, draft, oracle, _options(k=k).k,
+                                                       [*domains, *ctx.args], afresh=not if_missing))
+    text = json.dumps({**calibration.to_dict(), "drafters": drafters.to_dict() if drafters else None}, indent=2)
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text + "\n", encoding="utf-8")
-    print(f"{pairing}: {calibration.reason}", file=sys.stderr)
+    print(f"{draft}:{oracle}: {calibration.reason}", file=sys.stderr)
     print(text)
 
 

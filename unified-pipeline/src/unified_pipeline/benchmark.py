@@ -24,6 +24,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from ds_benchmark.report import wall_time
 from ds_benchmark.results import Results
@@ -34,7 +35,7 @@ from mimo_core.contract import Contract
 from mimo_core.record import COMPONENTS, RecordError, TaskRecord, parse_record, write_record
 from mimo_core.settings import Settings
 
-from .pipe import executable, run_pipe
+from .pipe import PipeError, executable, run_pipe
 
 ENGINE_IDLE_TIMEOUT_S = 120.0  # a private engine left behind by a killed run exits on its own soon after
 RUN_FILE = re.compile(r"results_v(\d+)\.(?:json|run\.json|records\.jsonl|log)$")  # any file of run N
@@ -151,6 +152,16 @@ def warm_up(settings: Settings) -> None:
     asyncio.run(both())
 
 
+def calibrate(env: dict[str, str], domains: list[str], log: IO[str]) -> None:
+    """Measure what spec-reasoner measures once per model pair (whether step drafting pays, each block drafter's
+    acceptance on these domains) before any task is timed, as the models are loaded first: `spec-reasoner
+    calibrate` keeps it where the stage finds it (shared by every configuration, like the model files)."""
+    done = subprocess.run([executable("spec-reasoner"), "calibrate", "--if-missing", "--domains", *domains], env=env,
+                          stdout=subprocess.DEVNULL, stderr=log, text=True)
+    if done.returncode != 0:
+        raise PipeError(f"spec-reasoner calibrate failed (exit {done.returncode}); its reason is in {log.name}")
+
+
 class Progress:
     """What a run tells its watcher; the default says nothing."""
 
@@ -182,13 +193,15 @@ def run_configuration(plan: RunPlan, files: RunFiles, settings: Settings, disabl
     if settings.embedded:
         daemon.stop_engine(stage_settings)  # one a killed run left behind; a fresh engine has an empty cache
     try:
-        with progress.warming():
-            warm_up(stage_settings)
         env = {**os.environ, **stage_settings.to_env()}
         with open(files.log, "a", encoding="utf-8") as log, open(files.records, "a", encoding="utf-8") as out:
             log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {configuration_name(disabled)}: "
                       f"{len(todo)} tasks\n")
             log.flush()
+            with progress.warming():
+                warm_up(stage_settings)
+                if "spec-reasoner" not in disabled:
+                    calibrate(env, sorted({r.domain for r in todo}), log)
             for record in run_pipe(todo, env, log):
                 write_record(record, out)
                 os.fsync(out.fileno())
