@@ -15,12 +15,18 @@ target. Without a mapping the server offers one precision and the record says so
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import math
+import os
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import openai
 
+from mimo_core.contract import Contract, ContractError
 from mimo_core.extensions import MimoRequest, PrecisionRequest, SpeculationRequest
 from mimo_core.prompts import shared_prefix
 from mimo_core.record import TaskRecord
@@ -78,29 +84,53 @@ def choose_deployment(deployments: dict[str, str], bits: float) -> str | None:
 
 
 @dataclass(frozen=True)
-class Cost:
+class Cost(Contract):
     """What one policy costs on this engine and model: bits per weight read and decode milliseconds per token."""
 
     bits_per_weight: float | None
     ms_per_token: float | None
     # an entropy policy's thresholds as the engine calibrated them for the model: layer group -> nats
-    thresholds: dict | None = None
+    thresholds: dict[str, Any] | None = None
+
+
+@dataclass
+class CostTable(Contract):
+    """The costs measured on one model: policy -> (native's cost, the policy's), measured side by side."""
+
+    SCHEMA = "mimo.precision-costs/1"
+
+    model: str
+    costs: dict[str, list[Cost]] = field(default_factory=dict)
 
 
 class Costs:
-    """Each (model, policy)'s cost, measured once per process against native on the same prompt, interleaved."""
+    """Each (model, policy)'s cost against native on the same prompt, interleaved: measured once and kept with the
+    models' calibrations (MIMO_CACHE_DIR/calibrations), so a later run of the stage finds it."""
 
     def __init__(self) -> None:
-        self._known: dict[tuple[str, str], tuple[Cost, Cost]] = {}
+        self._tables: dict[Path, CostTable] = {}
         self._lock = asyncio.Lock()
 
     async def against_native(self, ctx: StageContext, model: str, policy: str) -> tuple[Cost, Cost]:
         """(native's cost, the policy's cost) on `model`."""
+        name = hashlib.blake2b(json.dumps([ctx.settings.base_url, model]).encode(), digest_size=8).hexdigest()
+        path = ctx.settings.cache_dir / "calibrations" / f"precision-router-costs-{name}.json"
         async with self._lock:
-            if (model, policy) not in self._known:
+            if path not in self._tables:
+                try:
+                    self._tables[path] = CostTable.load(path)
+                except ContractError:
+                    self._tables[path] = CostTable(model)
+            table = self._tables[path]
+            if policy not in table.costs:
                 rounds = [[await _cost(ctx, model, name) for name in (NATIVE, policy)] for _ in range(COST_ROUNDS)]
-                self._known[(model, policy)] = tuple(_median([r[i] for r in rounds]) for i in (0, 1))  # type: ignore
-            return self._known[(model, policy)]
+                table.costs[policy] = [_median([r[i] for r in rounds]) for i in (0, 1)]
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_text(json.dumps(table.to_dict(), indent=1))
+                os.replace(tmp, path)  # atomically: a killed process leaves the old table or the new one
+            native, cost = table.costs[policy]
+            return native, cost
 
 
 async def _cost(ctx: StageContext, model: str, policy: str) -> Cost:

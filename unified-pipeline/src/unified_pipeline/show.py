@@ -17,9 +17,13 @@ from .task import stage_errors
 def _precision(p: dict[str, Any]) -> str:
     if p.get("backend") == "unsupported":
         return f"not applied: {p.get('reason') or 'unsupported on this backend'}"
+    if p.get("backend") == "model-tier":
+        deployment = f" on {p['deployment']}" if p.get("deployment") else ""
+        return f"policy {p.get('policy', '?')}{deployment}: {p.get('reason') or ''}".strip()
     probe = p.get("probe") or {}
-    entropy = f"; probe entropy {probe['mean_entropy']:.2f} nats" if "mean_entropy" in probe else ""
-    return f"policy {p.get('policy', '?')} (native format {p.get('default_format') or '?'}){entropy}"
+    entropy = f"; probe entropy {probe['mean_entropy']:.2f} nats" if probe.get("mean_entropy") is not None else ""
+    aside = f"; {p['stepped_aside']}" if p.get("stepped_aside") else ""
+    return f"policy {p.get('policy', '?')} (native format {p.get('default_format') or '?'}){entropy}{aside}"
 
 
 def _kv(kv: dict[str, Any]) -> str:
@@ -33,12 +37,14 @@ def _kv(kv: dict[str, Any]) -> str:
 
 
 def _reasoning(r: dict[str, Any]) -> str:
-    if "chain" not in r:  # switched off: at most the speculation its calls ran with
-        speculation = r.get("speculation") or {}
-        why = f" ({speculation['reason']})" if speculation.get("reason") else ""
-        return f"no reasoning chain: the oracle reasons alone{why}"
+    speculation = r.get("speculation") or {}
+    drafter = f"block drafter {speculation.get('method')}" + (f" ({speculation['reason']})"
+                                                              if speculation.get("reason") else "")
+    if "chain" not in r:  # stepped aside or switched off: the agents reason alone
+        aside = (r.get("step_drafting") or {}).get("reason")
+        return f"no step drafting{f' ({aside})' if aside else ''}; {drafter}"
     return (f"{r.get('accepted_steps', 0)} of {r.get('drafted_steps', 0)} drafted steps accepted in "
-            f"{r.get('rounds', 0)} rounds; answer {r.get('answer')!r}")
+            f"{r.get('rounds', 0)} rounds; answer {r.get('answer')!r}; {drafter}")
 
 
 def _consensus(c: dict[str, Any]) -> str:
