@@ -43,6 +43,24 @@ def route(concurrency: int | None = typer.Option(None, "--concurrency", min=1, h
                                baseline=baseline, concurrency=concurrency))
 
 
+@app.command(context_settings={"allow_extra_args": True})
+def calibrate(ctx: typer.Context,
+              domains: list[str] = typer.Option(["math", "coding", "triage", "general"], "--domains",
+                                                help="The domains whose candidate policies are measured: --domains "
+                                                     "math coding.")) -> None:
+    """Measure what each policy `route` may choose for these domains costs against native on the oracle (bits per
+    weight read, decode ms per token), and keep it in MIMO_CACHE_DIR/calibrations, where `route` finds it (a
+    benchmark measures it before it times anything). JSON on stdout."""
+    import asyncio
+
+    from mimo_core.settings import load_settings
+    from precision_router.route import calibrate as measure
+
+    chosen = [*domains, *ctx.args] if ctx.args else domains
+    table = asyncio.run(measure(load_settings(), chosen))
+    _print_json(table.to_dict() if table else {"reason": "a remote server: no policy is measured there"})
+
+
 @app.command()
 def quantize(model: str = typer.Option(..., "--model", "-m", help="A model pulled into MIMO_CACHE_DIR "
                                        "(`mimo-engine pull NAME`), or a GGUF file's path."),

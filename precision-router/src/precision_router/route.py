@@ -26,10 +26,12 @@ from typing import Any
 
 import openai
 
+from mimo_core.client import LLMClient
 from mimo_core.contract import Contract, ContractError
 from mimo_core.extensions import MimoRequest, PrecisionRequest, SpeculationRequest
 from mimo_core.prompts import shared_prefix
 from mimo_core.record import TaskRecord
+from mimo_core.settings import Settings
 from mimo_core.stage import StageContext
 
 from .formats import BITS
@@ -111,17 +113,21 @@ class Costs:
         self._tables: dict[Path, CostTable] = {}
         self._lock = asyncio.Lock()
 
-    async def against_native(self, ctx: StageContext, model: str, policy: str) -> tuple[Cost, Cost]:
-        """(native's cost, the policy's cost) on `model`."""
+    def table(self, ctx: StageContext, model: str) -> tuple[Path, CostTable]:
+        """Where `model`'s costs are kept, and those measured so far."""
         name = hashlib.blake2b(json.dumps([ctx.settings.base_url, model]).encode(), digest_size=8).hexdigest()
         path = ctx.settings.cache_dir / "calibrations" / f"precision-router-costs-{name}.json"
+        if path not in self._tables:
+            try:
+                self._tables[path] = CostTable.load(path)
+            except ContractError:  # none kept yet, or a damaged file: measured again
+                self._tables[path] = CostTable(model)
+        return path, self._tables[path]
+
+    async def against_native(self, ctx: StageContext, model: str, policy: str) -> tuple[Cost, Cost]:
+        """(native's cost, the policy's cost) on `model`."""
         async with self._lock:
-            if path not in self._tables:
-                try:
-                    self._tables[path] = CostTable.load(path)
-                except ContractError:
-                    self._tables[path] = CostTable(model)
-            table = self._tables[path]
+            path, table = self.table(ctx, model)
             if policy not in table.costs:
                 rounds = [[await _cost(ctx, model, name) for name in (NATIVE, policy)] for _ in range(COST_ROUNDS)]
                 table.costs[policy] = [_median([r[i] for r in rounds]) for i in (0, 1)]
@@ -225,6 +231,26 @@ async def remote(record: TaskRecord, ctx: StageContext) -> dict:
             "deployments": deployments, "backend": "model-tier",
             "reason": note or (f"the deployment with the fewest bits meeting {bits:g}" if choice else
                                f"no deployment has {bits:g} bits or more: the native model")}
+
+
+def candidates(domains: list[str]) -> list[str]:
+    """Every policy `route` may choose for records of these domains (the domain's target, and one bit more)."""
+    return sorted({f"entropy@{target_bits(d, None) + extra:g}" for d in domains for extra in (0.0, 1.0)})
+
+
+async def calibrate(settings: Settings, domains: list[str]) -> CostTable | None:
+    """Measure, and keep, what every candidate policy for these domains costs against native on the oracle (for the
+    CLI: measuring before a benchmark keeps it untimed); None on a remote server, where no policy is measured."""
+    if not settings.send_extensions:
+        return None
+    client = LLMClient(settings)
+    ctx, costs = StageContext(settings, lambda: client), Costs()
+    try:
+        for policy in candidates(domains):
+            await costs.against_native(ctx, settings.oracle_model, policy)
+    finally:
+        await client.close()
+    return costs.table(ctx, settings.oracle_model)[1]
 
 
 def baseline(record: TaskRecord, ctx: StageContext) -> None:

@@ -152,14 +152,24 @@ def warm_up(settings: Settings) -> None:
     asyncio.run(both())
 
 
-def calibrate(env: dict[str, str], domains: list[str], log: IO[str]) -> None:
-    """Measure what spec-reasoner measures once per model pair (whether step drafting pays, each block drafter's
-    acceptance on these domains) before any task is timed, as the models are loaded first: `spec-reasoner
-    calibrate` keeps it where the stage finds it (shared by every configuration, like the model files)."""
-    done = subprocess.run([executable("spec-reasoner"), "calibrate", "--if-missing", "--domains", *domains], env=env,
-                          stdout=subprocess.DEVNULL, stderr=log, text=True)
-    if done.returncode != 0:
-        raise PipeError(f"spec-reasoner calibrate failed (exit {done.returncode}); its reason is in {log.name}")
+# What a component measures once per model (and keeps with the models' calibrations, shared by every
+# configuration like the model files), as the command that measures it for these domains.
+CALIBRATIONS = {
+    "precision-router": ("precision-router", "calibrate", "--domains"),
+    "spec-reasoner": ("spec-reasoner", "calibrate", "--if-missing", "--domains"),
+}
+
+
+def calibrate(env: dict[str, str], disabled: list[str], domains: list[str], log: IO[str]) -> None:
+    """Measure what the enabled components measure once per model (what each precision policy costs; whether step
+    drafting pays and each block drafter's acceptance) before any task is timed, as the models are loaded first."""
+    for component, (command, *args) in CALIBRATIONS.items():
+        if component in disabled:
+            continue
+        done = subprocess.run([executable(command), *args, *domains], env=env, stdout=subprocess.DEVNULL,
+                              stderr=log, text=True)
+        if done.returncode != 0:
+            raise PipeError(f"{command} calibrate failed (exit {done.returncode}); its reason is in {log.name}")
 
 
 class Progress:
@@ -200,8 +210,7 @@ def run_configuration(plan: RunPlan, files: RunFiles, settings: Settings, disabl
             log.flush()
             with progress.warming():
                 warm_up(stage_settings)
-                if "spec-reasoner" not in disabled:
-                    calibrate(env, sorted({r.domain for r in todo}), log)
+                calibrate(env, disabled, sorted({r.domain for r in todo}), log)
             for record in run_pipe(todo, env, log):
                 write_record(record, out)
                 os.fsync(out.fileno())
