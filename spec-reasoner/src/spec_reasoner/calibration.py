@@ -35,7 +35,7 @@ from . import prompts
 from .scoring import TOP_LOGPROBS, digit_score, span_logprob
 from .section import Criterion
 
-VERSION = 1  # of the cached file: a new calibration set or rule invalidates old measurements
+VERSION = 2  # of the cached files: a new calibration set or rule invalidates old measurements
 MIN_DISCRIMINATION = 0.75  # a criterion right on 3 pairs in 4 can keep good steps and reject bad ones
 PRIOR_ACCEPTANCE = 0.5
 BLOCK = 8  # MiMo's DFlash block
@@ -74,6 +74,16 @@ CALIBRATION: tuple[tuple[str, str, str, str], ...] = (
 
 # A calibration measures the model pair, not the record that happens to trigger it: native weights, no drafting.
 MEASURED = MimoRequest(precision=PrecisionRequest("native"), speculation=SpeculationRequest("none"))
+
+
+# One task per domain to time the block drafters on, none of them in CALIBRATION (see `drafter_lengths`).
+DRAFTING_TASKS = {
+    "math": "A baker makes 24 rolls an hour for 6 hours and sells 100 of them. How many rolls are left?",
+    "triage": "A 40-year-old man cut his hand on glass an hour ago; the bleeding is controlled and his vital signs "
+              "are normal.",
+    "coding": "def count_vowels(text: str) -> int:\n    \"\"\"Return how many letters of text are vowels.\"\"\"\n",
+    "general": "Name the largest planet of the solar system and say why it is the largest.",
+}
 
 
 def _record(domain: str, task: str) -> TaskRecord:
@@ -202,11 +212,13 @@ async def measure(ctx: StageContext, draft: str, oracle: str, k: int) -> Calibra
 
 
 async def drafter_lengths(ctx: StageContext, oracle: str, domain: str) -> dict[str, float | None]:
-    """Each block drafter's mean accepted length on an oracle generation of the domain's calibration prompt."""
-    task = next((task for d, task, _, _ in CALIBRATION if d == domain), CALIBRATION[0][1])
-    record = _record(domain if domain in {d for d, *_ in CALIBRATION} else "math", task)
+    """Each block drafter's mean accepted length on an oracle generation of the domain's drafting prompt. `suffix`
+    goes first: it looks up the engine's recent text, so a generation of the same prompt before it (or a prompt the
+    calibration already showed the engine) would hand it the answer; `ngram` reads only the sequence's own tokens."""
+    record = _record(domain if domain in DRAFTING_TASKS else "general", DRAFTING_TASKS.get(domain,
+                                                                                          DRAFTING_TASKS["general"]))
     lengths: dict[str, float | None] = {}
-    for method in DRAFTERS:
+    for method in sorted(DRAFTERS, key=lambda m: m != "suffix"):
         result = await ctx.chat(shared_prefix(record), model=oracle, max_tokens=SPEED_TOKENS * 2, temperature=0.0,
                                 override=MimoRequest(precision=PrecisionRequest("native"),
                                                      speculation=SpeculationRequest(method, BLOCK, adaptive=False)))
