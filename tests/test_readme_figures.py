@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from ds_benchmark.results import MECHANISMS, Configuration
 
 ROOT = Path(__file__).resolve().parents[1]
 READMES = sorted([ROOT / "README.md", *ROOT.glob("*/README.md")])
@@ -164,15 +165,25 @@ def _configuration(results: dict, name: str) -> dict:
     return next(c for c in results["configurations"] if c["name"] == name)
 
 
+ABLATION_ORDER = ["full", *(f"without {c}" for c in ("precision-router", "tiered-kv-cache", "spec-reasoner",
+                                                     "multi-agent-orchestrator"))]
+
+
 def ablation_table(results: dict) -> list[Row]:
-    """README.md: the ablation, one row per configuration."""
-    order = ["full", *(f"without {c}" for c in ("precision-router", "tiered-kv-cache", "spec-reasoner",
-                                                "multi-agent-orchestrator"))]
+    """README.md: the ablation, one row per configuration, with the mechanism figures of its calls."""
     rows = []
-    for name in order:
-        f = _configuration(results, name)["figures"]
-        rows.append([name, f["correct"], f["overconfident_wrong"], f["wall_s"], f["tokens_per_s"], f["ds"]])
+    for name in ABLATION_ORDER:
+        c = _configuration(results, name)
+        f, mechanism = c["figures"], Configuration.from_dict(c).mechanism()
+        rows.append([name, f["correct"], f["overconfident_wrong"], f["wall_s"], f["tokens_per_s"], f["ds"],
+                     *("-" if mechanism[m] is None else mechanism[m] for m in MECHANISMS)])
     return rows
+
+
+def ablation_impact(results: dict) -> list[Row]:
+    """README.md: the ablation's component impact table, in the report's order."""
+    return [[i["component"], i["ds_drop"], tuple(i["ds_drop_ci95"]), i["accuracy_drop"], i["tokens_per_s_drop"]]
+            for i in results["impact"]]
 
 
 def _points(sweep: dict) -> dict[str, dict]:
@@ -304,6 +315,7 @@ TABLES: dict[str, Callable[..., list[Row]]] = {
     "speculation-summary": speculation_summary,
     "speculation": speculation_table,
     "ablation": ablation_table,
+    "ablation-impact": ablation_impact,
     "sweep-summary": sweep_summary,
     "sweep": sweep_table,
     "versus-llamacpp": versus_llamacpp,
