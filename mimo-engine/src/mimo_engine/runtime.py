@@ -248,6 +248,26 @@ def calibration_entropies(model: LoadedModel) -> np.ndarray:
     return entropy_nats(model.forward(step, model.new_pool(blocks)))
 
 
+@dataclass(frozen=True)
+class PrecisionPlan:
+    """A request's precision, resolved once by the runtime and handed down: its policy, the weight plan its prompt
+    tokens read, and (an entropy policy's) how a decoded token's plan follows from the distribution before it."""
+
+    policy: Policy
+    prompt: WeightPlan
+    decode: Callable[[float | None], WeightPlan]  # the model's plan under `policy` for that entropy (nats)
+
+    @classmethod
+    def of(cls, model: LoadedModel, name: str | None) -> PrecisionPlan:
+        """The plan of policy `name` (None: the default) on `model`; a ValueError if it is unknown or not held."""
+        p = model.policy(name)
+        return cls(p, model.plan(p), lambda entropy: model.plan(p, entropy))
+
+    def next_plan(self, logits: np.ndarray) -> WeightPlan:
+        """What the next token reads, given the next-token logits [V] it was sampled from."""
+        return self.decode(float(entropy_nats(logits)) if self.policy.thresholds else None)
+
+
 @dataclass
 class SequenceTokens:
     """A sequence's tokens (prompt, then generated), how many of them are in the KV cache, the weight plan its
