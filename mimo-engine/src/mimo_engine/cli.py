@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from tiered_kv_cache.policy import POLICIES
+from precision_router.policy import POLICIES
+from tiered_kv_cache.policy import POLICIES as EVICTION_POLICIES
 from tiered_kv_cache.tiers import TierSizes
 
 from mimo_core.console import add_version_option, cli_app, fail, run_app
 from mimo_core.extensions import DRAFTERS, MAX_SPECULATION_BLOCK
 from mimo_core.settings import SettingsError, load_settings, parse_setting
-from mimo_engine.config import DEFAULTS, GIB, EngineConfig, SpeculationOptions
+from mimo_engine.config import DEFAULT_POLICIES, DEFAULTS, GIB, EngineConfig, SpeculationOptions
 from mimo_engine.pull import PullError, pull as pull_model
 from mimo_engine.registry import UnknownModelError, get_spec, model_status
 
@@ -43,8 +44,8 @@ def _known_model(name: str) -> str:
 
 def _known_policy(name: str) -> str:
     """Typer callback: an eviction policy's name, or a usage error listing the known ones."""
-    if name not in POLICIES:
-        raise typer.BadParameter(f"unknown eviction policy {name!r}; known: {', '.join(POLICIES)}")
+    if name not in EVICTION_POLICIES:
+        raise typer.BadParameter(f"unknown eviction policy {name!r}; known: {', '.join(EVICTION_POLICIES)}")
     return name
 
 
@@ -125,7 +126,7 @@ def serve(
                                       help="Disk KV tier per model, in GiB, under MIMO_CACHE_DIR/kv: checksummed, "
                                       "kept for the next engine process (0: none)."),
     kv_policy: str = typer.Option(DEFAULTS.kv_tiers.policy, callback=_known_policy,
-                                  help=f"Eviction policy of every KV tier: {', '.join(POLICIES)}."),
+                                  help=f"Eviction policy of every KV tier: {', '.join(EVICTION_POLICIES)}."),
     speculation: str = typer.Option(DEFAULTS.speculation.method, callback=_speculation_method,
                                     help=f"Block speculation of requests that do not ask for any: none (plain "
                                     f"decoding) or a drafter ({DRAFTER_HELP}). A request's mimo.speculation "
@@ -140,7 +141,7 @@ def serve(
     precision_policies: str | None = typer.Option(
         None, "--precision-policies", callback=_setting("MIMO_PRECISION_POLICIES", "--precision-policies"),
         help="The precision policies each model is loaded for, comma-separated, or all (default: "
-        "MIMO_PRECISION_POLICIES, else native,q8_0,mxfp4,experts-mxfp4,entropy); the first is the default.",
+        f"MIMO_PRECISION_POLICIES, else {','.join(DEFAULT_POLICIES)}); the first is the default.",
     ),  # fmt: skip
     threads: str | None = typer.Option(
         None, "--threads", callback=_setting("MIMO_ENGINE_THREADS", "--threads"),
@@ -201,8 +202,8 @@ def bench(
                                       "800-token prompt arrives, and that prompt's time to first token."),
     step_tokens: int = typer.Option(DEFAULTS.step_tokens, min=1,
                                     help="With --interference: the engine's per-step token budget."),
-    policy: str = typer.Option("native", help="Precision policy the weights are read under: native, f32, bf16, "
-                               "q8_0, mxfp8, mxfp4 or experts-mxfp4; the roofline counts its bytes."),
+    policy: str = typer.Option("native", help=f"Precision policy the weights are read under: "
+                               f"{', '.join(POLICIES[:-2])} or {POLICIES[-2]}; the roofline counts its bytes."),
     speculation: bool = typer.Option(False, help="Instead: each drafter's mean accepted length and decode speedup "
                                      "over plain decoding on coding, math and agent prompts at batch 1 and 8."),
     draft_model: str | None = typer.Option(None, callback=_optional_model,
@@ -249,6 +250,38 @@ def bench(
     if out:
         out.write_text(json.dumps(result, indent=2) + "\n")
     _print_json(result)
+
+
+@app.command()
+def sweep(model: str = typer.Option(..., "--model", "-m", help="A registry model (pulled on first use)."),
+          text: Path = typer.Option(..., "--text", help="A held-out text (UTF-8), not the calibration text."),
+          out: Path | None = typer.Option(None, "--out", help="Also write the JSON to this file."),
+          plot: Path | None = typer.Option(None, "--plot", help="Write the Pareto figure (PNG)."),
+          rounds: int = typer.Option(3, "--rounds", min=1, help="Interleaved rounds of speed measurement.")) -> None:
+    """Perplexity, mean KL to float32 and decode tokens/s for every precision policy (and entropy@5, 5.5, 6, 7)
+    against the bits per weight the kernels read; marks the static policies' Pareto front (JSON on stdout)."""
+    from rich.console import Console
+
+    from mimo_engine.sweep import plot as draw, sweep as run_sweep  # the model stack: not for --help
+
+    settings = load_settings()
+    try:
+        content = text.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"--text {text}: {exc}", prog=PROG)
+    console = Console(stderr=True)
+    try:
+        with console.status("sweeping") as status:
+            result = run_sweep(model, content, text.name, rounds, progress=status.update,
+                               cache_dir=settings.cache_dir, threads=settings.engine_threads)
+    except (ValueError, LookupError, RuntimeError, OSError) as exc:  # a bad text, an unknown model, a failed pull
+        fail(str(exc).strip("'\""), prog=PROG)
+    data = result.to_dict()
+    if out:
+        out.write_text(json.dumps(data, indent=2) + "\n")
+    if plot:
+        draw(result, plot)
+    _print_json(data)
 
 
 def main() -> None:

@@ -4,7 +4,6 @@ environment; its defaults are the defaults of the CLI's flags too."""
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ GIB = 1 << 30
 # and that prompt's time to first token 2.34 / 1.97 / 2.17 / 2.29 s.
 STEP_TOKENS = 128
 DEFAULT_BLOCK = 8  # MiMo's speculation block size: its table is measured with blocks of up to 8
+DEFAULT_POLICIES = ("native", "q8_0", "mxfp4", "experts-mxfp4", "entropy")  # hold native and MXFP4 forms
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class EngineConfig:
     kv_cache_bytes: int = GIB  # KV pool per model; the OS backs it lazily, as blocks are first written
     kv_tiers: TierSizes = TierSizes()  # dram and disk below the pool; the disk tier only with a folder
     speculation: SpeculationOptions = SpeculationOptions()
-    precision_policies: tuple[str, ...] | None = None  # MIMO_PRECISION_POLICIES (None: the engine's default set)
+    precision_policies: tuple[str, ...] | None = None  # MIMO_PRECISION_POLICIES (None: DEFAULT_POLICIES)
     threads: int | None = None  # MIMO_ENGINE_THREADS: the packed kernels' threads (None: every core)
     cache_dir: Path = Path(".")  # MIMO_CACHE_DIR: models, the disk KV tier
 
@@ -56,10 +56,6 @@ class EngineConfig:
     def capacity(self) -> int:
         """Sequences a worker holds at once: running plus waiting."""
         return self.max_batch_size + self.max_queue
-
-    def replace(self, **changes: Any) -> EngineConfig:
-        """A copy with `changes`."""
-        return dataclasses.replace(self, **changes)
 
 
 DEFAULTS = EngineConfig()  # what the CLI's flags default to

@@ -21,6 +21,7 @@ from precision_router.kernels import configure_threads
 from precision_router.policy import GROUPS, POLICIES, Assignment, Policy, entropy_nats
 from tiered_kv_cache import KVCacheManager, KVPool, Prefix, TierConfig
 
+from mimo_engine.config import DEFAULT_POLICIES
 from mimo_engine.gguf_model import load_weights, read_config
 from mimo_engine.model import ModelConfig, ModelWeights, Route, Routes, hidden_states, logits
 from mimo_engine.paged_attention import PagedAttention
@@ -30,7 +31,6 @@ from mimo_engine.step import ScheduledSequence, StepBatch, WeightPlan
 from mimo_engine.tokenizer import Tokenizer
 
 BLOCK_SIZE = 16  # tokens per KV block
-DEFAULT_POLICIES = ("native", "q8_0", "mxfp4", "experts-mxfp4", "entropy")  # hold native and MXFP4 forms
 CALIBRATION_TEXT = policy.calibration_text()
 
 
