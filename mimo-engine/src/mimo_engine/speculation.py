@@ -40,7 +40,7 @@ from typing import Callable, Protocol
 import numpy as np
 from tiered_kv_cache import NoFreeBlocks
 
-from mimo_engine.runtime import EngineCore, PolicyNotServed, Work
+from mimo_engine.runtime import EngineCore, PolicyNotServed, PrecisionPlan, Work
 from mimo_engine.sampling import SamplingParams, draw, probabilities
 from mimo_engine.step import WeightPlan
 
@@ -471,7 +471,7 @@ def _draft_model(context: DrafterContext) -> Drafter:
 def _self_mxfp4(context: DrafterContext) -> Drafter:
     model = context.target.model
     try:
-        plan = model.plan(model.policy("mxfp4"))
+        plan = PrecisionPlan.of(model, "mxfp4").prompt
     except PolicyNotServed:
         raise DrafterUnavailable(f"speculation method 'self-mxfp4' needs {model.name}'s MXFP4 weights: include "
                                  f"mxfp4 in MIMO_PRECISION_POLICIES") from None
