@@ -30,11 +30,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from mimo_core.contract import ContractError
 from mimo_core.daemon import EngineHealth
 from mimo_core.extensions import MimoReport, MimoRequest
-from mimo_engine.metrics import prometheus_text
-from mimo_engine.registry import MODELS
 from mimo_engine.config import EngineConfig
 from mimo_engine.engine import Engine, UnknownModel
+from mimo_engine.metrics import prometheus_text
 from mimo_engine.output import ChoiceResult, Delta, Done, Failed
+from mimo_engine.registry import MODELS
 from mimo_engine.runtime import LoadedModel, resolve_policies
 from mimo_engine.sampling import (
     InvalidRequest,
