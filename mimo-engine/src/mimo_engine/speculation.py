@@ -486,3 +486,14 @@ DRAFTER_FACTORIES: dict[str, Callable[[DrafterContext], Drafter]] = {
     "draft-model": _draft_model,
     "self-mxfp4": _self_mxfp4,
 }
+
+
+def build_speculator(context: DrafterContext) -> tuple[Speculator, dict[str, str]]:
+    """A worker's speculator with every drafter of the registry it can serve, and why each other one is not served."""
+    drafters, unserved = {}, {}
+    for method, build in DRAFTER_FACTORIES.items():
+        try:
+            drafters[method] = build(context)
+        except DrafterUnavailable as exc:
+            unserved[method] = str(exc)
+    return Speculator(drafters, context.corpus), unserved

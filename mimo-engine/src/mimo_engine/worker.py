@@ -22,14 +22,7 @@ from mimo_engine.metrics import WorkerGauges, WorkerMetrics
 from mimo_engine.output import OutputProcessor
 from mimo_engine.runtime import BLOCK_SIZE, EngineCore, LoadedModel, PrecisionPlan
 from mimo_engine.scheduler import EngineRequest, Prefill, QueueFull, Scheduler, Sequence, Unservable
-from mimo_engine.speculation import (
-    DRAFTER_FACTORIES,
-    DraftAsk,
-    DrafterContext,
-    DrafterUnavailable,
-    Speculator,
-    SuffixCorpus,
-)
+from mimo_engine.speculation import DraftAsk, DrafterContext, SuffixCorpus, build_speculator
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +68,8 @@ class ModelWorker:
         self.scheduler = Scheduler(self.core, config.max_batch_size, config.capacity, config.step_tokens)
         self.metrics = WorkerMetrics()
         self.output = OutputProcessor(model.name, model.tokenizer, self.metrics)
-        self.speculator, self.unserved = self._speculator(draft)
+        drafting = DrafterContext(self.core, draft_core(model, draft, config) if draft else None, SuffixCorpus())
+        self.speculator, self.unserved = build_speculator(drafting)  # and why each other drafter is not served
         if config.speculation.method in self.unserved:
             raise ValueError(self.unserved[config.speculation.method])
         self.last_active = time.monotonic()
@@ -83,18 +77,6 @@ class ModelWorker:
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name=f"mimo-engine:{model.name}", daemon=True)
         self._thread.start()
-
-    def _speculator(self, draft: LoadedModel | None) -> tuple[Speculator, dict[str, str]]:
-        """The drafters this model serves, built from the registry, and why each other one is not served."""
-        corpus = SuffixCorpus()
-        context = DrafterContext(self.core, draft_core(self.model, draft, self.config) if draft else None, corpus)
-        drafters, unserved = {}, {}
-        for method, build in DRAFTER_FACTORIES.items():
-            try:
-                drafters[method] = build(context)
-            except DrafterUnavailable as exc:
-                unserved[method] = str(exc)
-        return Speculator(drafters, corpus), unserved
 
     @property
     def busy(self) -> bool:
