@@ -11,9 +11,14 @@ from precision_router.policy import Policy, static_policy
 from tiered_kv_cache import KVPool
 
 from mimo_core.extensions import MimoRequest
+from mimo_engine.config import EngineConfig
+from mimo_engine.engine import Engine, UnknownModel
+from mimo_engine.output import Done, Failed
 from mimo_engine.runtime import BLOCK_SIZE
-from mimo_engine.sampling import InvalidRequest, SamplingParams
-from mimo_engine.scheduler import Done, Engine, Failed, ModelWorker, QueueFull, Request, Unavailable, UnknownModel
+from mimo_engine.sampling import SamplingParams
+from mimo_engine.scheduler import QueueFull, Unservable
+from mimo_engine.stream import Request
+from mimo_engine.worker import ModelWorker, Unavailable
 from mimo_engine.step import StepBatch
 
 EOS = 256
@@ -100,7 +105,7 @@ def run(worker: ModelWorker, *requests: tuple[list[int], SamplingParams]) -> lis
     async def main() -> list:
         submitted = [Request(prompt, params) for prompt, params in requests]
         for request in submitted:
-            worker.submit(request)
+            worker.submit(request.engine)
         return await asyncio.gather(*(r.result() for r in submitted))
 
     return asyncio.run(main())
@@ -113,7 +118,7 @@ def model():
 
 @pytest.fixture
 def worker(model):
-    worker = ModelWorker(model, max_batch_size=4, max_queue=2)
+    worker = ModelWorker(model, EngineConfig(max_batch_size=4, max_queue=2))
     yield worker
     worker.close()
 
@@ -152,7 +157,7 @@ def test_concurrent_requests_decode_in_one_batch(worker, model):
 def test_prompt_logprobs_for_echo(worker):
     async def main():
         request = Request([4, 5, 6], SamplingParams(max_tokens=0), prompt_logprobs=1)
-        worker.submit(request)
+        worker.submit(request.engine)
         return await request.result()
 
     done = asyncio.run(main())
@@ -162,15 +167,14 @@ def test_prompt_logprobs_for_echo(worker):
 
 
 def test_queue_full_raises_instead_of_waiting():
-    worker = ModelWorker(FakeModel(step_s=0.01), max_batch_size=1, max_queue=1)
+    worker = ModelWorker(FakeModel(step_s=0.01), EngineConfig(max_batch_size=1, max_queue=1))
 
     async def main():
         first, second = Request([1], SamplingParams()), Request([1], SamplingParams())
-        worker.submit(first)
-        worker.submit(second)
+        worker.submit(first.engine)
+        worker.submit(second.engine)
         with pytest.raises(QueueFull) as info:
-            worker.submit(Request([1], SamplingParams()))
-        assert info.value.retry_after_s >= 1
+            worker.submit(Request([1], SamplingParams()).engine)
         return await asyncio.gather(first.result(), second.result())
 
     try:
@@ -182,23 +186,23 @@ def test_queue_full_raises_instead_of_waiting():
 
 def test_requests_that_can_never_run_are_invalid(worker):
     async def submit(prompt, params):
-        worker.submit(Request(prompt, params))
+        worker.submit(Request(prompt, params).engine)
 
-    with pytest.raises(InvalidRequest, match="context"):
+    with pytest.raises(Unservable, match="context"):
         asyncio.run(submit(list(range(64)), SamplingParams()))
-    with pytest.raises(InvalidRequest, match="max batch size"):
+    with pytest.raises(Unservable, match="max batch size"):
         asyncio.run(submit([1], SamplingParams(n=5)))
 
 
 def test_cancelled_request_is_retired(model):
     model.script = b"x" * 60
     model.step_s = 0.005
-    worker = ModelWorker(model, max_batch_size=4, max_queue=0)
+    worker = ModelWorker(model, EngineConfig(max_batch_size=4, max_queue=0))
 
     async def main():
         gone, kept = Request([1], SamplingParams()), Request([2], SamplingParams(max_tokens=20))
-        worker.submit(gone)
-        worker.submit(kept)
+        worker.submit(gone.engine)
+        worker.submit(kept.engine)
         await asyncio.sleep(0.05)
         gone.cancel()
         return await kept.result()
@@ -215,10 +219,10 @@ def test_a_request_whose_event_loop_closed_is_retired_not_a_crash(model):
     # a caller that returns without cancelling (a script's asyncio.run ending) leaves its requests running
     model.script = b"x" * 200
     model.step_s = 0.005
-    worker = ModelWorker(model, max_batch_size=4, max_queue=0)
+    worker = ModelWorker(model, EngineConfig(max_batch_size=4, max_queue=0))
 
     async def leave():
-        worker.submit(Request([1], SamplingParams(max_tokens=150)))
+        worker.submit(Request([1], SamplingParams(max_tokens=150)).engine)
         await asyncio.sleep(0.05)
 
     try:
@@ -230,7 +234,7 @@ def test_a_request_whose_event_loop_closed_is_retired_not_a_crash(model):
 
         async def again():  # the worker is alive and serves the next caller
             request = Request([2], SamplingParams(max_tokens=3))
-            worker.submit(request)
+            worker.submit(request.engine)
             return await request.result()
 
         assert isinstance(asyncio.run(again()), Done)
@@ -273,15 +277,15 @@ def test_engine_loads_each_model_once_and_knows_unknown_names():
 
 def test_a_long_prompt_is_prefilled_in_chunks_that_share_steps_with_running_decodes():
     model = FakeModel(script=b"abcdefghijklmnopqrstuvwxyz" * 4, step_s=0.003, config=FakeConfig(context_length=256))
-    worker = ModelWorker(model, max_batch_size=4, max_queue=2, step_tokens=8)
+    worker = ModelWorker(model, EngineConfig(max_batch_size=4, max_queue=2, step_tokens=8))
 
     async def main():
         running = [Request([1], SamplingParams(temperature=0, max_tokens=100)) for _ in range(2)]
         for request in running:
-            worker.submit(request)
+            worker.submit(request.engine)
         await asyncio.sleep(0.02)  # both streams are decoding when the long prompt arrives
         long = Request(list(range(1, 31)) * 3, SamplingParams(temperature=0, max_tokens=2))
-        worker.submit(long)
+        worker.submit(long.engine)
         return await asyncio.gather(*(r.result() for r in [*running, long]))
 
     try:
@@ -307,7 +311,7 @@ def test_a_prompt_that_starts_like_an_earlier_one_reuses_its_blocks(worker, mode
     async def without_cache():
         request = Request(prompt + [7], SamplingParams(temperature=0, max_tokens=3),
                           mimo=MimoRequest.from_dict({"cache": {"enabled": False}}))
-        worker.submit(request)
+        worker.submit(request.engine)
         return await request.result()
 
     assert asyncio.run(without_cache()).report.cache.cached_tokens == 0
@@ -316,12 +320,12 @@ def test_a_prompt_that_starts_like_an_earlier_one_reuses_its_blocks(worker, mode
 def test_a_cancelled_request_s_tokens_are_counted_as_they_were_computed(model):
     model.script = b"x" * 60
     model.step_s = 0.002
-    worker = ModelWorker(model, max_batch_size=4, max_queue=0)
+    worker = ModelWorker(model, EngineConfig(max_batch_size=4, max_queue=0))
     prompt = [1, 2, 3, 4, 5]
 
     async def main():
         request = Request(prompt, SamplingParams(max_tokens=50))
-        worker.submit(request)
+        worker.submit(request.engine)
         received = 0
         async for _ in request.events():  # the client reads a few tokens, then hangs up
             received += 1
@@ -347,11 +351,11 @@ def test_a_cancelled_request_s_tokens_are_counted_as_they_were_computed(model):
 def test_metrics_count_a_running_request_before_it_ends(model):
     model.script = b"x" * 60
     model.step_s = 0.002
-    worker = ModelWorker(model, max_batch_size=4, max_queue=0)
+    worker = ModelWorker(model, EngineConfig(max_batch_size=4, max_queue=0))
 
     async def main():
         request = Request([1, 2], SamplingParams(max_tokens=40))
-        worker.submit(request)
+        worker.submit(request.engine)
         seen = 0
         async for event in request.events():
             seen += 1

@@ -9,9 +9,12 @@ import pytest
 
 from mimo_core.extensions import MimoRequest
 from mimo_core.settings import load_settings
+from mimo_engine.config import EngineConfig
+from mimo_engine.output import Done
 from mimo_engine.runtime import EngineCore, LoadedModel
 from mimo_engine.sampling import SamplingParams, probabilities
-from mimo_engine.scheduler import Done, ModelWorker, Request
+from mimo_engine.stream import Request
+from mimo_engine.worker import ModelWorker
 from mimo_engine.speculation import (
     Draft,
     NgramDrafter,
@@ -165,7 +168,7 @@ def generate(worker: ModelWorker, prompt: list[int], params: SamplingParams, spe
 
     async def main() -> Done:
         request = Request(prompt, params, mimo=mimo)
-        worker.submit(request)
+        worker.submit(request.engine)
         return await request.result()
 
     done = asyncio.run(main())
@@ -176,7 +179,7 @@ def generate(worker: ModelWorker, prompt: list[int], params: SamplingParams, spe
 @pytest.mark.model
 @pytest.mark.parametrize("method", ["ngram", "suffix", "self-mxfp4", "draft-model"])
 def test_greedy_output_is_token_identical_with_each_drafter(model, draft, method):
-    worker = ModelWorker(model, max_batch_size=4, draft=draft)
+    worker = ModelWorker(model, EngineConfig(max_batch_size=4), draft)
     try:
         prompt = model.tokenizer.encode(REPETITIVE)
         params = SamplingParams(temperature=0.0, max_tokens=40, n=3)  # three choices: drafts verified as a batch
@@ -200,7 +203,7 @@ def test_greedy_output_is_token_identical_with_each_drafter(model, draft, method
 def test_sampled_tokens_follow_the_targets_distribution(model):
     """Sampled with ngram drafts: the token after the most common first token, through verification, is
     distributed as the target's next-token distribution (chi-square at a fixed seed)."""
-    worker = ModelWorker(model, max_batch_size=16)
+    worker = ModelWorker(model, EngineConfig(max_batch_size=16))
     params = SamplingParams(temperature=1.0, max_tokens=3, n=16)  # the second token is the first one verified
     # the first token is " " (p 0.98); the second goes through verification of the drafted "5", which the target
     # gives p 0.06 (its top four: 0.41, 0.30, 0.06, 0.06), so the rejection branch is what is mostly tested

@@ -16,7 +16,17 @@ from typing import Any, Literal
 
 from .contract import Contract
 
-SPECULATION_METHODS = ("none", "ngram", "suffix", "draft-model", "self-mxfp4")  # "none": plain decoding
+# The block drafters and what each does. Declared here, at the bottom of the layers, because the request contract
+# below must name them and mimo_core imports no tool; the engine keys its drafter factories by these names
+# (`mimo_engine.speculation.DRAFTER_FACTORIES`, a test checks that every name has one), and its CLI help derives
+# from them. A new drafter is one entry here and one factory there.
+DRAFTERS = {
+    "ngram": "prompt lookup: continues the sequence as it went on after an earlier occurrence of its last tokens",
+    "suffix": "the longest suffix matched in the engine's recent sequences, followed while it stays likely",
+    "draft-model": "a smaller model with the target's tokenizer (serve --draft-model NAME)",
+    "self-mxfp4": "the target's own MXFP4 weights draft, the weights it serves verify",
+}
+SPECULATION_METHODS = ("none", *DRAFTERS)  # "none": plain decoding
 MAX_SPECULATION_BLOCK = 16
 
 MetricKind = Literal["counter", "histogram"]
@@ -54,7 +64,7 @@ class SpeculationRequest(Contract):
     """Block speculative decoding: which drafter proposes tokens, and at most how many per verification pass (the
     engine drafts fewer when a sequence's recent drafts were rejected or the batch is compute-bound)."""
 
-    method: Literal["none", "ngram", "suffix", "draft-model", "self-mxfp4"]
+    method: Literal[SPECULATION_METHODS]  # type: ignore[valid-type]  # the names are declared once, above
     block: int = 8
     adaptive: bool = True  # false: always draft `block` tokens, paid off or not (what an acceptance table measures)
 

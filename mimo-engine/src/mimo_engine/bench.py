@@ -30,7 +30,10 @@ from mimo_core.profiles import (CPU_CACHES, bandwidth_buffer_bytes, last_level_c
                                  measure_read_bandwidth, median_seconds)
 from mimo_engine.runtime import BLOCK_SIZE, EngineCore, LoadedModel, Work
 from mimo_engine.sampling import SamplingParams
-from mimo_engine.scheduler import STEP_TOKENS, Delta, ModelWorker, Request
+from mimo_engine.config import STEP_TOKENS, EngineConfig
+from mimo_engine.output import Delta
+from mimo_engine.stream import Request
+from mimo_engine.worker import ModelWorker
 from mimo_engine.step import WeightPlan
 
 BENCH_TEXT = (
@@ -224,7 +227,7 @@ def run_interference(name: str, cache_dir: Path, streams: int = 4, long_prompt_t
                      step_tokens: int = STEP_TOKENS, threads: int | None = None) -> InterferenceResult:
     """Decode `streams` sequences, let a `long_prompt_tokens` prompt arrive, and time the streams' tokens."""
     model = LoadedModel.load(name, cache_dir, threads=threads)
-    worker = ModelWorker(model, max_batch_size=streams + 1, max_queue=0, step_tokens=step_tokens)
+    worker = ModelWorker(model, EngineConfig(max_batch_size=streams + 1, max_queue=0, step_tokens=step_tokens))
     text = model.tokenizer.encode(BENCH_TEXT * (long_prompt_tokens // 20 + 2))
     stamps: list[list[float]] = [[] for _ in range(streams)]
     cache_off = MimoRequest.from_dict({"cache": {"enabled": False}})
@@ -240,11 +243,11 @@ def run_interference(name: str, cache_dir: Path, streams: int = 4, long_prompt_t
                    for i in range(streams)]
         tasks = [asyncio.create_task(stream(i, r)) for i, r in enumerate(running)]
         for request in running:
-            worker.submit(request)
+            worker.submit(request.engine)
         await asyncio.sleep(3.0)  # the streams settle into steady decoding
         long = Request(text[:long_prompt_tokens], SamplingParams(temperature=0, max_tokens=1), mimo=cache_off)
         arrived = time.perf_counter()
-        worker.submit(long)
+        worker.submit(long.engine)
         await long.result()
         answered = time.perf_counter()
         for request, task in zip(running, tasks):

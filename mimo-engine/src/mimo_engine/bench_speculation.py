@@ -25,10 +25,13 @@ from importlib import resources
 from pathlib import Path
 
 from mimo_core.contract import Contract
-from mimo_core.extensions import MimoRequest, SpeculationReport
+from mimo_core.extensions import DRAFTERS, MimoRequest, SpeculationReport
 from mimo_engine.runtime import LoadedModel
 from mimo_engine.sampling import SamplingParams
-from mimo_engine.scheduler import Done, ModelWorker, Request
+from mimo_engine.config import EngineConfig
+from mimo_engine.output import Done
+from mimo_engine.stream import Request
+from mimo_engine.worker import ModelWorker
 from mimo_engine.tokenizer import Tokenizer
 
 PROMPT_SETS = ("coding", "math", "agent")
@@ -105,7 +108,7 @@ def _decode(worker: ModelWorker, prompts: list[list[int]], batch: int, max_token
             requests = [Request(p, SamplingParams(temperature=0.0, max_tokens=max_tokens), mimo=mimo)
                         for p in prompts[start : start + batch]]
             for request in requests:
-                worker.submit(request)
+                worker.submit(request.engine)
             for request in requests:
                 result = await request.result()
                 if not isinstance(result, Done):
@@ -125,19 +128,19 @@ def _speculation(method: str, adaptive: bool, block: int) -> MimoRequest:
 def run_speculation_bench(name: str, cache_dir: Path, draft_model: str | None = None,
                           methods: tuple[str, ...] | None = None, block: int = 8, max_tokens: int = 64,
                           per_set: int = 8, progress=None, threads: int | None = None) -> SpeculationBench:
-    """The table: every drafter in `methods` (default: ngram, suffix, self-mxfp4, and draft-model when a draft
-    model is named) against plain decoding, on each prompt set at batch 1 and 8. `progress(text)` hears each run."""
+    """The table: every drafter in `methods` (default: every drafter, draft-model last and only when a draft model
+    is named) against plain decoding, on each prompt set at batch 1 and 8. `progress(text)` hears each run."""
     load_average_before = os.getloadavg()[0]
     model = LoadedModel.load(name, cache_dir, threads=threads)
     draft = LoadedModel.load(draft_model, cache_dir, policies=("native",), threads=threads) if draft_model else None
-    methods = methods or ("ngram", "suffix", "self-mxfp4", *(("draft-model",) if draft else ()))
+    methods = methods or (*(m for m in DRAFTERS if m != "draft-model"), *(("draft-model",) if draft else ()))
     if "draft-model" in methods and draft is None:
         raise ValueError("the draft-model drafter needs --draft-model")
     configurations = [(m, adaptive) for m in methods for adaptive in (False, True)]
     runs: list[SpeculationRun] = []
     for set_name, prompts in prompt_sets(model.tokenizer, per_set).items():
         for batch in BATCHES:
-            worker = ModelWorker(model, max_batch_size=max(BATCHES), draft=draft)
+            worker = ModelWorker(model, EngineConfig(max_batch_size=max(BATCHES)), draft)
             timed: dict[tuple[str, bool], list[tuple[list[Done], float]]] = {}
             try:
                 for method, adaptive in [("none", True), *configurations]:  # untimed: see the module's docstring

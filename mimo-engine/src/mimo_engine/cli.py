@@ -8,17 +8,19 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from tiered_kv_cache.policy import POLICIES
-from tiered_kv_cache.tiers import DISK_BYTES, DRAM_BYTES, TierSizes
+from precision_router.policy import POLICIES
+from tiered_kv_cache.policy import POLICIES as EVICTION_POLICIES
+from tiered_kv_cache.tiers import TierSizes
 
 from mimo_core.console import add_version_option, cli_app, fail, run_app
-from mimo_core.extensions import SPECULATION_METHODS
+from mimo_core.extensions import DRAFTERS, MAX_SPECULATION_BLOCK
 from mimo_core.settings import SettingsError, load_settings, parse_setting
+from mimo_engine.config import DEFAULT_POLICIES, DEFAULTS, GIB, EngineConfig, SpeculationOptions
 from mimo_engine.pull import PullError, pull as pull_model
 from mimo_engine.registry import UnknownModelError, get_spec, model_status
 
 PROG = "mimo-engine"
-GIB = 1 << 30
+DRAFTER_HELP = "; ".join(f"{name}: {what}" for name, what in DRAFTERS.items())
 
 app = cli_app(
     help="Run real small GGUF models in numpy and serve them over the OpenAI API "
@@ -42,8 +44,8 @@ def _known_model(name: str) -> str:
 
 def _known_policy(name: str) -> str:
     """Typer callback: an eviction policy's name, or a usage error listing the known ones."""
-    if name not in POLICIES:
-        raise typer.BadParameter(f"unknown eviction policy {name!r}; known: {', '.join(POLICIES)}")
+    if name not in EVICTION_POLICIES:
+        raise typer.BadParameter(f"unknown eviction policy {name!r}; known: {', '.join(EVICTION_POLICIES)}")
     return name
 
 
@@ -53,8 +55,8 @@ def _optional_model(name: str | None) -> str | None:
 
 def _drafters(names: list[str]) -> list[str]:
     for name in names:
-        if name not in SPECULATION_METHODS or name == "none":
-            raise typer.BadParameter(f"unknown drafter {name!r}; drafters: {', '.join(SPECULATION_METHODS[1:])}")
+        if name not in DRAFTERS:
+            raise typer.BadParameter(f"unknown drafter {name!r}; drafters: {', '.join(DRAFTERS)}")
     return names
 
 
@@ -104,25 +106,33 @@ def serve(
     allow_pull: bool = typer.Option(False, "--allow-pull", help="Serve every registry model, loading and pulling it "
                                     "on its first request: any client may then make the server download up to "
                                     "1.1 GB and hold several GB of memory."),
-    max_batch_size: int = typer.Option(8, min=1, help="Most sequences decoded together per model."),
-    max_queue: int = typer.Option(32, min=0, help="Sequences that may wait beyond the batch; past it: 429."),
+    max_batch_size: int = typer.Option(DEFAULTS.max_batch_size, min=1,
+                                       help="Most sequences decoded together per model."),
+    max_queue: int = typer.Option(DEFAULTS.max_queue, min=0,
+                                  help="Sequences that may wait beyond the batch; past it: 429."),
     max_body_mib: float = typer.Option(4.0, min=0.001, help="Largest request body in MiB; a larger one: 413."),
     idle_timeout: float = typer.Option(0.0, min=0.0, help="Exit after this many seconds without requests (0: never)."),
     drain_timeout: float = typer.Option(10.0, min=0.0, help="On SIGTERM, seconds requests in flight may still run "
                                         "before they are cut."),
-    step_tokens: int = typer.Option(128, min=1, help="Token budget of one engine step: decode tokens first, then "
-                                    "prompt chunks, so a long prompt shares steps with running streams."),
-    kv_cache_gib: float = typer.Option(1.0, min=0.01, help="KV cache pool per model, in GiB (backed lazily)."),
-    kv_dram_gib: float = typer.Option(DRAM_BYTES / GIB, min=0.0, help="Host-memory KV tier per model, in GiB: "
-                                      "blocks evicted from the pool wait here (0: none)."),
-    kv_disk_gib: float = typer.Option(DISK_BYTES / GIB, min=0.0, help="Disk KV tier per model, in GiB, under "
-                                      "MIMO_CACHE_DIR/kv: checksummed, kept for the next engine process (0: none)."),
-    kv_policy: str = typer.Option("lru", callback=_known_policy, help=f"Eviction policy of every KV tier: "
-                                  f"{', '.join(POLICIES)}."),
-    speculation: str = typer.Option("none", callback=_speculation_method,
-                                    help="Block speculation of requests that do not ask for any: none, ngram, "
-                                    "suffix, self-mxfp4 or draft-model (a request's mimo.speculation overrides it)."),
-    speculation_block: int = typer.Option(8, min=1, max=16, help="Most tokens drafted per verification, by default."),
+    step_tokens: int = typer.Option(DEFAULTS.step_tokens, min=1,
+                                    help="Token budget of one engine step: decode tokens first, then prompt chunks, "
+                                    "so a long prompt shares steps with running streams."),
+    kv_cache_gib: float = typer.Option(DEFAULTS.kv_cache_bytes / GIB, min=0.01,
+                                       help="KV cache pool per model, in GiB (backed lazily)."),
+    kv_dram_gib: float = typer.Option(DEFAULTS.kv_tiers.dram_bytes / GIB, min=0.0,
+                                      help="Host-memory KV tier per model, in GiB: blocks evicted from the pool wait "
+                                      "here (0: none)."),
+    kv_disk_gib: float = typer.Option(DEFAULTS.kv_tiers.disk_bytes / GIB, min=0.0,
+                                      help="Disk KV tier per model, in GiB, under MIMO_CACHE_DIR/kv: checksummed, "
+                                      "kept for the next engine process (0: none)."),
+    kv_policy: str = typer.Option(DEFAULTS.kv_tiers.policy, callback=_known_policy,
+                                  help=f"Eviction policy of every KV tier: {', '.join(EVICTION_POLICIES)}."),
+    speculation: str = typer.Option(DEFAULTS.speculation.method, callback=_speculation_method,
+                                    help=f"Block speculation of requests that do not ask for any: none (plain "
+                                    f"decoding) or a drafter ({DRAFTER_HELP}). A request's mimo.speculation "
+                                    f"overrides it."),
+    speculation_block: int = typer.Option(DEFAULTS.speculation.block, min=1, max=MAX_SPECULATION_BLOCK,
+                                          help="Most tokens drafted per verification, by default."),
     draft_model: str | None = typer.Option(None, callback=_optional_model, help="The draft-model drafter's model: a "
                                            "smaller one with the same tokenizer (qwen2.5-coder-0.5b for "
                                            "qwen2.5-coder-1.5b), loaded with each model it drafts for."),
@@ -131,7 +141,7 @@ def serve(
     precision_policies: str | None = typer.Option(
         None, "--precision-policies", callback=_setting("MIMO_PRECISION_POLICIES", "--precision-policies"),
         help="The precision policies each model is loaded for, comma-separated, or all (default: "
-        "MIMO_PRECISION_POLICIES, else native,q8_0,mxfp4,experts-mxfp4,entropy); the first is the default.",
+        f"MIMO_PRECISION_POLICIES, else {','.join(DEFAULT_POLICIES)}); the first is the default.",
     ),  # fmt: skip
     threads: str | None = typer.Option(
         None, "--threads", callback=_setting("MIMO_ENGINE_THREADS", "--threads"),
@@ -143,8 +153,8 @@ def serve(
     Endpoints: /v1/chat/completions, /v1/completions, /v1/models, /health, /load, /metrics. Logs on stderr: a start
     line, model loads, one line per request."""
     from mimo_engine.runtime import resolve_policies  # the web and model stack: not for --help
-    from mimo_engine.scheduler import SpeculationOptions, Unavailable
     from mimo_engine.server import ServerOptions, serve as run_server
+    from mimo_engine.worker import Unavailable
 
     if not (model or allow or allow_pull):
         raise typer.BadParameter("name a model to serve with --model (loaded at start) or --allow (loaded on first "
@@ -154,14 +164,14 @@ def serve(
         resolve_policies(settings.precision_policies)  # which policies exist is the engine's to say
     except ValueError as exc:
         raise SettingsError(f"MIMO_PRECISION_POLICIES (or --precision-policies): {exc}") from None
-    options = ServerOptions(allow=tuple(allow), allow_pull=allow_pull, max_batch_size=max_batch_size,
-                            max_queue=max_queue, step_tokens=step_tokens, kv_cache_bytes=int(kv_cache_gib * (1 << 30)),
-                            kv_tiers=TierSizes(int(kv_dram_gib * GIB), int(kv_disk_gib * GIB), kv_policy,
-                                               settings.cache_dir / "kv"),
+    engine = EngineConfig.from_settings(
+        settings, max_batch_size=max_batch_size, max_queue=max_queue, step_tokens=step_tokens,
+        kv_cache_bytes=int(kv_cache_gib * GIB),
+        kv_tiers=TierSizes(int(kv_dram_gib * GIB), int(kv_disk_gib * GIB), kv_policy, settings.cache_dir / "kv"),
+        speculation=SpeculationOptions(speculation, speculation_block, draft_model))
+    options = ServerOptions(engine, allow=tuple(allow), allow_pull=allow_pull,
                             max_body_bytes=int(max_body_mib * (1 << 20)), idle_timeout_s=idle_timeout,
-                            drain_s=drain_timeout, cache_dir=settings.cache_dir,
-                            speculation=SpeculationOptions(speculation, speculation_block, draft_model),
-                            precision_policies=settings.precision_policies, threads=settings.engine_threads)
+                            drain_s=drain_timeout)
     try:
         run_server(host, port, model, options, quiet=quiet)
     except Unavailable as exc:
@@ -190,17 +200,20 @@ def bench(
     out: Path | None = typer.Option(None, help="Also write the JSON to this file."),
     interference: bool = typer.Option(False, help="Instead: inter-token latency of 4 decoding streams while an "
                                       "800-token prompt arrives, and that prompt's time to first token."),
-    step_tokens: int = typer.Option(128, min=1, help="With --interference: the engine's per-step token budget."),
-    policy: str = typer.Option("native", help="Precision policy the weights are read under: native, f32, bf16, "
-                               "q8_0, mxfp8, mxfp4 or experts-mxfp4; the roofline counts its bytes."),
+    step_tokens: int = typer.Option(DEFAULTS.step_tokens, min=1,
+                                    help="With --interference: the engine's per-step token budget."),
+    policy: str = typer.Option("native", help=f"Precision policy the weights are read under: "
+                               f"{', '.join(POLICIES[:-2])} or {POLICIES[-2]}; the roofline counts its bytes."),
     speculation: bool = typer.Option(False, help="Instead: each drafter's mean accepted length and decode speedup "
                                      "over plain decoding on coding, math and agent prompts at batch 1 and 8."),
     draft_model: str | None = typer.Option(None, callback=_optional_model,
                                            help="With --speculation: the draft-model drafter's model."),
     method: list[str] = typer.Option([], "--method", callback=_drafters,
-                                     help="With --speculation: a drafter to measure (repeatable; default: ngram, "
-                                     "suffix, self-mxfp4, and draft-model with --draft-model)."),
-    block: int = typer.Option(8, min=1, max=16, help="With --speculation: most tokens drafted per verification."),
+                                     help=f"With --speculation: a drafter to measure (repeatable; default: every "
+                                     f"drafter the model serves: {', '.join(DRAFTERS)}, draft-model only with "
+                                     f"--draft-model)."),
+    block: int = typer.Option(DEFAULTS.speculation.block, min=1, max=MAX_SPECULATION_BLOCK,
+                              help="With --speculation: most tokens drafted per verification."),
     max_tokens: int = typer.Option(64, min=1, help="With --speculation: tokens generated per prompt."),
     prompts: int = typer.Option(8, min=1, max=8, help="With --speculation: prompts per set."),
     plot: Path | None = typer.Option(None, help="With --speculation: also draw the table as a PNG here."),
@@ -237,6 +250,38 @@ def bench(
     if out:
         out.write_text(json.dumps(result, indent=2) + "\n")
     _print_json(result)
+
+
+@app.command()
+def sweep(model: str = typer.Option(..., "--model", "-m", help="A registry model (pulled on first use)."),
+          text: Path = typer.Option(..., "--text", help="A held-out text (UTF-8), not the calibration text."),
+          out: Path | None = typer.Option(None, "--out", help="Also write the JSON to this file."),
+          plot: Path | None = typer.Option(None, "--plot", help="Write the Pareto figure (PNG)."),
+          rounds: int = typer.Option(3, "--rounds", min=1, help="Interleaved rounds of speed measurement.")) -> None:
+    """Perplexity, mean KL to float32 and decode tokens/s for every precision policy (and entropy@5, 5.5, 6, 7)
+    against the bits per weight the kernels read; marks the static policies' Pareto front (JSON on stdout)."""
+    from rich.console import Console
+
+    from mimo_engine.sweep import plot as draw, sweep as run_sweep  # the model stack: not for --help
+
+    settings = load_settings()
+    try:
+        content = text.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"--text {text}: {exc}", prog=PROG)
+    console = Console(stderr=True)
+    try:
+        with console.status("sweeping") as status:
+            result = run_sweep(model, content, text.name, rounds, progress=status.update,
+                               cache_dir=settings.cache_dir, threads=settings.engine_threads)
+    except (ValueError, LookupError, RuntimeError, OSError) as exc:  # a bad text, an unknown model, a failed pull
+        fail(str(exc).strip("'\""), prog=PROG)
+    data = result.to_dict()
+    if out:
+        out.write_text(json.dumps(data, indent=2) + "\n")
+    if plot:
+        draw(result, plot)
+    _print_json(data)
 
 
 def main() -> None:

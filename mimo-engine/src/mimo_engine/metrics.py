@@ -19,14 +19,11 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, Protocol
 
-from tiered_kv_cache import CacheStats
+from tiered_kv_cache import CacheStats, KVCacheManager
 
 from mimo_core.extensions import CacheReport, MimoReport, PrecisionReport, SpeculationReport, figures
-
-if TYPE_CHECKING:
-    from mimo_engine.scheduler import Engine, ModelWorker
 
 RATE_WINDOW_S = 10.0  # tokens/s is measured over this trailing window
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -145,9 +142,21 @@ class WorkerMetrics:
         return sum(tokens for _, tokens in recent) / min(span, RATE_WINDOW_S)
 
 
-def prometheus_text(engine: Engine) -> str:
+class Observed(Protocol):
+    """What /metrics reads of a model's worker (its totals, its gauges now, its KV block manager): declared here so
+    that the metrics need not import the worker that fills them."""
+
+    metrics: WorkerMetrics
+
+    def gauges(self) -> WorkerGauges: ...
+
+    @property
+    def kv(self) -> KVCacheManager: ...
+
+
+def prometheus_text(by_model: dict[str, Observed]) -> str:
     """Every worker's figures in the Prometheus text exposition format, labelled by model."""
-    workers = sorted(engine.workers().items())
+    workers = sorted(by_model.items())
     lines: list[str] = []
 
     def family(name: str, kind: str, help_text: str, samples: list[tuple[str, dict[str, str], float]]) -> None:
@@ -156,10 +165,10 @@ def prometheus_text(engine: Engine) -> str:
             text = ",".join(f'{k}="{v}"' for k, v in labels.items())
             lines.append(f"mimo_engine_{name}{suffix}{{{text}}} {float(value):g}")
 
-    def per_model(value: Callable[[ModelWorker], float]) -> list[tuple[str, dict[str, str], float]]:
+    def per_model(value: Callable[[Observed], float]) -> list[tuple[str, dict[str, str], float]]:
         return [("", {"model": model}, value(w)) for model, w in workers]
 
-    def histogram(name: str, help_text: str, pick: Callable[[ModelWorker], Histogram]) -> None:
+    def histogram(name: str, help_text: str, pick: Callable[[Observed], Histogram]) -> None:
         samples: list[tuple[str, dict[str, str], float]] = []
         for model, w in workers:
             h, seen = pick(w), 0
@@ -188,17 +197,17 @@ def prometheus_text(engine: Engine) -> str:
     for f in fields(CacheStats):
         family(f"kv_{f.name}_total", "counter", f.metadata["help"], tier_samples(workers, f.name, f.metadata["label"]))
     family("kv_tier_blocks", "gauge", "Blocks each KV tier holds now (hbm: committed blocks).",
-           [("", {"model": m, "tier": t}, n) for m, w in workers for t, n in w.core.blocks.tier_blocks().items()])
+           [("", {"model": m, "tier": t}, n) for m, w in workers for t, n in w.kv.tier_blocks().items()])
     family("kv_tier_capacity_blocks", "gauge", "Blocks each KV tier may hold.",
-           [("", {"model": m, "tier": t}, n) for m, w in workers for t, n in w.core.blocks.tier_capacity().items()])
+           [("", {"model": m, "tier": t}, n) for m, w in workers for t, n in w.kv.tier_capacity().items()])
     return "\n".join(lines) + "\n"
 
 
-def tier_samples(workers: list[tuple[str, ModelWorker]], name: str, label: str | None) -> list:
+def tier_samples(workers: list[tuple[str, Observed]], name: str, label: str | None) -> list:
     """Samples of one `CacheStats` figure per model, split by its label (tier or link) when it has one."""
     samples = []
     for model, w in workers:
-        value = getattr(w.core.blocks.stats, name)
+        value = getattr(w.kv.stats, name)
         if label is None:
             samples.append(("", {"model": model}, value))
         else:

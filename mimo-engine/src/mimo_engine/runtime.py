@@ -21,6 +21,7 @@ from precision_router.kernels import configure_threads
 from precision_router.policy import GROUPS, POLICIES, Assignment, Policy, entropy_nats
 from tiered_kv_cache import KVCacheManager, KVPool, Prefix, TierConfig
 
+from mimo_engine.config import DEFAULT_POLICIES
 from mimo_engine.gguf_model import load_weights, read_config
 from mimo_engine.model import ModelConfig, ModelWeights, Route, Routes, hidden_states, logits
 from mimo_engine.paged_attention import PagedAttention
@@ -30,7 +31,6 @@ from mimo_engine.step import ScheduledSequence, StepBatch, WeightPlan
 from mimo_engine.tokenizer import Tokenizer
 
 BLOCK_SIZE = 16  # tokens per KV block
-DEFAULT_POLICIES = ("native", "q8_0", "mxfp4", "experts-mxfp4", "entropy")  # hold native and MXFP4 forms
 CALIBRATION_TEXT = policy.calibration_text()
 
 
@@ -246,6 +246,26 @@ def calibration_entropies(model: LoadedModel) -> np.ndarray:
     step = StepBatch((ScheduledSequence("calibration", tuple(ids), 0, tuple(range(blocks)), tuple(range(len(ids))),
                                         WeightPlan.native(model.config.n_layer)),))
     return entropy_nats(model.forward(step, model.new_pool(blocks)))
+
+
+@dataclass(frozen=True)
+class PrecisionPlan:
+    """A request's precision, resolved once by the runtime and handed down: its policy, the weight plan its prompt
+    tokens read, and (an entropy policy's) how a decoded token's plan follows from the distribution before it."""
+
+    policy: Policy
+    prompt: WeightPlan
+    decode: Callable[[float | None], WeightPlan]  # the model's plan under `policy` for that entropy (nats)
+
+    @classmethod
+    def of(cls, model: LoadedModel, name: str | None) -> PrecisionPlan:
+        """The plan of policy `name` (None: the default) on `model`; a ValueError if it is unknown or not held."""
+        p = model.policy(name)
+        return cls(p, model.plan(p), lambda entropy: model.plan(p, entropy))
+
+    def next_plan(self, logits: np.ndarray) -> WeightPlan:
+        """What the next token reads, given the next-token logits [V] it was sampled from."""
+        return self.decode(float(entropy_nats(logits)) if self.policy.thresholds else None)
 
 
 @dataclass

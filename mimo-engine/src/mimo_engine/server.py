@@ -18,7 +18,6 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Literal
 
 import uvicorn
@@ -27,12 +26,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from tiered_kv_cache import TierSizes
 
 from mimo_core.contract import ContractError
 from mimo_core.daemon import EngineHealth
 from mimo_core.extensions import MimoReport, MimoRequest
+from mimo_engine.config import EngineConfig
+from mimo_engine.engine import Engine, UnknownModel
 from mimo_engine.metrics import prometheus_text
+from mimo_engine.output import ChoiceResult, Delta, Done, Failed
 from mimo_engine.registry import MODELS
 from mimo_engine.runtime import LoadedModel, resolve_policies
 from mimo_engine.sampling import (
@@ -43,21 +44,9 @@ from mimo_engine.sampling import (
     completion_logprobs,
     text_offsets,
 )
-from mimo_engine.scheduler import (
-    ChoiceResult,
-    Delta,
-    Done,
-    Engine,
-    Failed,
-    ModelWorker,
-    QueueFull,
-    Request,
-    SpeculationOptions,
-    Unavailable,
-    UnknownModel,
-    KV_CACHE_BYTES,
-    STEP_TOKENS,
-)
+from mimo_engine.scheduler import QueueFull, Unservable
+from mimo_engine.stream import Request
+from mimo_engine.worker import ModelWorker, Unavailable
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("mimo_engine.access")
@@ -65,6 +54,10 @@ access_log = logging.getLogger("mimo_engine.access")
 MAX_BODY_BYTES = 4 << 20  # a full 32k-token context is about 150 KB of text: 4 MiB leaves room for lists of prompts
 DRAIN_S = 10.0  # after SIGTERM, how long requests in flight may run before they are cut
 CUT_GRACE_S = 5.0  # after the cut, how long responses get to send their error before connections are dropped
+RETRY_AFTER_S = 1  # what a client refused for a full queue is told: sequences finish every few tokens, so retry soon
+# The API's parameter path of each part of a request the engine may find unservable (`Unservable.field`)
+PARAM_PATHS = {"prompt": "prompt", "n": "n", "precision": "mimo.precision.policy",
+               "speculation": "mimo.speculation.method"}
 
 
 # ---------------------------------------------------------------- request bodies
@@ -263,6 +256,10 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def _invalid(_: HttpRequest, exc: InvalidRequest) -> JSONResponse:
         return error_response(400, str(exc), exc.param, getattr(exc, "code", None))
 
+    @app.exception_handler(Unservable)
+    async def _unservable(_: HttpRequest, exc: Unservable) -> JSONResponse:
+        return error_response(400, str(exc), PARAM_PATHS.get(exc.field))
+
     @app.exception_handler(ContractError)
     async def _bad_extension(_: HttpRequest, exc: ContractError) -> JSONResponse:
         return error_response(400, str(exc), str(exc).split(":", 1)[0])
@@ -286,8 +283,9 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(QueueFull)
     async def _full(_: HttpRequest, exc: QueueFull) -> JSONResponse:
-        headers = {"Retry-After": str(exc.retry_after_s)}
-        return error_response(429, str(exc), None, "queue_full", "rate_limit_error", headers)
+        headers = {"Retry-After": str(RETRY_AFTER_S)}
+        return error_response(429, f"{exc}; retry in {RETRY_AFTER_S} s", None, "queue_full", "rate_limit_error",
+                              headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: HttpRequest, exc: StarletteHTTPException) -> JSONResponse:
@@ -327,9 +325,8 @@ def submit_all(
     requests: list[Request] = []
     try:
         for prompt in prompts:
-            request = Request(prompt, params, prompt_logprobs, mimo)
-            request.report.load_s = load_s
-            worker.submit(request)
+            request = Request(prompt, params, prompt_logprobs, mimo, load_s)
+            worker.submit(request.engine)
             requests.append(request)
     except Exception:
         for request in requests:
@@ -400,22 +397,15 @@ def _failure_event(message: str) -> str:
 
 @dataclass(frozen=True)
 class ServerOptions:
-    """How the server runs: which models it serves, batch, queue and body limits, idle exit, shutdown drain."""
+    """How the server runs: the engine's configuration, which models it serves, the body limit, idle exit and
+    shutdown drain."""
 
+    engine: EngineConfig = EngineConfig()
     allow: tuple[str, ...] = ()  # registry models served too, loaded on their first request
     allow_pull: bool = False  # serve every registry model, loading (and pulling) it on its first request
-    max_batch_size: int = 8
-    max_queue: int = 32
-    step_tokens: int = STEP_TOKENS
-    kv_cache_bytes: int = KV_CACHE_BYTES
-    kv_tiers: TierSizes = TierSizes()  # dram and disk below the pool; the disk tier only with a folder
     max_body_bytes: int = MAX_BODY_BYTES
     idle_timeout_s: float = 0.0  # 0: never exit when idle
     drain_s: float = DRAIN_S
-    cache_dir: Path = Path(".")  # MIMO_CACHE_DIR, as the CLI resolved it: models, the disk KV tier
-    speculation: SpeculationOptions = SpeculationOptions()  # for requests that name none; the draft model
-    precision_policies: tuple[str, ...] | None = None  # MIMO_PRECISION_POLICIES (None: the engine's default set)
-    threads: int | None = None  # MIMO_ENGINE_THREADS: the packed kernels' threads (None: every core)
 
 
 def served_models(models: list[str], options: ServerOptions) -> set[str]:
@@ -425,16 +415,12 @@ def served_models(models: list[str], options: ServerOptions) -> set[str]:
 
 def build_engine(models: list[str], options: ServerOptions) -> Engine:
     """The engine serving `served_models`, with `models` loaded now; Unavailable if one of them cannot load."""
+    config = options.engine
     engine = Engine(
         served_models(models, options),
-        lambda name, report: LoadedModel.load(name, options.cache_dir, options.precision_policies, options.threads,
+        lambda name, report: LoadedModel.load(name, config.cache_dir, config.precision_policies, config.threads,
                                               report),
-        max_batch_size=options.max_batch_size,
-        max_queue=options.max_queue,
-        step_tokens=options.step_tokens,
-        kv_cache_bytes=options.kv_cache_bytes,
-        kv_tiers=options.kv_tiers,
-        speculation=options.speculation,
+        config,
     )
     try:
         for name in models:
@@ -565,10 +551,11 @@ class LoadBody(BaseModel):
 def health(engine: Engine, options: ServerOptions) -> EngineHealth:
     """What /health says: the process, the models served and loaded, each model's state (pulling with its bytes,
     loading, ready, failed), whether the engine is at work, and the policies and threads it was started with."""
-    policies = list(options.precision_policies) if options.precision_policies is not None else None
+    config = options.engine
+    policies = list(config.precision_policies) if config.precision_policies is not None else None
     return EngineHealth(pid=os.getpid(), models_loaded=engine.loaded(), models_served=sorted(engine.available),
                         busy=engine.busy(), models=engine.model_health(), precision_policies=policies,
-                        threads=options.threads)
+                        threads=config.threads)
 
 
 def _add_info_routes(app: FastAPI, engine: Engine, options: ServerOptions) -> None:
@@ -595,7 +582,7 @@ def _add_info_routes(app: FastAPI, engine: Engine, options: ServerOptions) -> No
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> PlainTextResponse:
-        return PlainTextResponse(prometheus_text(engine), media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(prometheus_text(engine.workers()), media_type="text/plain; version=0.0.4")
 
 
 # ---------------------------------------------------------------- /v1/chat/completions
@@ -827,13 +814,13 @@ class EngineServer(uvicorn.Server):
 
 def start_line(host: str, port: int, engine: Engine, options: ServerOptions) -> str:
     """What the server says once it listens: where, which models, and its limits."""
-    loaded = engine.loaded()
+    loaded, config = engine.loaded(), options.engine
     lazy = "any registry model" if options.allow_pull else ", ".join(sorted(engine.available - set(loaded)))
     return (f"mimo-engine serving http://{host}:{port}/v1 (pid {os.getpid()}); loaded: {', '.join(loaded) or 'none'}"
             f"; on first request: {lazy or 'none'}; body limit {options.max_body_bytes / (1 << 20):g} MiB, "
-            f"batch {options.max_batch_size}, queue {options.max_queue}, drain {options.drain_s:g} s; precision "
-            f"policies {','.join(resolve_policies(options.precision_policies))}; kernel threads "
-            f"{options.threads or 'every core'}")
+            f"batch {config.max_batch_size}, queue {config.max_queue}, drain {options.drain_s:g} s; precision "
+            f"policies {','.join(resolve_policies(config.precision_policies))}; kernel threads "
+            f"{config.threads or 'every core'}")
 
 
 def log_to_stderr(quiet: bool = False) -> None:

@@ -35,16 +35,15 @@ import time
 from collections import deque
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 from tiered_kv_cache import NoFreeBlocks
 
-from mimo_engine.runtime import EngineCore, Work
+from mimo_engine.runtime import EngineCore, PolicyNotServed, PrecisionPlan, Work
 from mimo_engine.sampling import SamplingParams, draw, probabilities
 from mimo_engine.step import WeightPlan
 
-DEFAULT_BLOCK = 8  # MiMo's block size: its table is measured with blocks of up to 8
 NGRAM_SIZES = (4, 3, 2)  # longest first: a longer match predicts better
 SUFFIX_MATCH = (2, 32)  # shortest and longest suffix matched
 SUFFIX_CORPUS_TOKENS = 1 << 16  # the engine's recent sequences kept for the suffix drafter
@@ -443,3 +442,58 @@ class Speculator:
             drafter.release(seq_id)
         if finished is not None:
             self.corpus.add(finished)
+
+
+# ---------------------------------------------------------------- the drafters, by method name
+
+
+class DrafterUnavailable(ValueError):
+    """A drafter this model cannot serve as it was started; the message says what would make it servable."""
+
+
+@dataclass(frozen=True)
+class DrafterContext:
+    """What a drafter is built from: the target's core, the draft model's core (None: no draft model) and the
+    worker's suffix corpus."""
+
+    target: EngineCore
+    draft: EngineCore | None
+    corpus: SuffixCorpus
+
+
+def _draft_model(context: DrafterContext) -> Drafter:
+    if context.draft is None:
+        raise DrafterUnavailable(f"speculation method 'draft-model' needs a draft model: start the server with "
+                                 f"--draft-model NAME (a smaller model with {context.target.model.name}'s tokenizer)")
+    return ModelDrafter(context.draft)
+
+
+def _self_mxfp4(context: DrafterContext) -> Drafter:
+    model = context.target.model
+    try:
+        plan = PrecisionPlan.of(model, "mxfp4").prompt
+    except PolicyNotServed:
+        raise DrafterUnavailable(f"speculation method 'self-mxfp4' needs {model.name}'s MXFP4 weights: include "
+                                 f"mxfp4 in MIMO_PRECISION_POLICIES") from None
+    return ModelDrafter(context.target, plan, shared=True)
+
+
+# One entry per drafter named in `mimo_core.extensions.DRAFTERS` (a test checks that each has one): the request
+# contract, the CLI's help and choices and the server's validation all read the names there.
+DRAFTER_FACTORIES: dict[str, Callable[[DrafterContext], Drafter]] = {
+    "ngram": lambda context: NgramDrafter(),
+    "suffix": lambda context: SuffixDrafter(context.corpus),
+    "draft-model": _draft_model,
+    "self-mxfp4": _self_mxfp4,
+}
+
+
+def build_speculator(context: DrafterContext) -> tuple[Speculator, dict[str, str]]:
+    """A worker's speculator with every drafter of the registry it can serve, and why each other one is not served."""
+    drafters, unserved = {}, {}
+    for method, build in DRAFTER_FACTORIES.items():
+        try:
+            drafters[method] = build(context)
+        except DrafterUnavailable as exc:
+            unserved[method] = str(exc)
+    return Speculator(drafters, context.corpus), unserved

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import sys
 from importlib import resources
 from pathlib import Path
@@ -11,6 +13,7 @@ import typer
 from rich.console import Console
 
 from mimo_core.console import add_version_option, cli_app, fail, run_app
+from precision_router.policy import POLICIES
 
 PROG = "precision-router"
 app = cli_app(help="Weight precision per token and per layer: the route stage, per-format error reports, and "
@@ -24,9 +27,9 @@ def _print_json(data: object) -> None:
 
 @app.command()
 def route(concurrency: int | None = typer.Option(None, "--concurrency", min=1, help="Records routed at once."),
-          policy: str | None = typer.Option(None, "--policy", help="Run every record under this policy (native, "
-                                            "f32, bf16, q8_0, mxfp8, mxfp4, experts-mxfp4, entropy@B) instead of "
-                                            "choosing one per record; the engine refuses one it does not hold."),
+          policy: str | None = typer.Option(None, "--policy", help=f"Run every record under this policy "
+                                            f"({', '.join(POLICIES[:-1])}, entropy@B) instead of choosing one per "
+                                            f"record; the engine refuses one it does not hold."),
           ) -> None:
     """Pipeline stage: read records (JSONL) on stdin, write each with `precision` on stdout.
 
@@ -81,35 +84,21 @@ def quantize(model: str = typer.Option(..., "--model", "-m", help="A model pulle
     _print_json(report)
 
 
-@app.command()
-def sweep(model: str = typer.Option(..., "--model", "-m", help="A registry model (pulled on first use)."),
-          text: Path = typer.Option(..., "--text", help="A held-out text (UTF-8), not the calibration text."),
-          out: Path | None = typer.Option(None, "--out", help="Also write the JSON to this file."),
-          plot: Path | None = typer.Option(None, "--plot", help="Write the Pareto figure (PNG)."),
-          rounds: int = typer.Option(3, "--rounds", min=1, help="Interleaved rounds of speed measurement.")) -> None:
-    """Perplexity, mean KL to float32 and decode tokens/s for every policy (and entropy@5, 5.5, 6, 7) against the
-    bits per weight the kernels read; marks the static policies' Pareto front (JSON on stdout)."""
-    from mimo_core.settings import load_settings
-    from precision_router.sweep import plot as draw, sweep as run_sweep
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
+def sweep(ctx: typer.Context) -> None:
+    """Deprecated: runs `mimo-engine sweep` with the same options (the sweep measures the engine's own kernels, so
+    it lives with the engine)."""
+    print(f"{PROG}: warning: `precision-router sweep` is deprecated; use `mimo-engine sweep`", file=sys.stderr)
+    raise typer.Exit(subprocess.call([engine_command(), "sweep", *ctx.args]))
 
-    settings = load_settings()
-    try:
-        content = text.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        fail(f"--text {text}: {exc}", prog=PROG)
-    console = Console(stderr=True)
-    try:
-        with console.status("sweeping") as status:
-            result = run_sweep(model, content, text.name, rounds, progress=status.update,
-                               cache_dir=settings.cache_dir, threads=settings.engine_threads)
-    except (ValueError, LookupError, RuntimeError, OSError) as exc:  # a bad text, an unknown model, a failed pull
-        fail(str(exc).strip("'\""), prog=PROG)
-    data = result.to_dict()
-    if out:
-        out.write_text(json.dumps(data, indent=2) + "\n")
-    if plot:
-        draw(result, plot)
-    _print_json(data)
+
+def engine_command() -> str:
+    """The `mimo-engine` console script: beside this interpreter (the same environment), else on PATH."""
+    beside = Path(sys.executable).with_name("mimo-engine")
+    found = str(beside) if beside.is_file() else shutil.which("mimo-engine")
+    if found is None:
+        fail("`mimo-engine` is not installed: pip install ./mimo-engine", prog=PROG)
+    return found
 
 
 @app.command()

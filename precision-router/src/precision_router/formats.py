@@ -21,6 +21,7 @@ clamped, most flush to zero, as the spec's clamped scale implies).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numba
@@ -29,8 +30,6 @@ import numpy as np
 from precision_router.bits import bits_to_double, double_bits
 
 BLOCK = 32  # weights per shared scale (MX and Q8_0)
-FORMATS = ("f32", "bf16", "q8_0", "mxfp8", "fp8_e4m3", "fp8_e5m2", "mxfp4")
-BITS = {"f32": 32.0, "bf16": 16.0, "q8_0": 8.5, "mxfp8": 8.25, "fp8_e4m3": 8.0, "fp8_e5m2": 8.0, "mxfp4": 4.25}
 ROWS_PER_CHUNK = 4096  # rows quantized at once: bounds the float64 temporaries of a large matrix
 
 
@@ -227,17 +226,9 @@ def quantize_bf16(x: np.ndarray) -> Packed:
 
 
 def _quantize_rows(x: np.ndarray, fmt: str) -> Packed:
-    if fmt in ("mxfp4", "mxfp8"):
-        return quantize_mx(x, fmt)
-    if fmt == "q8_0":
-        return quantize_q8_0(x)
-    if fmt == "bf16":
-        return quantize_bf16(x)
-    if fmt in ("fp8_e4m3", "fp8_e5m2"):
-        return Packed(fmt, x.shape, encode(x, ELEMENTS[fmt]))
-    if fmt == "f32":
-        return Packed(fmt, x.shape, np.array(x, dtype=np.float32))
-    raise ValueError(f"unknown format {fmt!r}; formats: {', '.join(FORMATS)}")
+    if fmt not in REGISTRY:
+        raise ValueError(f"unknown format {fmt!r}; formats: {', '.join(FORMATS)}")
+    return REGISTRY[fmt].quantize_rows(x)
 
 
 def quantize(x: np.ndarray, fmt: str) -> Packed:
@@ -254,23 +245,60 @@ def quantize(x: np.ndarray, fmt: str) -> Packed:
 
 def dequantize(p: Packed) -> np.ndarray:
     """The float32 [rows, cols] matrix a packed form stands for."""
+    if p.fmt not in REGISTRY:
+        raise ValueError(f"unknown format {p.fmt!r}")
+    return REGISTRY[p.fmt].dequantize(p)
+
+
+def _dequantize_q8_0(p: Packed) -> np.ndarray:
     rows, cols = p.shape
-    if p.fmt == "f32":
-        return p.codes
-    if p.fmt == "bf16":
-        return (p.codes.astype(np.uint32) << 16).view(np.float32)
-    if p.fmt in ("fp8_e4m3", "fp8_e5m2"):
-        return decode_table(ELEMENTS[p.fmt])[p.codes]
-    if p.fmt == "q8_0":
-        blocks = p.codes.reshape(rows, cols // BLOCK, BLOCK).astype(np.float32)
-        return (blocks * p.scales.astype(np.float32)[..., None]).reshape(rows, cols)
-    if p.fmt in ("mxfp4", "mxfp8"):
-        codes = p.codes
-        if p.fmt == "mxfp4":
-            codes = np.stack([codes & 0x0F, codes >> 4], axis=-1).reshape(rows, cols)
-        values = decode_table(ELEMENTS[p.fmt])[codes].reshape(rows, cols // BLOCK, BLOCK)
-        return (values * e8m0_values(p.scales)[..., None]).reshape(rows, cols)
-    raise ValueError(f"unknown format {p.fmt!r}")
+    blocks = p.codes.reshape(rows, cols // BLOCK, BLOCK).astype(np.float32)
+    return (blocks * p.scales.astype(np.float32)[..., None]).reshape(rows, cols)
+
+
+def _dequantize_mx(p: Packed) -> np.ndarray:
+    rows, cols = p.shape
+    codes = p.codes
+    if p.fmt == "mxfp4":
+        codes = np.stack([codes & 0x0F, codes >> 4], axis=-1).reshape(rows, cols)
+    values = decode_table(ELEMENTS[p.fmt])[codes].reshape(rows, cols // BLOCK, BLOCK)
+    return (values * e8m0_values(p.scales)[..., None]).reshape(rows, cols)
+
+
+def _cast(fmt: str) -> Callable[[np.ndarray], Packed]:
+    return lambda x: Packed(fmt, x.shape, encode(x, ELEMENTS[fmt]))
+
+
+@dataclass(frozen=True)
+class Format:
+    """A weight format: its bits per weight, how rows are quantized and read back, its rank among the formats a
+    precision policy may read (those the engine's kernels multiply; None: quantize-only), and the names deployments
+    give it."""
+
+    name: str
+    bits: float
+    quantize_rows: Callable[[np.ndarray], Packed]
+    dequantize: Callable[[Packed], np.ndarray]
+    policy_rank: int | None = None  # which of two policy formats holds more (native_format takes the widest)
+    aliases: tuple[str, ...] = ()
+
+
+# Every format, once: the quantizer's and the reports' list, the bits the router and the cost model count, the
+# policies (`policy.STATIC`) the engine loads and route chooses from, and the deployment names MIMO_PRECISION_MODELS
+# accepts all derive from it. A new format is one entry here (plus its kernel in kernels.py if a policy reads it).
+REGISTRY: dict[str, Format] = {f.name: f for f in (
+    Format("f32", 32.0, lambda x: Packed("f32", x.shape, np.array(x, dtype=np.float32)), lambda p: p.codes, 4),
+    Format("bf16", 16.0, quantize_bf16, lambda p: (p.codes.astype(np.uint32) << 16).view(np.float32), 3),
+    Format("q8_0", 8.5, quantize_q8_0, _dequantize_q8_0, 2),
+    Format("mxfp8", 8.25, lambda x: quantize_mx(x, "mxfp8"), _dequantize_mx, 1),
+    Format("fp8_e4m3", 8.0, _cast("fp8_e4m3"), lambda p: decode_table(E4M3)[p.codes], aliases=("fp8",)),
+    Format("fp8_e5m2", 8.0, _cast("fp8_e5m2"), lambda p: decode_table(E5M2)[p.codes]),
+    Format("mxfp4", 4.25, lambda x: quantize_mx(x, "mxfp4"), _dequantize_mx, 0, aliases=("fp4",)),
+)}
+FORMATS = tuple(REGISTRY)
+BITS = {name: f.bits for name, f in REGISTRY.items()}
+ALIASES = {alias: name for name, f in REGISTRY.items() for alias in f.aliases}  # how deployments are usually named
+POLICY_FORMATS = tuple(name for name, f in REGISTRY.items() if f.policy_rank is not None)
 
 
 def sqnr_db(x: np.ndarray, y: np.ndarray) -> float:

@@ -23,17 +23,17 @@ from importlib import resources
 
 import numpy as np
 
-from precision_router.formats import BITS
+from precision_router.formats import BITS, POLICY_FORMATS, REGISTRY
 
 GROUPS = ("attn", "mlp", "head")
-STATIC = ("f32", "bf16", "q8_0", "mxfp8", "mxfp4")
+STATIC = POLICY_FORMATS  # every format a policy may read: from the format registry
 POLICIES = ("native", *STATIC, "experts-mxfp4", "entropy")
 DEFAULT_TARGET_BITS = 6.0
 LOW_FORMAT = "mxfp4"
 NATIVE_FORMATS = {"Q8_0": "q8_0", "Q4_0": "q8_0", "Q4_1": "q8_0", "Q5_0": "q8_0", "Q5_1": "q8_0", "Q2_K": "q8_0",
                   "Q3_K": "q8_0", "Q4_K": "q8_0", "Q5_K": "q8_0", "Q6_K": "q8_0", "Q8_K": "q8_0", "F32": "f32",
                   "F16": "f32", "BF16": "bf16"}
-WIDTH = {"f32": 4, "bf16": 3, "q8_0": 2, "mxfp8": 1, "mxfp4": 0}  # which of two formats holds more
+WIDTH = {name: REGISTRY[name].policy_rank for name in STATIC}  # which of two formats holds more
 
 
 class UnknownPolicy(ValueError):

@@ -34,14 +34,14 @@ from mimo_core.record import TaskRecord
 from mimo_core.settings import Settings
 from mimo_core.stage import StageContext
 
-from .formats import BITS
+from .formats import ALIASES, BITS
+from .policy import GROUPS, LOW_FORMAT
 
 PROBE_TOKENS = 8
 TOP_LOGPROBS = 20
 TARGET_BITS = {"math": 7.0, "coding": 7.0, "triage": 6.0, "general": 5.5}  # exact answers get more bits
 UNCERTAIN_NATS = 2.0  # a probe this uncertain on average gets one more bit per weight
 NATIVE = "native"
-FORMAT_ALIASES = {"fp8": "fp8_e4m3", "fp4": "mxfp4"}  # how deployments are usually named
 SAVING = 0.95  # a policy must read under 95% of native's bytes: a few percent fewer bytes is not worth its quality
 COST_TOKENS = 16  # tokens generated per timing call
 COST_ROUNDS = 2  # interleaved native / policy rounds, medians
@@ -72,10 +72,10 @@ def choose_policy(domain: str, entropy: float) -> str:
 
 def format_bits(name: str) -> float:
     """Bits per weight of a deployment's format name (its alias resolved); ValueError naming the known ones."""
-    fmt = FORMAT_ALIASES.get(name, name)
+    fmt = ALIASES.get(name, name)
     if fmt not in BITS:
         raise ValueError(f"MIMO_PRECISION_MODELS names {name!r}, not a format (known: "
-                         f"{', '.join([*BITS, *FORMAT_ALIASES])})")
+                         f"{', '.join([*BITS, *ALIASES])})")
     return BITS[fmt]
 
 
@@ -202,7 +202,7 @@ class Router:
             "candidate": candidate,
             "default_format": next(iter(report.get("tokens", {}).get("mlp", {NATIVE: 0})), NATIVE),
             "thresholds": cost.thresholds,
-            "layers": {"attn": ["mxfp4", NATIVE], "mlp": ["mxfp4", NATIVE], "head": ["mxfp4", NATIVE]},
+            "layers": {group: [LOW_FORMAT, NATIVE] for group in GROUPS},  # what an entropy policy picks between
             "probe": {"tokens": len(probe.logprobs[0]) if probe.logprobs else 0, "mean_entropy": round(entropy, 4),
                       "bits_per_weight": report.get("bits_per_weight")},
             "cost": {NATIVE: {"bits_per_weight": native.bits_per_weight, "ms_per_token": native.ms_per_token},

@@ -8,9 +8,10 @@ from typer.testing import CliRunner
 
 from mimo_core.settings import load_settings
 from mimo_core.testing import TEST_MODEL
-from precision_router.cli import app
-from precision_router.sweep import (SweepPoint, Sweep, _Runner, front_perplexity, judge, log_softmax, mean_kl,
-                                    pareto_front, perplexity)
+from mimo_engine.cli import app
+from mimo_engine.runtime import LoadedModel
+from mimo_engine.sampling import log_softmax
+from mimo_engine.sweep import SweepPoint, Sweep, _Runner, front_perplexity, judge, mean_kl, pareto_front, perplexity
 
 TEXT = ("The water that reaches a kitchen tap in a small hill town has usually travelled farther than the people "
         "drinking it would guess. It starts as rain on the slopes above the valley, soaks into gravel and fractured "
@@ -43,8 +44,6 @@ def test_perplexity_and_kl_of_known_distributions():
 
 @pytest.mark.model
 def test_the_routed_pass_equals_a_prefill_and_the_command_measures_every_policy(tmp_path):
-    from mimo_engine.runtime import LoadedModel
-
     model = LoadedModel.load(TEST_MODEL, load_settings().cache_dir, policies=["native", "entropy"])
     ids = model.tokenizer.encode(TEXT)
     runner = _Runner(model, ids)
@@ -71,3 +70,4 @@ def test_the_routed_pass_equals_a_prefill_and_the_command_measures_every_policy(
 def test_bad_input_is_one_line(tmp_path):
     result = CliRunner().invoke(app, ["sweep", "--model", "nope", "--text", str(tmp_path / "missing.txt")])
     assert result.exit_code == 2 and "missing.txt" in result.output
+

@@ -7,8 +7,8 @@ entropy policy picks each token's formats from the entropy of the distribution b
 a time, as decode runs them, each reading what its own routed predecessor decided. Speeds are taken interleaved
 (every policy once per round, medians over rounds), because this machine's load drifts.
 
-The model is loaded in this process through `mimo_engine` (imported when a sweep runs: the engine itself imports
-this package), the only tool outside the engine that does so: a sweep measures the engine's own kernels.
+It lives with the engine because it loads the model and runs the engine's own forward pass and kernels
+(`mimo-engine sweep`; `precision-router sweep` runs that command as a process).
 """
 
 from __future__ import annotations
@@ -22,12 +22,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from precision_router.policy import POLICIES, STATIC, entropy_nats
 
 from mimo_core.contract import Contract
+from mimo_engine.runtime import BLOCK_SIZE, LoadedModel
+from mimo_engine.sampling import log_softmax
+from mimo_engine.step import ScheduledSequence, StepBatch, WeightPlan
 
-from .policy import POLICIES, entropy_nats
-
-STATIC_POLICIES = ("f32", "bf16", "q8_0", "mxfp8", "mxfp4", "experts-mxfp4", "native")
+STATIC_POLICIES = (*STATIC, "experts-mxfp4", "native")
 ENTROPY_TARGETS = (5.0, 5.5, 6.0, 7.0)
 SPEED_TOKENS = 32  # decode steps timed per policy and round
 SPEED_CONTEXT = 64  # tokens in the KV cache before the timed steps
@@ -64,12 +66,6 @@ class Sweep(Contract):
     created_at: float = 0.0
 
 
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise log-softmax of [T, V] logits."""
-    z = logits - logits.max(axis=-1, keepdims=True)  # [T, V]
-    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))  # [T, V]
-
-
 def perplexity(logp: np.ndarray, ids: list[int]) -> float:
     """exp of the mean negative log-likelihood of ids[1:] given log-probabilities logp[:-1] ([T, V])."""
     nll = -logp[np.arange(len(ids) - 1), ids[1:]]  # [T-1]
@@ -100,21 +96,17 @@ def front_perplexity(front: list[SweepPoint], bits: float) -> float | None:
 class _Runner:
     """The model and the text, with the forward passes a sweep needs."""
 
-    def __init__(self, model: Any, ids: list[int]):
-        from mimo_engine.runtime import BLOCK_SIZE  # noqa: PLC0415 - see the module docstring
-
+    def __init__(self, model: LoadedModel, ids: list[int]):
         self.model, self.ids = model, ids
         self.blocks = -(-len(ids) // BLOCK_SIZE)
         self.weights = sum(model.group_weights().values())
 
-    def _step(self, token_ids: tuple[int, ...], start: int, logits_for: tuple[int, ...], plan: Any, pool: Any,
-              read: dict | None = None) -> np.ndarray:
-        from mimo_engine.step import ScheduledSequence, StepBatch  # noqa: PLC0415
-
+    def _step(self, token_ids: tuple[int, ...], start: int, logits_for: tuple[int, ...], plan: WeightPlan,
+              pool: Any, read: dict | None = None) -> np.ndarray:
         seq = ScheduledSequence("sweep", token_ids, start, tuple(range(self.blocks)), logits_for, plan)
         return self.model.forward(StepBatch((seq,)), pool, read)
 
-    def prefill(self, plan: Any) -> np.ndarray:
+    def prefill(self, plan: WeightPlan) -> np.ndarray:
         """Logits [T, V] of the whole text under one plan, in one pass."""
         pool = self.model.new_pool(self.blocks)
         return self._step(tuple(self.ids), 0, tuple(range(len(self.ids))), plan, pool)
@@ -152,8 +144,6 @@ def policy_names(targets: tuple[float, ...] = ENTROPY_TARGETS) -> list[str]:
 def sweep(model_name: str, text: str, text_name: str, rounds: int = 3, targets: tuple[float, ...] = ENTROPY_TARGETS,
           progress: Callable[[str], None] = lambda _: None, cache_dir: Any = None, threads: int | None = None) -> Sweep:
     """Measure every policy of `policy_names(targets)` on `text` with model `model_name` (see the module)."""
-    from mimo_engine.runtime import LoadedModel  # noqa: PLC0415 - see the module docstring
-
     progress(f"loading {model_name} in every format")
     model = LoadedModel.load(model_name, cache_dir, policies=[p for p in POLICIES], threads=threads)
     ids = model.tokenizer.encode(text)[: model.config.context_length]

@@ -1,6 +1,6 @@
 """Decode speed of the embedded engine against llama.cpp on the same GGUF, both through their OpenAI APIs.
 
-    python precision-router/benchmarks/versus_llamacpp.py --model smollm2-135m --out precision-router/results/versus-llamacpp.json
+    python mimo-engine/benchmarks/versus_llamacpp.py --model smollm2-135m --out precision-router/results/versus-llamacpp.json
 
 Starts `mimo-engine serve` (default policy: native) and llama-cpp-python's server on the model's GGUF from the cache,
 then, in interleaved rounds (the machine's load drifts): one stream on each, then 8 concurrent streams on each.

@@ -1,0 +1,61 @@
+"""The engine's configuration, declared once: `EngineConfig` is built by the CLI from `mimo_core`'s `Settings` and
+its flags, and passed whole to the server and from there to every model's worker. Nothing below it reads the
+environment; its defaults are the defaults of the CLI's flags too."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tiered_kv_cache import TierSizes
+
+from mimo_core.settings import Settings
+
+GIB = 1 << 30
+# Per-step token budget. Measured on smollm2-135m (`mimo-engine bench --interference`): 4 streams' inter-token p99
+# while an 800-token prompt arrives is 2318 ms with the whole prompt in one step, 659 / 364 / 191 ms at 256 / 128 / 64,
+# and that prompt's time to first token 2.34 / 1.97 / 2.17 / 2.29 s.
+STEP_TOKENS = 128
+DEFAULT_BLOCK = 8  # MiMo's speculation block size: its table is measured with blocks of up to 8
+DEFAULT_POLICIES = ("native", "q8_0", "mxfp4", "experts-mxfp4", "entropy")  # hold native and MXFP4 forms
+
+
+@dataclass(frozen=True)
+class SpeculationOptions:
+    """The speculation of requests that name none (method "none": plain decoding), and the draft model that the
+    `draft-model` method drafts with (registry name; None: that method is not served)."""
+
+    method: str = "none"
+    block: int = DEFAULT_BLOCK
+    draft_model: str | None = None
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How every model's worker runs: batch, queue and per-step token budget, KV pool and tiers, the default
+    speculation, the precision policies each model is loaded for, and the kernels' threads."""
+
+    max_batch_size: int = 8  # sequences decoded together per model
+    max_queue: int = 32  # sequences that may wait beyond the batch; past it a request is refused
+    step_tokens: int = STEP_TOKENS
+    kv_cache_bytes: int = GIB  # KV pool per model; the OS backs it lazily, as blocks are first written
+    kv_tiers: TierSizes = TierSizes()  # dram and disk below the pool; the disk tier only with a folder
+    speculation: SpeculationOptions = SpeculationOptions()
+    precision_policies: tuple[str, ...] | None = None  # MIMO_PRECISION_POLICIES (None: DEFAULT_POLICIES)
+    threads: int | None = None  # MIMO_ENGINE_THREADS: the packed kernels' threads (None: every core)
+    cache_dir: Path = Path(".")  # MIMO_CACHE_DIR: models, the disk KV tier
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **flags: Any) -> EngineConfig:
+        """The configuration of `settings` (policies, threads, cache folder), with the CLI's `flags` on top."""
+        return cls(precision_policies=settings.precision_policies, threads=settings.engine_threads,
+                   cache_dir=settings.cache_dir, **flags)
+
+    @property
+    def capacity(self) -> int:
+        """Sequences a worker holds at once: running plus waiting."""
+        return self.max_batch_size + self.max_queue
+
+
+DEFAULTS = EngineConfig()  # what the CLI's flags default to
