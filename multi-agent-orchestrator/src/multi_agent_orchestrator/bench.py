@@ -14,9 +14,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -32,6 +29,7 @@ from mimo_core.provenance import machine, package_version
 from mimo_core.record import TaskRecord, TraceEntry, parse_record
 from mimo_core.settings import Settings
 from mimo_core.stage import StageContext
+from mimo_core.tools import ToolError, run_tool
 
 from .confidence import MEASURES
 from .options import Options
@@ -103,19 +101,15 @@ class ArmRun(Contract):
 
 def suite_records(args: list[str]) -> list[TaskRecord]:
     """The task records `ds-benchmark suite ARGS` writes."""
-    command = [_ds_benchmark(), "suite", *args]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise BenchError(f"ds-benchmark suite failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
-    return [parse_record(line, i) for i, line in enumerate(done.stdout.splitlines(), 1) if line.strip()]
+    return [parse_record(line, i) for i, line in enumerate(_ds_benchmark("suite", *args).splitlines(), 1)
+            if line.strip()]
 
 
-def _ds_benchmark() -> str:
-    beside = Path(sys.executable).with_name("ds-benchmark")
-    found = str(beside) if beside.exists() else shutil.which("ds-benchmark")
-    if found is None:
-        raise BenchError("ds-benchmark is not installed (pip install -e ./ds-benchmark)")
-    return found
+def _ds_benchmark(*args: str, stdin: str | None = None) -> str:
+    try:
+        return run_tool("ds-benchmark", *args, stdin=stdin)
+    except ToolError as exc:
+        raise BenchError(str(exc)) from None
 
 
 def arm_options(options: Options, arm: Arm) -> Options:
@@ -191,14 +185,6 @@ class Answer:
     wall_s: float
 
 
-def _pipe(command: list[str], text: str) -> str:
-    done = subprocess.run(command, input=text, capture_output=True, text=True)
-    if done.returncode != 0:
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise BenchError(f"{' '.join(command[1:3])} failed (exit {done.returncode}): {tail}")
-    return done.stdout
-
-
 def _as_record(record: TaskRecord, answer: Answer, prefix: str) -> str:
     """A copy of the task record carrying one configuration's answer and a trace entry with its cost."""
     ended = time.time()
@@ -213,7 +199,7 @@ def score(records: dict[str, TaskRecord], configurations: dict[str, list[Answer]
     lines = "".join(_as_record(records[a.record_id], a, name) + "\n"
                     for name, answers in configurations.items() for a in answers)
     scored: dict[str, list[dict]] = {name: [] for name in configurations}
-    for line in _pipe([_ds_benchmark(), "score"], lines).splitlines():
+    for line in _ds_benchmark("score", stdin=lines).splitlines():
         row = json.loads(line)
         name, _, original = str(row["id"]).partition("|")
         scored[name].append({**row, "id": original})
@@ -223,7 +209,7 @@ def score(records: dict[str, TaskRecord], configurations: dict[str, list[Answer]
 def report(scored: list[dict], wall_s: float) -> dict[str, Any]:
     """`ds-benchmark report`'s figures and outcomes for one configuration's scored records."""
     text = "".join(json.dumps(row) + "\n" for row in scored)
-    results = json.loads(_pipe([_ds_benchmark(), "report", "-", "--wall-s", f"{max(wall_s, 1e-6):.6f}"], text))
+    results = json.loads(_ds_benchmark("report", "-", "--wall-s", f"{max(wall_s, 1e-6):.6f}", stdin=text))
     return results["configurations"][0]
 
 

@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import json
-import sys
 from importlib import resources
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
-from mimo_core.console import add_version_option, cli_app, fail, run_app
+from mimo_core.console import add_version_option, cli_app, fail, print_json, run_app
 
 PROG = "precision-router"
 app = cli_app(help="Weight precision per token and per layer: the route stage, per-format error reports, and "
                   "the bytes a decoded token reads.", no_args_is_help=True, pretty_exceptions_enable=False)
 add_version_option(app, "precision-router")
-
-
-def _print_json(data: object) -> None:
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
 @app.command()
@@ -58,7 +53,7 @@ def calibrate(ctx: typer.Context,
 
     chosen = [*domains, *ctx.args] if ctx.args else domains
     table = asyncio.run(measure(load_settings(), chosen))
-    _print_json(table.to_dict() if table else {"reason": "a remote server: no policy is measured there"})
+    print_json(table.to_dict() if table else {"reason": "a remote server: no policy is measured there"})
 
 
 @app.command()
@@ -78,7 +73,7 @@ def quantize(model: str = typer.Option(..., "--model", "-m", help="A model pulle
         report = quantize_gguf(path, lambda name: status.update(f"quantizing {name}"))
     if out:
         out.write_text(json.dumps(report, indent=2) + "\n")
-    _print_json(report)
+    print_json(report)
 
 
 @app.command()
@@ -109,7 +104,7 @@ def sweep(model: str = typer.Option(..., "--model", "-m", help="A registry model
         out.write_text(json.dumps(data, indent=2) + "\n")
     if plot:
         draw(result, plot)
-    _print_json(data)
+    print_json(data)
 
 
 @app.command()
@@ -125,7 +120,7 @@ def cost(model_config: str = typer.Option(..., "--model-config", help="YAML of t
     shipped = resources.files("precision_router") / "models" / f"{model_config}.yaml"
     path = Path(str(shipped)) if shipped.is_file() else Path(model_config)
     try:
-        _print_json(model_cost(load_model_config(path), profile, accepted))
+        print_json(model_cost(load_model_config(path), profile, accepted))
     except (OSError, ValueError) as exc:
         fail(str(exc), prog=PROG)
 

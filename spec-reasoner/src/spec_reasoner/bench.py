@@ -8,9 +8,6 @@ Answers are checked by `ds-benchmark score` (a subprocess: tools meet only throu
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -22,6 +19,7 @@ from mimo_core.provenance import provenance
 from mimo_core.record import TaskRecord, read_records
 from mimo_core.settings import Settings
 from mimo_core.stage import StageContext
+from mimo_core.tools import run_tool
 
 from . import backend
 from .reasoner import Options, Reasoner
@@ -99,21 +97,9 @@ class Plan:
     resume: bool = False
 
 
-def ds_benchmark(*args: str, stdin: str | None = None) -> str:
-    """Run the ds-benchmark CLI (installed beside this interpreter, else on PATH); its stdout, or RuntimeError."""
-    local = Path(sys.executable).parent / "ds-benchmark"
-    exe = str(local) if local.exists() else shutil.which("ds-benchmark")
-    if exe is None:
-        raise RuntimeError("the ds-benchmark command is not installed")
-    done = subprocess.run([exe, *args], input=stdin, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"ds-benchmark {args[0]} failed: {done.stderr.strip().splitlines()[-1:]}")
-    return done.stdout
-
-
 def suite(n: int, domains: list[str], seed: int) -> list[TaskRecord]:
     """ds-benchmark's suite of n records over the domains."""
-    return list(read_records(ds_benchmark("suite", "--n", str(n), "--domains", *domains, "--seed", str(seed))
+    return list(read_records(run_tool("ds-benchmark", "suite", "--n", str(n), "--domains", *domains, "--seed", str(seed))
                              .splitlines()))
 
 
@@ -192,7 +178,7 @@ def verdicts(records: list[TaskRecord], runs: list[Run]) -> list[bool]:
         scored = TaskRecord(id=f"run-{i}", domain=record.domain, task=record.task, difficulty=record.difficulty,
                             reference=record.reference, consensus={"answer": run.answer, "confidence": run.confidence})
         lines.append(json.dumps(scored.to_dict()))
-    out = ds_benchmark("score", stdin="\n".join(lines) + "\n") if lines else ""
+    out = run_tool("ds-benchmark", "score", stdin="\n".join(lines) + "\n") if lines else ""
     return [bool(r.verdict.get("correct")) for r in read_records(out.splitlines())]
 
 

@@ -34,8 +34,9 @@ from mimo_core.client import LLMClient
 from mimo_core.contract import Contract
 from mimo_core.record import COMPONENTS, RecordError, TaskRecord, parse_record, write_record
 from mimo_core.settings import Settings
+from mimo_core.tools import run_tool, tool_command
 
-from .pipe import PipeError, executable, run_pipe
+from .pipe import PipeError, run_pipe
 
 ENGINE_IDLE_TIMEOUT_S = 120.0  # a private engine left behind by a killed run exits on its own soon after
 RUN_FILE = re.compile(r"results_v(\d+)\.(?:json|run\.json|records\.jsonl|log)$")  # any file of run N
@@ -166,7 +167,7 @@ def calibrate(env: dict[str, str], disabled: list[str], domains: list[str], log:
     for component, (command, *args) in CALIBRATIONS.items():
         if component in disabled:
             continue
-        done = subprocess.run([executable(command), *args, *domains], env=env, stdout=subprocess.DEVNULL,
+        done = subprocess.run([tool_command(command), *args, *domains], env=env, stdout=subprocess.DEVNULL,
                               stderr=log, text=True)
         if done.returncode != 0:
             raise PipeError(f"{command} calibrate failed (exit {done.returncode}); its reason is in {log.name}")
@@ -231,10 +232,7 @@ def ds_so_far(records: list[TaskRecord]) -> float | None:
 
 def report(files: RunFiles) -> Results:
     """Write the results file through `ds-benchmark report`, and read it back."""
-    done = subprocess.run([executable("ds-benchmark"), "report", str(files.records), "--out", str(files.results)],
-                          capture_output=True, text=True)
-    if done.returncode:
-        raise RuntimeError(f"ds-benchmark report failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+    run_tool("ds-benchmark", "report", str(files.records), "--out", str(files.results))
     return Results.load(files.results)
 
 
