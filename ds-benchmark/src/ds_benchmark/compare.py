@@ -9,9 +9,9 @@ import numpy as np
 from rich.table import Table
 
 from mimo_core.contract import Contract
+from mimo_core.stats import bootstrap_interval
 
 from .results import MECHANISMS, ComponentImpact, Configuration, Results
-from .score import bootstrap_ci
 
 DELTAS = ("ds", "accuracy", "weighted_accuracy", "overconfident_wrong", "errors", "tokens_per_s", "wall_s",
           *MECHANISMS)
@@ -120,8 +120,8 @@ def compare_configurations(a: Configuration, b: Configuration, seed: int = 0) ->
         b_figures={k: fb[k] for k in DELTAS},
         delta={k: None if fa[k] is None or fb[k] is None else round(fb[k] - fa[k], 6) for k in DELTAS},
         delta_ci95={
-            "ds": bootstrap_ci(table, lambda t: t[..., 1].sum(-1) / wall_b - t[..., 0].sum(-1) / wall_a, seed),
-            "accuracy": bootstrap_ci(table, lambda t: t[..., 3].mean(-1) - t[..., 2].mean(-1), seed),
+            "ds": bootstrap_interval(table, lambda t: t[..., 1].sum(-1) / wall_b - t[..., 0].sum(-1) / wall_a, seed),
+            "accuracy": bootstrap_interval(table, lambda t: t[..., 3].mean(-1) - t[..., 2].mean(-1), seed),
         },
     )
 

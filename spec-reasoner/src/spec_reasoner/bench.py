@@ -19,13 +19,13 @@ from mimo_core.provenance import provenance
 from mimo_core.record import TaskRecord, read_records
 from mimo_core.settings import Settings
 from mimo_core.stage import StageContext
+from mimo_core.stats import bootstrap_interval
 from mimo_core.tools import run_tool
 
 from . import backend
 from .reasoner import Options, Reasoner
 
 ORACLE_ONLY = "oracle-only"
-BOOTSTRAP_ROUNDS = 2000
 
 
 @dataclass
@@ -182,11 +182,9 @@ def verdicts(records: list[TaskRecord], runs: list[Run]) -> list[bool]:
     return [bool(r.verdict.get("correct")) for r in read_records(out.splitlines())]
 
 
-def interval(values: np.ndarray, statistic: Callable[[np.ndarray], np.ndarray], seed: int = 0) -> list[float]:
-    """The 95% percentile bootstrap interval of `statistic` over resampled rows of `values` (n x columns)."""
-    picks = np.random.default_rng(seed).integers(0, len(values), size=(BOOTSTRAP_ROUNDS, len(values)))
-    low, high = np.percentile(statistic(values[picks]), [2.5, 97.5])
-    return [round(float(low), 4), round(float(high), 4)]
+def interval(values: np.ndarray, statistic: Callable[[np.ndarray], np.ndarray]) -> list[float]:
+    """The 95% bootstrap interval of `statistic` over resampled rows of `values` (n x columns), to 4 digits."""
+    return bootstrap_interval(values, statistic, digits=4) or []
 
 
 def arm_figures(pairing: str, arm: str, runs: list[Run], correct: list[bool], base: dict[Any, tuple[Run, bool]]

@@ -34,6 +34,7 @@ from mimo_core.client import LLMClient
 from mimo_core.contract import Contract
 from mimo_core.record import COMPONENTS, RecordError, TaskRecord, parse_record, write_record
 from mimo_core.settings import Settings
+from mimo_core.stats import decisions_per_second
 from mimo_core.tools import run_tool, tool_command
 
 from .pipe import PipeError, run_pipe
@@ -227,7 +228,8 @@ def ds_so_far(records: list[TaskRecord]) -> float | None:
     """D/s of the records scored so far, over their model-work time (as the report computes it)."""
     wall = wall_time(records)
     scored = [r.verdict for r in records if isinstance(r.verdict.get("score"), (int, float))]
-    return sum(v["difficulty"] * v["score"] for v in scored) / wall if wall else None
+    return float(decisions_per_second([v["difficulty"] for v in scored], [v["score"] for v in scored], wall)) \
+        if wall else None
 
 
 def report(files: RunFiles) -> Results:
