@@ -8,7 +8,7 @@ import pytest
 from mimo_core.record import TaskRecord
 from mimo_core.settings import Settings
 
-from spec_reasoner.bench import Bench, Plan, Run, load_runs, summarise
+from spec_reasoner.bench import Bench, Plan, Run, runs_file, summarise
 from spec_reasoner.plot import plot
 from spec_reasoner.reasoner import Options
 
@@ -44,10 +44,10 @@ def test_figures_against_oracle_only(tmp_path):
 
 def test_runs_are_read_back_for_resume(tmp_path):
     path = tmp_path / "runs.jsonl"
-    assert load_runs(tmp_path / "absent.jsonl") == []
+    assert runs_file(tmp_path / "absent.jsonl").load() == []
     kept = run("spec@5", 0, "1", 3.0)
     path.write_text(json.dumps(kept.to_dict()) + "\n")
-    assert load_runs(path) == [kept]
+    assert runs_file(path).load() == [kept]
     path.write_text('{"pairing": "d->o"}\n')
     with pytest.raises(ValueError, match="runs.jsonl:1"):
-        load_runs(path)
+        runs_file(path).load()

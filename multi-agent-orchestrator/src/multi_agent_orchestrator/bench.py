@@ -27,6 +27,7 @@ from mimo_core.client import LLMClient
 from mimo_core.contract import Contract
 from mimo_core.provenance import machine, package_version
 from mimo_core.record import TaskRecord, TraceEntry, parse_record
+from mimo_core.runs import RunsFile
 from mimo_core.settings import Settings
 from mimo_core.stage import StageContext
 from mimo_core.tools import ToolError, run_tool
@@ -135,37 +136,33 @@ async def run_arm(record: TaskRecord, arm: Arm, options: Options, settings: Sett
                   ctx.served.completion_tokens, ctx.served.prompt_tokens, consensus.to_dict(), traces)
 
 
-def read_runs(path: Path) -> list[ArmRun]:
-    """The runs already in a runs file (a cut-off last line, from an interrupted bench, is dropped)."""
-    if not path.exists():
-        return []
-    runs = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            runs.append(ArmRun.from_json(line, str(path)))
-        except ValueError:
-            continue
-    return runs
+def runs_file(path: Path, wanted: dict[str, Options] | None = None) -> RunsFile[ArmRun]:
+    """The bench's runs file: one run per task and arm; a run of an arm in `wanted` made with other options (an
+    earlier bench that chose another weighting) is dropped, to be run again."""
+    wanted = wanted or {}
+    return RunsFile(path, lambda line, n: ArmRun.from_json(line, f"{path}:{n}"), key=lambda r: (r.record_id, r.arm),
+                    keep=lambda r: wanted.get(r.arm, r.options) == r.options)
 
 
 async def collect(records: list[TaskRecord], arms: list[Arm], options: Options, settings: Settings,
                   runs_path: Path, progress: Progress) -> list[ArmRun]:
     """Run every (task, arm) not yet in `runs_path`, interleaving the arms per task; append each run as it ends."""
     wanted = {arm.name: arm_options(options, arm) for arm in arms}
-    # A run made with other options (an earlier bench that chose another weighting) is run again.
-    have = {(r.record_id, r.arm): r for r in read_runs(runs_path) if wanted.get(r.arm) == r.options}
+    runs = runs_file(runs_path, wanted)
+    try:
+        have = {(r.record_id, r.arm): r for r in runs.load() if r.arm in wanted}
+    except ValueError as exc:
+        raise BenchError(f"{exc} (start afresh without --resume)") from None
     todo = [(record, arm) for record in records for arm in arms if (str(record.id), arm.name) not in have]
     counter = progress.add_task(", ".join(a.name for a in arms), total=len(records) * len(arms),
                                 completed=len(records) * len(arms) - len(todo))
     client = LLMClient(settings)
     try:
-        with runs_path.open("a", encoding="utf-8") as sink:
-            for record, arm in todo:
-                run = await run_arm(record, arm, options, settings, client)
-                sink.write(json.dumps(run.to_dict()) + "\n")
-                sink.flush()
-                have[(run.record_id, run.arm)] = run
-                progress.advance(counter)
+        for record, arm in todo:
+            run = await run_arm(record, arm, options, settings, client)
+            runs.append(run)
+            have[(run.record_id, run.arm)] = run
+            progress.advance(counter)
     finally:
         await client.close()
     return [have[(str(record.id), arm.name)] for record in records for arm in arms]
@@ -395,8 +392,7 @@ def bench(suite_args: list[str], agents: list[int], stop_agents: list[int], base
     if not records:
         raise BenchError("the suite has no tasks")
     if not resume:
-        runs_path.unlink(missing_ok=True)
-    runs_path.parent.mkdir(parents=True, exist_ok=True)
+        runs_file(runs_path).start(resume=False)
     by_id = {str(r.id): r for r in records}
     order = list(by_id)
     default_n = base.agents if base.agents in agents else max(agents)

@@ -17,6 +17,7 @@ from mimo_core.client import LLMClient
 from mimo_core.contract import Contract
 from mimo_core.provenance import provenance
 from mimo_core.record import TaskRecord, read_records
+from mimo_core.runs import RunsFile
 from mimo_core.settings import Settings
 from mimo_core.stage import StageContext
 from mimo_core.stats import bootstrap_interval
@@ -108,11 +109,9 @@ def arms(thresholds: list[float]) -> list[str]:
     return [ORACLE_ONLY, *(f"spec@{t:g}" for t in thresholds)]
 
 
-def load_runs(path: Path) -> list[Run]:
-    """The runs kept in a JSONL file (none if it does not exist)."""
-    if not path.exists():
-        return []
-    return [Run.from_json(line, f"{path}:{i}") for i, line in enumerate(path.read_text().splitlines(), 1) if line]
+def runs_file(path: Path) -> RunsFile[Run]:
+    """The bench's runs file: one run per pairing, arm and record."""
+    return RunsFile(path, lambda line, n: Run.from_json(line, f"{path}:{n}"), key=lambda r: (r.pairing, r.arm, r.id))
 
 
 async def run_one(reasoner: Reasoner, record: TaskRecord, ctx: StageContext, pairing: str, arm: str) -> Run:
@@ -138,34 +137,31 @@ async def warm_up(ctx: StageContext, capabilities: backend.Capabilities) -> None
 async def run_all(records: list[TaskRecord], plan: Plan, settings: Settings,
                   on_run: Callable[[Run], None] = lambda run: None) -> list[Run]:
     """Every (pairing, record, arm) not yet in the runs file, one at a time; returns all runs, kept ones included."""
-    kept = load_runs(plan.runs_path) if plan.resume else []
-    done = {(r.pairing, r.arm, r.id) for r in kept}
-    plan.runs_path.parent.mkdir(parents=True, exist_ok=True)
-    runs = list(kept)
+    sink = runs_file(plan.runs_path)
+    runs = sink.start(plan.resume)
+    done = {(r.pairing, r.arm, r.id) for r in runs}
     names = arms(plan.thresholds)
-    with plan.runs_path.open("a" if plan.resume else "w", encoding="utf-8") as sink:
-        for draft, oracle in plan.pairings:
-            pairing = f"{draft}->{oracle}"
-            # A client per pairing: the embedded engine is started to serve that pairing's two models.
-            pair_settings = replace(settings, draft_model=draft, model=oracle)
-            client = LLMClient(pair_settings)
-            capabilities = backend.Capabilities()
-            try:
-                await warm_up(StageContext(pair_settings, lambda: client), capabilities)
-                for i, record in enumerate(records):
-                    for arm in names[i % len(names):] + names[: i % len(names)]:
-                        if (pairing, arm, record.id) in done:
-                            continue
-                        threshold = plan.options.threshold if arm == ORACLE_ONLY else float(arm.split("@")[1])
-                        reasoner = Reasoner(replace(plan.options, threshold=threshold), capabilities)
-                        ctx = StageContext(pair_settings, lambda: client)
-                        run = await run_one(reasoner, record, ctx, pairing, arm)
-                        sink.write(json.dumps(run.to_dict()) + "\n")
-                        sink.flush()
-                        runs.append(run)
-                        on_run(run)
-            finally:
-                await client.close()
+    for draft, oracle in plan.pairings:
+        pairing = f"{draft}->{oracle}"
+        # A client per pairing: the embedded engine is started to serve that pairing's two models.
+        pair_settings = replace(settings, draft_model=draft, model=oracle)
+        client = LLMClient(pair_settings)
+        capabilities = backend.Capabilities()
+        try:
+            await warm_up(StageContext(pair_settings, lambda: client), capabilities)
+            for i, record in enumerate(records):
+                for arm in names[i % len(names):] + names[: i % len(names)]:
+                    if (pairing, arm, record.id) in done:
+                        continue
+                    threshold = plan.options.threshold if arm == ORACLE_ONLY else float(arm.split("@")[1])
+                    reasoner = Reasoner(replace(plan.options, threshold=threshold), capabilities)
+                    ctx = StageContext(pair_settings, lambda: client)
+                    run = await run_one(reasoner, record, ctx, pairing, arm)
+                    sink.append(run)
+                    runs.append(run)
+                    on_run(run)
+        finally:
+            await client.close()
     return runs
 
 

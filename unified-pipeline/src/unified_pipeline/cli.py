@@ -196,7 +196,7 @@ def run_benchmark(
         # `--domains math coding triage`, as the quickstart types it: the names after the first arrive as extras
         named = [*(domains or []), *ctx.args]
         plan = _plan(files, resume, n, named or None, seed, math_source, ablation)
-        done = len(benchmark.load_done(files.records))
+        done = len(files.done.load())
     except (ValueError, ContractError, OSError) as exc:
         fail(str(exc), prog=BENCHMARK)
     console = Console(stderr=True)
@@ -210,7 +210,7 @@ def run_benchmark(
         with Progress(*columns, console=console) as bar:
             results = benchmark.run_benchmark(plan, files, settings, BarProgress(bar, total, done))
     except KeyboardInterrupt:
-        kept = len(benchmark.load_done(files.records))
+        kept = len(files.done.load())
         console.print(f"interrupted: {kept} of {total} records kept in {files.records}; "
                       f"`--resume --out {files.results}` continues")
         raise typer.Exit(EXIT_INTERRUPTED)
