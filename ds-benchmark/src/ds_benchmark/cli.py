@@ -7,18 +7,15 @@ import sys
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
 from mimo_core.console import add_version_option, cli_app, fail, run_app
 from mimo_core.contract import ContractError
 from mimo_core.record import RecordError, read_records, write_record
 
-from .compare import compare as compare_results
-from .compare import table
+from .compare import compare_files, print_comparison
 from .difficulty import markdown
 from .programs import run_requests
 from .report import build_results, summary_lines
-from .results import load_results
 from .score import FORMULAS
 from .suites import DOMAINS, build_suite, difficulty_report
 from .verify import score_stream
@@ -124,14 +121,15 @@ def report(
 def compare(
     a: Path = typer.Argument(..., help="Results JSON of the baseline run."),
     b: Path = typer.Argument(..., help="Results JSON of the run compared with it."),
+    as_json: bool = typer.Option(False, "--json", help="The JSON alone: no tables on stderr."),
 ) -> None:
-    """Compare two results files: JSON on stdout, a table on stderr."""
+    """Compare two results files: JSON (mimo.comparison/1) on stdout; on stderr its table and the component impact
+    table of each file that has one."""
     try:
-        comparison = compare_results(load_results(a), load_results(b))
+        first, second, comparison = compare_files(a, b)
     except ContractError as exc:
         fail(str(exc), prog=PROG)
-    Console(stderr=True).print(table(comparison))
-    print(json.dumps(comparison.to_dict(), indent=2))
+    print_comparison(comparison, {a.name: first, b.name: second}, tables=not as_json)
 
 
 @app.command()

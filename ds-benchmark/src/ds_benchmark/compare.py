@@ -1,13 +1,19 @@
-"""`compare A B`: two results files side by side, tasks paired by id, deltas with paired bootstrap intervals."""
+"""`compare A B`: two results files side by side, tasks paired by id, deltas with paired bootstrap intervals.
+
+The one compare of the project: `ds-benchmark compare` and unified-pipeline's `compare_benchmarks.py` both read,
+compare and print through `compare_files` and `print_comparison`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.console import Console
 from rich.table import Table
 
+from mimo_core.console import print_json
 from mimo_core.contract import Contract
 from mimo_core.stats import bootstrap_interval
 
@@ -132,6 +138,24 @@ def compare(a: Results, b: Results) -> Comparison:
     seed = a.seed if isinstance(a.seed, int) else 0
     return Comparison(comparable=not reasons, reasons=reasons,
                       configurations=[compare_configurations(x, y, seed) for x, y in _pairs(a, b)])
+
+
+def compare_files(a: Path, b: Path) -> tuple[Results, Results, Comparison]:
+    """Both results files, read and validated, and their comparison; ContractError names a file that cannot be used."""
+    first, second = Results.load(a), Results.load(b)
+    return first, second, compare(first, second)
+
+
+def print_comparison(comparison: Comparison, runs: dict[str, Results], tables: bool = True) -> None:
+    """The output of both compare commands: the comparison JSON on stdout; with `tables`, on stderr its table and
+    the component impact table of each run (name -> results) that has one."""
+    print_json(comparison.to_dict())
+    if tables:
+        console = Console(stderr=True)
+        console.print(table(comparison))
+        for name, results in runs.items():
+            if results.impact:
+                console.print(impact_table(results.impact, title=f"component impact of {name}"))
 
 
 def component_impact(results: Results) -> list[ComponentImpact]:

@@ -14,9 +14,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ds_benchmark.compare import compare, impact_table, table
+from ds_benchmark.compare import compare_files, impact_table, print_comparison
 from ds_benchmark.report import summary_lines
-from ds_benchmark.results import load_results
 from mimo_core import daemon
 from mimo_core.console import EXIT_FAILED, EXIT_INTERRUPTED, cli_app, fail, version_option
 from mimo_core.contract import ContractError
@@ -241,12 +240,14 @@ def compare_benchmarks(
                                           "and B - A with its paired interval."),
     html_path: Path | None = typer.Option(None, "--html", metavar="FILE",
                                           help="Write a self-contained HTML report (tables and the charts)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the comparison JSON instead of the tables."),
+    as_json: bool = typer.Option(False, "--json", help="The comparison JSON alone: no tables on stderr."),
     force: bool = typer.Option(False, "--force", help="Compare runs that are not comparable (the output says "
                                                       "they are not)."),
     version: bool = VersionOption,
 ) -> None:
     """B minus A for D/s, accuracy, errors and speed; the component impact tables where a file has an ablation.
+
+    As `ds-benchmark compare` (the same comparison): the comparison JSON on stdout, the tables on stderr.
 
     A and B are two results files of run_benchmark.py with the same --n and --seed (and so the same tasks): tasks
     are paired by id, and each delta comes with a paired 95% bootstrap interval. Runs of a different --n or --seed,
@@ -255,21 +256,13 @@ def compare_benchmarks(
 
     Exit codes: 0 compared; 2 bad input, or runs that are not comparable (without --force)."""
     try:
-        first, second = load_results(a), load_results(b)
+        first, second, comparison = compare_files(a, b)
     except ContractError as exc:
         fail(str(exc), prog=COMPARE)
-    comparison = compare(first, second)
     if not comparison.comparable and not force:
         fail(f"{a} and {b} are not comparable: {'; '.join(comparison.reasons)} (--force compares them anyway)",
              prog=COMPARE)
-    if as_json:
-        print(json.dumps(comparison.to_dict(), indent=2))
-    else:
-        console = Console()
-        console.print(table(comparison))
-        for path, results in ((a, first), (b, second)):
-            if results.impact:
-                console.print(impact_table(results.impact, title=f"component impact of {path.name}"))
+    print_comparison(comparison, {a.name: first, b.name: second}, tables=not as_json)
     if plot:
         plot.write_bytes(png(comparison_figure(comparison, first, second, a.stem, b.stem)))
     if html_path:
