@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import IO
 
 import typer
 
+from mimo_core.command import (concurrency_option, config_option, domain_words, domains_option, records_argument,
+                               run_stage_command, stage_settings)
 from mimo_core.console import add_version_option, cli_app, fail, run_app
 from mimo_core.contract import ContractError
 from mimo_core.record import RecordError, read_records, write_record
@@ -31,7 +34,7 @@ FormulaOption = typer.Option("design", "--formula", help=f"D/s formula: {' or '.
 def suite(
     ctx: typer.Context,
     n: int = typer.Option(..., "--n", help="Number of tasks in all, split evenly over the domains."),
-    domains: list[str] = typer.Option(list(DOMAINS), "--domains", help="Domains: --domains math coding triage."),
+    domains: list[str] = domains_option(list(DOMAINS), "Domains: --domains math coding triage."),
     seed: int = typer.Option(0, "--seed", help="The suite is the same for the same seed."),
     dataset: str | None = typer.Option(None, "--dataset", help="gsm8k:PATH takes math from GSM8K's JSONL."),
     math_source: str = typer.Option("gsm8k", "--math-source",
@@ -45,7 +48,7 @@ def suite(
             fail(f"--dataset {dataset!r}: expected gsm8k:PATH", prog=PROG)
         gsm8k = Path(path)
     try:
-        records = build_suite(n, [*domains, *ctx.args], seed, gsm8k, math_source)
+        records = build_suite(n, domain_words(domains, ctx.args, PROG), seed, gsm8k, math_source)
     except (ValueError, OSError) as exc:
         fail(str(exc), prog=PROG)
     for record in records:
@@ -68,8 +71,9 @@ def difficulty(
 
 @app.command()
 def score(
-    file: Path | None = typer.Argument(None, help="Records (JSONL); stdin when absent."),
-    concurrency: int | None = typer.Option(None, "--concurrency", min=1, help="Records checked at once."),
+    file: Path | None = records_argument(),
+    concurrency: int | None = concurrency_option(),
+    config: Path | None = config_option(),
 ) -> None:
     """Check each record's answer against its reference and write it on with `verdict`.
 
@@ -83,14 +87,14 @@ def score(
 
     Exit codes: 0 done (errors are counted in the summary); 2 a line that is not a record; 3 no sandbox works here,
     so coding records were not run (the other domains are still scored)."""
-    try:
-        source = open(file, encoding="utf-8") if file else sys.stdin
-    except OSError as exc:
-        fail(str(exc), prog=PROG)
-    with source:
-        code, tally = score_stream(source=source, concurrency=concurrency)
-    print(f"score: {tally.summary()}", file=sys.stderr)
-    raise typer.Exit(code)
+    settings = stage_settings(PROG, config)
+
+    def scored(source: IO[str]) -> int:
+        code, tally = score_stream(source=source, concurrency=concurrency, settings=settings)
+        print(f"score: {tally.summary()}", file=sys.stderr)
+        return code
+
+    run_stage_command(PROG, file, scored)
 
 
 @app.command()

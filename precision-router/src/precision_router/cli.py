@@ -9,6 +9,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from mimo_core.command import (concurrency_option, config_option, domain_words, domains_option, records_argument,
+                               run_stage_command, stage_settings)
 from mimo_core.console import add_version_option, cli_app, fail, print_json, run_app
 
 PROG = "precision-router"
@@ -18,12 +20,14 @@ add_version_option(app, "precision-router")
 
 
 @app.command()
-def route(concurrency: int | None = typer.Option(None, "--concurrency", min=1, help="Records routed at once."),
+def route(file: Path | None = records_argument(),
+          concurrency: int | None = concurrency_option(),
           policy: str | None = typer.Option(None, "--policy", help="Run every record under this policy (native, "
                                             "f32, bf16, q8_0, mxfp8, mxfp4, experts-mxfp4, entropy@B) instead of "
                                             "choosing one per record; the engine refuses one it does not hold."),
+          config: Path | None = config_option(),
           ) -> None:
-    """Pipeline stage: read records (JSONL) on stdin, write each with `precision` on stdout.
+    """Pipeline stage: read records (JSONL) from FILE or stdin, write each with `precision` on stdout.
 
     The candidate policy comes from the record's domain (math and coding 7 bits per weight, triage 6, general 5.5)
     and a short probe of the model's next-token entropy (one bit more when it is uncertain); it is kept only where
@@ -34,15 +38,17 @@ def route(concurrency: int | None = typer.Option(None, "--concurrency", min=1, h
 
     from precision_router.route import Router, baseline
 
-    raise typer.Exit(run_stage("precision-router", Router(policy=policy).route, component="precision-router",
-                               baseline=baseline, concurrency=concurrency))
+    settings = stage_settings(PROG, config)
+    run_stage_command(PROG, file, lambda source: run_stage(PROG, Router(policy=policy).route, component=PROG,
+                                                           baseline=baseline, source=source, concurrency=concurrency,
+                                                           settings=settings))
 
 
 @app.command(context_settings={"allow_extra_args": True})
 def calibrate(ctx: typer.Context,
-              domains: list[str] = typer.Option(["math", "coding", "triage", "general"], "--domains",
-                                                help="The domains whose candidate policies are measured: --domains "
-                                                     "math coding.")) -> None:
+              domains: list[str] = domains_option(["math", "coding", "triage", "general"],
+                                                  "The domains whose candidate policies are measured: --domains "
+                                                  "math coding.")) -> None:
     """Measure what each policy `route` may choose for these domains costs against native on the oracle (bits per
     weight read, decode ms per token), and keep it in MIMO_CACHE_DIR/calibrations, where `route` finds it (a
     benchmark measures it before it times anything). JSON on stdout."""
@@ -51,8 +57,7 @@ def calibrate(ctx: typer.Context,
     from mimo_core.settings import load_settings
     from precision_router.route import calibrate as measure
 
-    chosen = [*domains, *ctx.args] if ctx.args else domains
-    table = asyncio.run(measure(load_settings(), chosen))
+    table = asyncio.run(measure(load_settings(), domain_words(domains, ctx.args, PROG)))
     print_json(table.to_dict() if table else {"reason": "a remote server: no policy is measured there"})
 
 

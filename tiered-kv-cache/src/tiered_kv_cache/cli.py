@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from mimo_core.command import config_option, concurrency_option, records_argument, run_stage_command, stage_settings
 from mimo_core.console import add_version_option, cli_app, fail, print_json, run_app
 from mimo_core.contract import ContractError
 from mimo_core.settings import load_settings
@@ -33,8 +34,9 @@ DirOption = typer.Option(None, "--dir", help="The disk tier's folder (default: M
 
 @app.command()
 def plan(
-    file: Path | None = typer.Argument(None, help="Records (JSONL); stdin when absent."),
-    concurrency: int | None = typer.Option(None, "--concurrency", min=1, help="Records warmed at once."),
+    file: Path | None = records_argument(),
+    concurrency: int | None = concurrency_option(),
+    config: Path | None = config_option(),
 ) -> None:
     """Warm each record's shared prefix in the engine; write the record on with `kv` (JSONL in, JSONL out).
 
@@ -50,12 +52,8 @@ def plan(
     Exit codes: 0 done; 2 bad input (`line N: reason`; the records before it were written)."""
     from tiered_kv_cache.plan import run_plan
 
-    try:
-        source = open(file, encoding="utf-8") if file else sys.stdin
-    except OSError as exc:
-        fail(f"{file}: {exc.strerror}", prog=PROG)
-    with source:
-        raise typer.Exit(run_plan(source=source, concurrency=concurrency))
+    settings = stage_settings(PROG, config)
+    run_stage_command(PROG, file, lambda source: run_plan(source=source, concurrency=concurrency, settings=settings))
 
 
 @app.command()

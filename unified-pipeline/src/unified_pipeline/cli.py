@@ -17,10 +17,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ds_benchmark.compare import compare_files, impact_table, print_comparison
 from ds_benchmark.report import summary_lines
 from mimo_core import daemon
+from mimo_core.command import config_option, domain_words, domains_option, stage_settings
 from mimo_core.console import EXIT_FAILED, EXIT_INTERRUPTED, cli_app, fail, version_option
 from mimo_core.contract import ContractError
 from mimo_core.record import COMPONENTS, DOMAINS, TaskRecord
-from mimo_core.settings import SettingsError, load_settings
 
 from . import benchmark
 from .pages import comparison_page, results_page
@@ -30,16 +30,7 @@ from .show import render
 from .task import failure, run_task, task_record
 
 VersionOption = version_option("unified-pipeline")
-ConfigOption = typer.Option(None, "--config", metavar="FILE",
-                            help="YAML settings file (MIMO_* names). A flag beats the environment, which beats "
-                                 ".env, which beats this file.")
-
-
-def _settings(config: Path | None, prog: str):
-    try:
-        return load_settings(config_file=config)
-    except SettingsError as exc:
-        fail(str(exc), prog=prog)
+ConfigOption = config_option()
 
 
 def _stop_on_sigterm() -> None:
@@ -75,7 +66,7 @@ def run_pipeline(
     config: Path | None = ConfigOption,
     version: bool = VersionOption,
 ) -> None:
-    settings = _settings(config, PIPELINE)
+    settings = stage_settings(PIPELINE, config)
     try:
         record = task_record(task, domain, reference, disable)
     except ValueError as exc:
@@ -159,9 +150,8 @@ def run_benchmark(
     ctx: typer.Context,
     n: int | None = typer.Option(None, "--n", metavar="N", help="Tasks per configuration, split evenly over the "
                                                                "domains [default: 30]."),
-    domains: list[str] | None = typer.Option(None, "--domains", metavar="DOMAIN...",
-                                             help="The domains to draw tasks from, space-separated, among math, "
-                                                  "coding, triage [default: math coding triage]."),
+    domains: list[str] | None = domains_option(None, "The domains to draw tasks from, space-separated, among "
+                                                     "math, coding, triage [default: math coding triage]."),
     seed: int | None = typer.Option(None, "--seed", metavar="SEED",
                                     help="The suite's seed: the same n, domains and seed give the same tasks "
                                          "[default: 0]."),
@@ -189,11 +179,10 @@ def run_benchmark(
     --resume continues it. At the end `ds-benchmark report` writes the results (NAME.json).
 
     Exit codes: 0 done; 1 the pipeline failed (--resume continues); 2 bad input; 130 interrupted (--resume)."""
-    settings = _settings(config, BENCHMARK)
+    settings = stage_settings(BENCHMARK, config)
     try:
         files = benchmark.RunFiles(out or benchmark.default_results_path(Path.cwd(), resume))
-        # `--domains math coding triage`, as the quickstart types it: the names after the first arrive as extras
-        named = [*(domains or []), *ctx.args]
+        named = domain_words(domains or [], ctx.args, BENCHMARK)
         plan = _plan(files, resume, n, named or None, seed, math_source, ablation)
         done = len(files.done.load())
     except (ValueError, ContractError, OSError) as exc:
