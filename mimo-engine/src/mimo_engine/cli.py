@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from tiered_kv_cache.policy import POLICIES
+from tiered_kv_cache.eviction import EVICTION_POLICIES
 from tiered_kv_cache.tiers import DISK_BYTES, DRAM_BYTES, TierSizes
 
 from mimo_core.console import add_version_option, cli_app, fail, run_app
@@ -42,8 +42,8 @@ def _known_model(name: str) -> str:
 
 def _known_policy(name: str) -> str:
     """Typer callback: an eviction policy's name, or a usage error listing the known ones."""
-    if name not in POLICIES:
-        raise typer.BadParameter(f"unknown eviction policy {name!r}; known: {', '.join(POLICIES)}")
+    if name not in EVICTION_POLICIES:
+        raise typer.BadParameter(f"unknown eviction policy {name!r}; known: {', '.join(EVICTION_POLICIES)}")
     return name
 
 
@@ -118,7 +118,7 @@ def serve(
     kv_disk_gib: float = typer.Option(DISK_BYTES / GIB, min=0.0, help="Disk KV tier per model, in GiB, under "
                                       "MIMO_CACHE_DIR/kv: checksummed, kept for the next engine process (0: none)."),
     kv_policy: str = typer.Option("lru", callback=_known_policy, help=f"Eviction policy of every KV tier: "
-                                  f"{', '.join(POLICIES)}."),
+                                  f"{', '.join(EVICTION_POLICIES)}."),
     speculation: str = typer.Option("none", callback=_speculation_method,
                                     help="Block speculation of requests that do not ask for any: none, ngram, "
                                     "suffix, self-mxfp4 or draft-model (a request's mimo.speculation overrides it)."),

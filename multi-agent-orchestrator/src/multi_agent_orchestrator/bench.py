@@ -214,7 +214,7 @@ def report(scored: list[dict], wall_s: float) -> dict[str, Any]:
 
 
 @dataclass
-class Figures(Contract):
+class BenchFigures(Contract):
     """One configuration's figures over the bench's tasks."""
 
     name: str
@@ -257,7 +257,7 @@ class BenchResults(Contract):
 
     setup: dict[str, Any]
     chosen: Options
-    configurations: list[Figures]
+    configurations: list[BenchFigures]
     grid: list[dict[str, Any]]
     goals: list[Goal]
     reliability: dict[str, list[list[float]]]
@@ -318,7 +318,7 @@ def _share(result: Replayed) -> float | None:
 
 
 def figures(name: str, options: Options, stop: str, answers: list[Answer], scored: list[dict],
-            wall: str, order: list[str]) -> Figures:
+            wall: str, order: list[str]) -> BenchFigures:
     """A configuration's figures from its scored records and `ds-benchmark report`."""
     wall_s = sum(a.wall_s for a in answers)
     config = report(scored, wall_s)
@@ -328,7 +328,7 @@ def figures(name: str, options: Options, stop: str, answers: list[Answer], score
     confidences = [by_id[i]["confidence"] for i in order]
     difficulty = {o["id"]: o["difficulty"] for o in config["outcomes"]}
     tokens = sum(a.tokens for a in answers)
-    return Figures(
+    return BenchFigures(
         name=name, agents=options.agents, weighting=options.weighting, measure=options.measure, doubt=options.doubt,
         temperature=options.temperature, keep=options.keep, early_stop=stop, accuracy=f["accuracy"],
         accuracy_ci95=f["accuracy_ci95"], ds=f["ds"], ds_ci95=f["ds_ci95"],
@@ -338,13 +338,13 @@ def figures(name: str, options: Options, stop: str, answers: list[Answer], score
     )
 
 
-def choose(grid: list[tuple[Options, Figures]]) -> Options:
+def choose(grid: list[tuple[Options, BenchFigures]]) -> Options:
     """The weighting with the best D/s on the grid (then accuracy, then the lower calibration error)."""
     best = max(grid, key=lambda row: (round(row[1].ds, 9), row[1].accuracy or 0.0, -(row[1].calibration_error or 1)))
     return best[0]
 
 
-def goals(configs: dict[str, Figures], default_n: int, stop_n: int | None) -> list[Goal]:
+def goals(configs: dict[str, BenchFigures], default_n: int, stop_n: int | None) -> list[Goal]:
     """The issue's goals, measured at the default number of agents."""
     majority, weighted = configs[f"{default_n} agents, majority"], configs[f"{default_n} agents, weighted"]
     score_diff = paired_difference(majority.scores, weighted.scores)

@@ -14,10 +14,9 @@ from mimo_core.console import add_version_option, cli_app, fail, run_app
 
 from .bench import BenchError, bench as run_bench
 from .confidence import MEASURES
-from .options import Options
+from .options import WEIGHTINGS, Options
 from .plot import save
 from .stage import run as run_stage
-from .vote import WEIGHTINGS
 
 PROG = "multi-agent-orchestrator"
 DEFAULTS = Options()

@@ -24,7 +24,7 @@ from mimo_core.stats import bootstrap_interval
 from mimo_core.tools import run_tool
 
 from . import backend
-from .reasoner import Options, Reasoner
+from .reasoner import ReasoningOptions, Reasoner
 
 ORACLE_ONLY = "oracle-only"
 
@@ -93,15 +93,15 @@ class Plan:
 
     pairings: list[tuple[str, str]]
     thresholds: list[float]
-    options: Options
+    options: ReasoningOptions
     runs_path: Path
     resume: bool = False
 
 
 def suite(n: int, domains: list[str], seed: int) -> list[TaskRecord]:
     """ds-benchmark's suite of n records over the domains."""
-    return list(read_records(run_tool("ds-benchmark", "suite", "--n", str(n), "--domains", *domains, "--seed", str(seed))
-                             .splitlines()))
+    out = run_tool("ds-benchmark", "suite", "--n", str(n), "--domains", *domains, "--seed", str(seed))
+    return list(read_records(out.splitlines()))
 
 
 def arms(thresholds: list[float]) -> list[str]:

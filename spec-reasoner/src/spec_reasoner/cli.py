@@ -21,7 +21,7 @@ from rich.progress import Progress
 from .bench import Plan, arms, run_all, suite, summarise
 from .calibration import calibrate as calibrate_pair
 from .plot import plot
-from .reasoner import Options, reason_stream
+from .reasoner import ReasoningOptions, reason_stream
 
 PROG = "spec-reasoner"
 app = cli_app(help="Step-level speculative reasoning: a draft model writes the next reasoning steps, the oracle "
@@ -48,9 +48,9 @@ def _settings(config: Optional[Path], draft: str | None = None, oracle: str | No
     return settings
 
 
-def _options(**values) -> Options:
+def _options(**values) -> ReasoningOptions:
     try:
-        return Options(**values)
+        return ReasoningOptions(**values)
     except ValueError as exc:
         fail(str(exc), prog=PROG)
 
