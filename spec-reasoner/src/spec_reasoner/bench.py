@@ -137,8 +137,8 @@ async def warm_up(ctx: StageContext, capabilities: backend.Capabilities) -> None
 async def run_all(records: list[TaskRecord], plan: Plan, settings: Settings,
                   on_run: Callable[[Run], None] = lambda run: None) -> list[Run]:
     """Every (pairing, record, arm) not yet in the runs file, one at a time; returns all runs, kept ones included."""
-    sink = runs_file(plan.runs_path)
-    runs = sink.start(plan.resume)
+    kept = runs_file(plan.runs_path)
+    runs = kept.start(plan.resume)
     done = {(r.pairing, r.arm, r.id) for r in runs}
     names = arms(plan.thresholds)
     for draft, oracle in plan.pairings:
@@ -157,7 +157,7 @@ async def run_all(records: list[TaskRecord], plan: Plan, settings: Settings,
                     reasoner = Reasoner(replace(plan.options, threshold=threshold), capabilities)
                     ctx = StageContext(pair_settings, lambda: client)
                     run = await run_one(reasoner, record, ctx, pairing, arm)
-                    sink.append(run)
+                    kept.append(run)
                     runs.append(run)
                     on_run(run)
         finally:

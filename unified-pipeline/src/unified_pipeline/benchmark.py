@@ -207,9 +207,10 @@ def run_configuration(plan: RunPlan, files: RunFiles, settings: Settings, disabl
 def ds_so_far(records: list[TaskRecord]) -> float | None:
     """D/s of the records scored so far, over their model-work time (as the report computes it)."""
     wall = wall_time(records)
+    if not wall:
+        return None
     scored = [r.verdict for r in records if isinstance(r.verdict.get("score"), (int, float))]
-    return float(decisions_per_second([v["difficulty"] for v in scored], [v["score"] for v in scored], wall)) \
-        if wall else None
+    return float(decisions_per_second([v["difficulty"] for v in scored], [v["score"] for v in scored], wall))
 
 
 def report(files: RunFiles) -> Results:
