@@ -81,7 +81,8 @@ def run_pipe(records: Iterable[TaskRecord], env: dict[str, str], stderr: IO[str]
         feeder.join()
         for (name, _), process in zip(STAGES, processes):
             code = process.wait()
-            if code and not (name == "ds-benchmark" and code == EXIT_CANNOT_RUN):  # coding records not run, the rest scored
+            # `ds-benchmark score` exits 3 when coding records could not be run; the others were scored
+            if code and not (name == "ds-benchmark" and code == EXIT_CANNOT_RUN):
                 raise PipeError(f"{name} exited with code {code}: {_last_line(stderr)}")
     finally:
         for process in processes:
