@@ -1,8 +1,8 @@
 """The test suites' shared pytest plugin: the model the tests run, private embedded engines, records through a pipe.
 
 The repository's root conftest registers it (`pytest_plugins`), so every package's tests get its fixtures in the
-one session that pytest.ini runs: `engine_settings` (one private engine for the session), `private_engine` (a
-factory of engines of a test's own, stopped after it) and the helper `pipe`."""
+one session that pytest.ini runs: `engine_settings` (a private engine per package), `private_engine` (a factory of
+engines of a test's own, stopped after it) and the helper `pipe`."""
 
 from __future__ import annotations
 
@@ -55,12 +55,24 @@ def pipe(run: Callable[..., int], records: Iterable[dict | Contract | str], **kw
 
 
 @pytest.fixture(scope="session")
-def engine_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    """A private engine on the real models (TEST_MODEL as oracle and draft) for the whole session, stopped at its
-    end."""
-    settings = private_engine_settings(tmp_path_factory.mktemp("engine"))
-    yield settings
-    daemon.stop_engine(settings)
+def _package_engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Settings]]:
+    engines: dict[str, Settings] = {}
+    yield engines
+    for settings in engines.values():
+        daemon.stop_engine(settings)
+
+
+@pytest.fixture(scope="module")
+def engine_settings(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+                    _package_engines: dict[str, Settings]) -> Settings:
+    """A private engine on the real models (TEST_MODEL as oracle and draft) for a package's tests (the folder
+    above `tests/`), kept for the session and stopped at its end."""
+    # One per package, not one for the session: a package's tests may change its engine's folder (a test empties
+    # its calibrations to see a first run's), which must not reach another package's tests.
+    package = request.path.parent.parent.name
+    if package not in _package_engines:
+        _package_engines[package] = private_engine_settings(tmp_path_factory.mktemp(f"engine-{package}"))
+    return _package_engines[package]
 
 
 @pytest.fixture
