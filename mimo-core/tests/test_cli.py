@@ -46,8 +46,8 @@ def test_version():
 
 
 @pytest.mark.model
-def test_check_says_when_it_starts_the_background_engine(engine_settings, monkeypatch):
-    settings = engine_settings(draft_model="smollm2-135m", engine_idle_timeout_s=60.0)
+def test_check_says_when_it_starts_the_background_engine(private_engine, monkeypatch):
+    settings = private_engine(draft_model="smollm2-135m", engine_idle_timeout_s=60.0)
     monkeypatch.chdir(settings.cache_dir)
     env = {"MIMO_CACHE_DIR": str(settings.cache_dir), "MIMO_MODEL": settings.model,
            "MIMO_DRAFT_MODEL": settings.draft_model, "MIMO_ENGINE_IDLE_TIMEOUT_S": "60"}

@@ -14,8 +14,8 @@ pytestmark = pytest.mark.model
 
 
 @pytest.fixture
-def settings(engine_settings):
-    return engine_settings(concurrency=8)
+def settings(private_engine):
+    return private_engine(concurrency=8)
 
 
 def test_eight_concurrent_calls_after_the_engine_exited_start_one_engine(settings, monkeypatch):

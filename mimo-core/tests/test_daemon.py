@@ -18,14 +18,14 @@ import pytest
 from mimo_core import daemon
 from mimo_core.client import LLMClient
 from mimo_core.settings import load_settings
+from mimo_core.testing import TEST_MODEL as MODEL, TEST_ORACLE
 
 pytestmark = pytest.mark.model
-MODEL = "smollm2-135m"
 
 
 @pytest.fixture
-def settings(engine_settings):
-    return engine_settings()
+def settings(private_engine):
+    return private_engine()
 
 
 def _ask(settings, text="Say hi."):
@@ -102,12 +102,12 @@ def _post_in_background(url: str, path: str, body: dict) -> threading.Thread:
     return thread
 
 
-def test_the_engine_serves_the_settings_models_and_logs_what_it_does(engine_settings):
-    settings = engine_settings(model="qwen2.5-coder-0.5b", draft_model=MODEL)
+def test_the_engine_serves_the_settings_models_and_logs_what_it_does(private_engine):
+    settings = private_engine(model=TEST_ORACLE, draft_model=MODEL)
     url = daemon.ensure_engine(settings, wait_for_models=False)
     health = daemon.engine_health(daemon.read_state(settings))
-    assert health.models_served == ["qwen2.5-coder-0.5b", MODEL] and health.models_loaded == []  # none asked for yet
-    assert {name: h.state for name, h in health.models.items()} == {"qwen2.5-coder-0.5b": "not_loaded",
+    assert health.models_served == [TEST_ORACLE, MODEL] and health.models_loaded == []  # none asked for yet
+    assert {name: h.state for name, h in health.models.items()} == {TEST_ORACLE: "not_loaded",
                                                                     MODEL: "not_loaded"}
     ask = {"model": MODEL, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 2}
     reply = httpx.post(f"{url}/chat/completions", json=ask, timeout=300).json()  # the draft model, lazily loaded
@@ -122,20 +122,20 @@ def test_the_engine_serves_the_settings_models_and_logs_what_it_does(engine_sett
     assert f"loaded {MODEL} in" in log
 
 
-def test_settings_naming_another_model_get_an_engine_serving_both(engine_settings):
-    first = engine_settings()
+def test_settings_naming_another_model_get_an_engine_serving_both(private_engine):
+    first = private_engine()
     daemon.ensure_engine(first, wait_for_models=False)
     old = daemon.read_state(first)
-    other = engine_settings(model="qwen2.5-coder-0.5b")
+    other = private_engine(model=TEST_ORACLE)
     url = daemon.ensure_engine(other, wait_for_models=False)
     new = daemon.read_state(other)
     assert new.pid != old.pid and not daemon.is_engine_process(old.pid)  # the old one was idle: stopped
-    assert daemon.engine_health(new).models_served == ["qwen2.5-coder-0.5b", MODEL]
+    assert daemon.engine_health(new).models_served == [TEST_ORACLE, MODEL]
     assert daemon.ensure_engine(first, wait_for_models=False) == url  # it serves the first settings too
 
 
-def test_a_busy_engine_is_neither_taken_for_hung_nor_stopped(engine_settings):
-    settings = engine_settings()
+def test_a_busy_engine_is_neither_taken_for_hung_nor_stopped(private_engine):
+    settings = private_engine()
     _ask(settings)  # the model is loaded
     url, state = daemon.ensure_engine(settings), daemon.read_state(settings)
     root = url.removesuffix("/v1")
@@ -151,7 +151,7 @@ def test_a_busy_engine_is_neither_taken_for_hung_nor_stopped(engine_settings):
         assert time.monotonic() < deadline and generating.is_alive()
         time.sleep(0.1)
     try:
-        daemon.ensure_engine(engine_settings(model="qwen2.5-coder-0.5b"), wait_for_models=False)  # a new engine...
+        daemon.ensure_engine(private_engine(model=TEST_ORACLE), wait_for_models=False)  # a new engine...
         assert daemon.read_state(settings).pid != state.pid
         assert daemon.is_engine_process(state.pid)  # ...but the busy one finishes its work
     finally:
@@ -206,12 +206,12 @@ def test_a_tool_waiting_on_another_one_starting_the_engine_says_so(settings):
     assert waiting.returncode == 0 and out.startswith("http://127.0.0.1:"), err
 
 
-def test_a_model_that_cannot_be_loaded_is_an_error_naming_it_and_the_log(engine_settings, monkeypatch, tmp_path):
+def test_a_model_that_cannot_be_loaded_is_an_error_naming_it_and_the_log(private_engine, monkeypatch, tmp_path):
     links = tmp_path / "no-wheels"
     links.mkdir()
     for name, value in {"PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(links)}.items():
         monkeypatch.setenv(name, value)  # the engine inherits them: its pull fails at once
-    settings = engine_settings(model="qwen2.5-coder-1.5b")
+    settings = private_engine(model="qwen2.5-coder-1.5b")
     if (settings.cache_dir / "models" / "qwen2.5-coder-1.5b.gguf").exists():
         pytest.skip("qwen2.5-coder-1.5b is pulled in this cache: its load would not fail")
     with pytest.raises(daemon.EngineError) as info:
@@ -220,13 +220,13 @@ def test_a_model_that_cannot_be_loaded_is_an_error_naming_it_and_the_log(engine_
     assert "could not load qwen2.5-coder-1.5b" in message and str(daemon.engine_dir(settings) / "engine.log") in message
 
 
-def test_the_engine_gets_the_settings_policies_and_threads(engine_settings):
-    settings = engine_settings(precision_policies=("native", "mxfp4"), engine_threads=1)
+def test_the_engine_gets_the_settings_policies_and_threads(private_engine):
+    settings = private_engine(precision_policies=("native", "mxfp4"), engine_threads=1)
     daemon.ensure_engine(settings, wait_for_models=False)
     first = daemon.read_state(settings)
     health = daemon.engine_health(first)
     assert health.precision_policies == ["native", "mxfp4"] and health.threads == 1
-    other = engine_settings(engine_threads=2)  # other settings: an engine of their own (the idle one is stopped)
+    other = private_engine(engine_threads=2)  # other settings: an engine of their own (the idle one is stopped)
     daemon.ensure_engine(other, wait_for_models=False)
     second = daemon.read_state(other)
     assert second.pid != first.pid and daemon.engine_health(second).threads == 2

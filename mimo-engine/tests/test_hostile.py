@@ -16,10 +16,10 @@ from gguf import GGUFReader
 from mimo_core.settings import load_settings
 from mimo_engine.pull import ensure_model
 from mimo_engine.tokenizer import Tokenizer
+from mimo_core.testing import TEST_MODEL as MODEL
 
 pytestmark = pytest.mark.model
 
-MODEL = "smollm2-135m"
 VOCAB = 49152
 DAEMON_HEALTH_TIMEOUT_S = 2.0  # what mimo_core's daemon waits for /health before it asks again
 BODY_LIMIT = 4 << 20  # the documented default of --max-body-mib

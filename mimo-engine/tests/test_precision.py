@@ -8,10 +8,10 @@ from precision_router.policy import static_policy
 from mimo_core.settings import load_settings
 from mimo_engine.runtime import EngineCore, LoadedModel, Work
 from mimo_engine.step import WeightPlan
+from mimo_core.testing import TEST_MODEL as MODEL
 
 pytestmark = pytest.mark.model
 
-MODEL = "smollm2-135m"
 # greedy continuations of the engine before weights were held packed (everything dequantized to float32 at load)
 BEFORE = {
     "The capital of France is": [7042, 30, 198, 198, 504, 2988, 314, 42, 216, 34, 32, 33, 40, 29, 32, 33],

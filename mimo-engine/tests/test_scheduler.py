@@ -173,7 +173,7 @@ def test_queue_full_raises_instead_of_waiting():
         first, second = Request([1], SamplingParams()), Request([1], SamplingParams())
         worker.submit(first.engine)
         worker.submit(second.engine)
-        with pytest.raises(QueueFull) as info:
+        with pytest.raises(QueueFull):
             worker.submit(Request([1], SamplingParams()).engine)
         return await asyncio.gather(first.result(), second.result())
 

@@ -6,10 +6,10 @@ import time
 import httpx
 import openai
 import pytest
+from mimo_core.testing import TEST_MODEL as MODEL
 
 pytestmark = pytest.mark.model
 
-MODEL = "smollm2-135m"
 MAX_BATCH, MAX_QUEUE = 3, 1  # as conftest's shared `server` is started: small, so that few requests fill the queue
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 

@@ -24,8 +24,8 @@ from mimo_engine.speculation import (
     SuffixDrafter,
     verify,
 )
+from mimo_core.testing import TEST_MODEL as MODEL
 
-MODEL = "smollm2-135m"
 # Upper 0.1% points of the chi-square distribution (standard tables): a correct sampler fails a test once in 1000
 # seeds; every seed here is fixed, so the tests are deterministic.
 CHI2_999 = {3: 16.266, 4: 18.467, 5: 20.515, 6: 22.458}

@@ -1,14 +1,12 @@
-"""The real embedded engine for the end-to-end tests: smollm2-135m."""
+"""The package's private engine (mimo_core.testing), with room for several records of agents at once."""
+
+import dataclasses
 
 import pytest
 
-from mimo_core import daemon
-from mimo_core.testing import private_engine_settings
 
-
-@pytest.fixture(scope="session")
-def engine_settings(tmp_path_factory):
-    """A private engine on the real models for the whole session, stopped at its end."""
-    settings = private_engine_settings(tmp_path_factory.mktemp("engine"), concurrency=8)
-    yield settings
-    daemon.stop_engine(settings)
+@pytest.fixture(scope="module")
+def engine_settings(engine_settings):
+    """The private engine's settings with MIMO_CONCURRENCY 8: a stage test runs records of 3 agents two at a
+    time."""
+    return dataclasses.replace(engine_settings, concurrency=8)

@@ -2,8 +2,7 @@
 and the stage writes the consensus section (and the one-agent baseline when disabled)."""
 
 import asyncio
-import io
-import json
+import functools
 import re
 import time
 
@@ -14,6 +13,7 @@ from mimo_core import daemon
 from mimo_core.client import LLMClient
 from mimo_core.record import TaskRecord
 from mimo_core.stage import StageContext
+from mimo_core.testing import pipe
 from multi_agent_orchestrator.options import Options
 from multi_agent_orchestrator.orchestrate import Orchestration
 from multi_agent_orchestrator.section import Consensus
@@ -115,11 +115,9 @@ def test_forks_continue_the_parent_from_its_prefix_and_share_it(engine_settings)
 
 def test_the_stage_votes_and_the_disabled_stage_is_one_agent(engine_settings):
     records = [_record(id="a"), _record(id="b", config={"seed": 1, "disabled": ["multi-agent-orchestrator"]})]
-    source = io.StringIO("".join(json.dumps(r.to_dict()) + "\n" for r in records))
-    sink = io.StringIO()
     options = Options(agents=3, branches=0, max_tokens=24)
-    assert run(options, engine_settings, source=source, sink=sink) == 0
-    voted, alone = (json.loads(line) for line in sink.getvalue().splitlines())
+    code, (voted, alone) = pipe(functools.partial(run, options, engine_settings), records)
+    assert code == 0
     assert voted["trace"][-1]["status"] == "ok" and alone["trace"][-1]["status"] == "baseline"
     assert voted["consensus"]["n_agents"] == 3 and len(voted["consensus"]["agents"]) == 3
     assert voted["trace"][-1]["calls"] >= 3 and voted["trace"][-1]["completion_tokens"] > 0

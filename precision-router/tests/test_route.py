@@ -1,21 +1,18 @@
 """The route stage on the real embedded engine (smollm2-135m), its baseline, and the remote case."""
 
 import asyncio
-import io
-import json
+import functools
 
 import pytest
 
-from mimo_core import daemon
 from mimo_core.client import Completion, Usage
 from mimo_core.record import TaskRecord
 from mimo_core.settings import load_settings
 from mimo_core.stage import StageContext, run_stage
-from mimo_core.testing import private_engine_settings
+from mimo_core.testing import pipe
 from precision_router.route import (Cost, Router, baseline, choose_deployment, choose_policy, pays, probe_entropy,
                                     remote)
 
-MODEL = "smollm2-135m"
 RECORDS = [
     {"schema": "mimo.task/1", "id": "m1", "domain": "math", "task": "What is 12 * 8?", "reference": {"answer": "96"}},
     {"schema": "mimo.task/1", "id": "g1", "domain": "general", "task": "Name a colour.",
@@ -24,21 +21,15 @@ RECORDS = [
 
 
 def run(settings) -> list[dict]:
-    source = io.StringIO("".join(json.dumps(r) + "\n" for r in RECORDS))
-    sink = io.StringIO()
-    code = run_stage("precision-router", Router().route, component="precision-router", baseline=baseline,
-                     source=source, sink=sink, settings=settings)
+    code, out = pipe(functools.partial(run_stage, "precision-router", Router().route), RECORDS,
+                     component="precision-router", baseline=baseline, settings=settings)
     assert code == 0
-    return [json.loads(line) for line in sink.getvalue().splitlines()]
+    return out
 
 
 @pytest.mark.model
-def test_route_probes_the_real_engine_and_the_baseline_stays_native(tmp_path):
-    settings = private_engine_settings(tmp_path)
-    try:
-        routed, disabled = run(settings)
-    finally:
-        daemon.stop_engine(settings)
+def test_route_probes_the_real_engine_and_the_baseline_stays_native(private_engine):
+    routed, disabled = run(private_engine())
     precision = routed["precision"]
     assert precision["backend"] == "engine" and precision["candidate"].startswith("entropy@")
     assert precision["probe"]["tokens"] > 0 and precision["probe"]["mean_entropy"] >= 0

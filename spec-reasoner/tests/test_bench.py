@@ -8,9 +8,9 @@ import pytest
 from mimo_core.record import TaskRecord
 from mimo_core.settings import Settings
 
-from spec_reasoner.bench import Bench, Plan, Run, load_runs, summarise
+from spec_reasoner.bench import Bench, Plan, Run, runs_file, summarise
 from spec_reasoner.plot import plot
-from spec_reasoner.reasoner import Options
+from spec_reasoner.reasoner import ReasoningOptions
 
 PAIR = ("d", "o")
 RECORDS = [TaskRecord(id=f"m{i}", domain="math", task=f"{i} + 1?", reference={"answer": str(i + 1)}) for i in range(4)]
@@ -24,7 +24,7 @@ def run(arm, i, answer, wall_s, drafted=0, accepted=0):
 def test_figures_against_oracle_only(tmp_path):
     runs = [run("oracle-only", i, str(i + 1), 10.0) for i in range(4)]
     runs += [run("spec@7", i, str(i + 1) if i < 3 else "0", 5.0, drafted=3, accepted=2) for i in range(4)]
-    plan = Plan([PAIR], [7.0], Options(), tmp_path / "runs.jsonl")
+    plan = Plan([PAIR], [7.0], ReasoningOptions(), tmp_path / "runs.jsonl")
     bench = summarise(RECORDS, runs, plan, {"n": 4, "domains": ["math"]}, Settings(base_url="http://x.invalid/v1"))
     base, spec = bench.arms
     assert (base.arm, base.accuracy, base.speedup, base.accuracy_delta) == ("oracle-only", 1.0, 1.0, 0.0)
@@ -44,10 +44,10 @@ def test_figures_against_oracle_only(tmp_path):
 
 def test_runs_are_read_back_for_resume(tmp_path):
     path = tmp_path / "runs.jsonl"
-    assert load_runs(tmp_path / "absent.jsonl") == []
+    assert runs_file(tmp_path / "absent.jsonl").load() == []
     kept = run("spec@5", 0, "1", 3.0)
     path.write_text(json.dumps(kept.to_dict()) + "\n")
-    assert load_runs(path) == [kept]
+    assert runs_file(path).load() == [kept]
     path.write_text('{"pairing": "d->o"}\n')
     with pytest.raises(ValueError, match="runs.jsonl:1"):
-        load_runs(path)
+        runs_file(path).load()

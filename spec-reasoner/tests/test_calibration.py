@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from mimo_core.client import TokenLogprob
+from mimo_core.client import TextTokenLogprob
 from mimo_core.record import TaskRecord
 from mimo_core.settings import Settings
 from mimo_core.stage import StageContext
@@ -15,7 +15,7 @@ from mimo_core.testing import fresh_calibrations
 
 from spec_reasoner.calibration import (Calibration, Calibrations, CriterionFigures, discrimination, drafting_pays,
                                        expected_accepted)
-from spec_reasoner.reasoner import Options, Reasoner, reason_stream
+from spec_reasoner.reasoner import ReasoningOptions, Reasoner, reason_stream
 from spec_reasoner.scoring import span_logprob
 
 
@@ -34,10 +34,10 @@ def test_drafting_pays_only_when_k_drafted_steps_cost_less_than_the_accepted_one
 
 def test_a_step_is_the_tokens_that_start_in_its_characters():
     prompt = "prefix 12*8=96"
-    tokens = [TokenLogprob("prefix", -5.0, offset=0), TokenLogprob(" 12", -1.0, offset=6),
-              TokenLogprob("*8", -2.0, offset=9), TokenLogprob("=96", -3.0, offset=11)]
+    tokens = [TextTokenLogprob("prefix", -5.0, offset=0), TextTokenLogprob(" 12", -1.0, offset=6),
+              TextTokenLogprob("*8", -2.0, offset=9), TextTokenLogprob("=96", -3.0, offset=11)]
     assert span_logprob(tokens, 6, len(prompt)) == pytest.approx(-2.0)
-    no_offsets = [TokenLogprob(t.token, t.logprob) for t in tokens]  # counted from the token texts instead
+    no_offsets = [TextTokenLogprob(t.token, t.logprob) for t in tokens]  # counted from the token texts instead
     assert span_logprob(no_offsets, 6, len(prompt)) == pytest.approx(-2.0)
     assert span_logprob(tokens, 100, 200) is None
 
@@ -72,7 +72,7 @@ class Capable:
 def test_the_stage_steps_aside_where_the_calibration_says_drafting_cannot_pay(tells, pays):
     settings = Settings(base_url=None, model="oracle", draft_model="draft")
     record = TaskRecord(id=1, domain="math", task="What is 12 * 8?")
-    reasoner = Reasoner(Options(), Capable(), Pretend(_calibration(tells, pays)))
+    reasoner = Reasoner(ReasoningOptions(), Capable(), Pretend(_calibration(tells, pays)))
     asyncio.run(reasoner.process(record, StageContext(settings, lambda: None, record)))
     assert record.reasoning["step_drafting"]["used"] is False and record.reasoning["step_drafting"]["reason"]
     assert "chain" not in record.reasoning and "answer" not in record.reasoning  # the agents reason alone
@@ -83,7 +83,7 @@ def test_the_stage_steps_aside_where_the_calibration_says_drafting_cannot_pay(te
 def test_on_a_remote_server_the_drafter_is_not_settable_and_the_record_says_so():
     settings = Settings(base_url="http://fake.invalid/v1", model="oracle", draft_model="draft")
     record = TaskRecord(id=1, domain="math", task="What is 12 * 8?")
-    reasoner = Reasoner(Options(step_drafting="never"))
+    reasoner = Reasoner(ReasoningOptions(step_drafting="never"))
     asyncio.run(reasoner.process(record, StageContext(settings, lambda: None, record)))
     assert record.reasoning["speculation"]["method"] == "none"
     assert record.reasoning["speculation"]["settable"] is False
@@ -96,7 +96,7 @@ def test_on_the_engine_the_stage_calibrates_steps_aside_and_drafts_tokens(engine
     out = io.StringIO()
     source = io.StringIO(json.dumps(coding) + "\n" + json.dumps(disabled) + "\n")
     settings = fresh_calibrations(engine_settings)  # nothing measured yet: this record's stage measures it
-    assert reason_stream(Options(k=2), source=source, sink=out, settings=settings, concurrency=1) == 0
+    assert reason_stream(ReasoningOptions(k=2), source=source, sink=out, settings=settings, concurrency=1) == 0
     first, second = [json.loads(line) for line in out.getvalue().splitlines()]
     drafting = first["reasoning"]["step_drafting"]
     # smollm2-135m drafting for itself: no faster than the oracle, so drafting cannot pay whatever it verifies

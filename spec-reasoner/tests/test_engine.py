@@ -11,11 +11,11 @@ from mimo_core.client import LLMClient
 from mimo_core.record import TaskRecord
 from mimo_core.stage import StageContext
 
-from spec_reasoner.reasoner import Options, Reasoner, reason_stream
+from spec_reasoner.reasoner import ReasoningOptions, Reasoner, reason_stream
 from spec_reasoner.section import Reasoning
 
 pytestmark = pytest.mark.model
-OPTIONS = Options(k=2, threshold=5.0, max_steps=4, max_tokens=32, step_tokens=10, step_drafting="always",
+OPTIONS = ReasoningOptions(k=2, threshold=5.0, max_steps=4, max_tokens=32, step_tokens=10, step_drafting="always",
                   drafter="none")
 MATH = {"id": "m1", "domain": "math", "task": "Tom has 3 apples and buys 4 more. How many apples does he have?",
         "reference": {"answer": "7"}, "config": {"disabled": [], "seed": 1}, "mine": {"kept": True}}

@@ -8,12 +8,12 @@ import httpx
 import openai
 import pytest
 
-from mimo_core.client import Completion, TokenLogprob, Usage
+from mimo_core.client import Completion, TextTokenLogprob, Usage
 from mimo_core.record import TaskRecord
 from mimo_core.settings import Settings
 from mimo_core.stage import StageContext
 
-from spec_reasoner.reasoner import Options, Reasoner
+from spec_reasoner.reasoner import ReasoningOptions, Reasoner
 from spec_reasoner.section import Reasoning
 
 SETTINGS = Settings(base_url="http://fake.invalid/v1", model="oracle", draft_model="draft")
@@ -31,7 +31,7 @@ def done(texts, logprobs=None, model="m"):
 
 
 def rating(digit):
-    return [TokenLogprob(str(digit), 0.0, {str(digit): math.log(0.9), "0": math.log(0.1)})]
+    return [TextTokenLogprob(str(digit), 0.0, {str(digit): math.log(0.9), "0": math.log(0.1)})]
 
 
 class ScriptedClient:
@@ -65,13 +65,13 @@ class ScriptedClient:
             return done(["9"], [self._rate(text.split("partial solution to the task above:", 1)[-1].split("Rate its")[0])])
         if model == "draft" and self.drafts:
             return done([self.drafts.pop(0)])
-        alone = max_tokens > Options().step_tokens  # the oracle writes the whole solution in one request
+        alone = max_tokens > ReasoningOptions().step_tokens  # the oracle writes the whole solution in one request
         return done(["12 * 8 = 96\n\nThe answer is 96." if alone else "The answer is 96."])
 
 
 def reason(client, **options):
     ctx = StageContext(SETTINGS, lambda: client)
-    return asyncio.run(Reasoner(Options(**options)).reason(RECORD, ctx)), ctx
+    return asyncio.run(Reasoner(ReasoningOptions(**options)).reason(RECORD, ctx)), ctx
 
 
 def test_accepted_prefix_then_the_oracle_writes_the_rejected_step():
@@ -129,7 +129,7 @@ def test_no_logprobs_anywhere_means_the_oracle_reasons_alone_and_says_so():
 
 def test_probe_runs_once_for_concurrent_records():
     client = ScriptedClient(["The answer is 96."] * 4)
-    reasoner = Reasoner(Options())
+    reasoner = Reasoner(ReasoningOptions())
 
     async def four():
         ctxs = [StageContext(SETTINGS, lambda: client) for _ in range(4)]

@@ -3,7 +3,6 @@ from each tier; the plan stage warms a record's prefix, and the next engine proc
 
 import asyncio
 import io
-import json
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ from mimo_core.client import Completion, Usage
 from mimo_core.record import TaskRecord, write_record
 from mimo_core.settings import load_settings
 from mimo_core.stage import StageContext
+from mimo_core.testing import TEST_MODEL as MODEL, pipe
 from mimo_engine.runtime import EngineCore, LoadedModel, Work
 from tiered_kv_cache import TierConfig
 from tiered_kv_cache.bench import private_engine
@@ -22,7 +22,6 @@ from tiered_kv_cache.plan import (NO_CACHED_COUNT, NO_SWITCH, SERVER_REASON, bas
                                   run_plan)
 
 pytestmark = pytest.mark.model
-MODEL = "smollm2-135m"
 PROMPT = ("The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. It is named after "
           "the engineer Gustave Eiffel, whose company designed and built the tower from 1887 to 1889. The tower is")
 POOL_BLOCKS = 10  # the prompt and its generation fit; a filler of this many blocks evicts everything cached
@@ -98,9 +97,9 @@ def record(i, task="What is 12 * 8?", **config) -> str:
 def plan(lines: list[str], settings) -> list[dict]:
     """The plan stage over `lines`, one record at a time (two records warming one prefix at the same moment would
     both compute it: the engine shares committed blocks, not a prefill in flight)."""
-    sink = io.StringIO()
-    assert run_plan(source=lines, sink=sink, settings=settings, concurrency=1) == 0
-    return [json.loads(line) for line in sink.getvalue().splitlines()]
+    code, out = pipe(run_plan, lines, settings=settings, concurrency=1)
+    assert code == 0
+    return out
 
 
 def test_plan_warms_the_prefix_and_the_next_engine_process_finds_it_on_disk():

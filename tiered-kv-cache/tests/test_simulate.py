@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from mimo_core.profiles import load_profile
-from tiered_kv_cache.policy import POLICIES
+from tiered_kv_cache.eviction import EVICTION_POLICIES
 from tiered_kv_cache.simulate import SimulateConfig, read_trace, simulate, TraceError
 
 CLI = [sys.executable, "-c", "from tiered_kv_cache.cli import main; main()"]
@@ -21,7 +21,7 @@ def run(references, policy="lru", **capacity):
     return simulate([[r] for r in references], config).to_dict()
 
 
-@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("policy", EVICTION_POLICIES)
 def test_a_hit_in_any_tier_moves_the_block_to_hbm_and_victims_move_one_tier_down(policy):
     # hbm 2, dram 1, disk 1. References 1 2 3 1 4 1 2 (LRU's tiers after each step, hbm | dram | disk):
     # 1 2 miss [1 2 | - | -]; 3 miss, 1 down [2 3 | 1 | -]; 1 dram hit, 2 down [3 1 | 2 | -];

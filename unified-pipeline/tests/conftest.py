@@ -1,4 +1,4 @@
-"""The real embedded engine (smollm2-135m as oracle and draft) and the quickstart's scripts as a user runs them."""
+"""The quickstart's scripts as a user runs them (the private engine is mimo_core.testing's `engine_settings`)."""
 
 import os
 import subprocess
@@ -7,18 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mimo_core import daemon
-from mimo_core.testing import private_engine_settings
-
 FOLDER = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="session")
-def engine_settings(tmp_path_factory):
-    """A private engine state on the real models for the whole session, stopped at its end."""
-    settings = private_engine_settings(tmp_path_factory.mktemp("engine"))
-    yield settings
-    daemon.stop_engine(settings)
 
 
 def _script_env(settings, **extra: str) -> dict[str, str]:

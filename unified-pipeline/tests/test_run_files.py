@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ds_benchmark.suites import build_suite
-from unified_pipeline.benchmark import RunFiles, default_results_path, load_done
+from unified_pipeline.benchmark import RunFiles, default_results_path
 
 NUMBERS = {3: "three", 4: "four", 5: "five"}
 
@@ -32,21 +32,21 @@ def test_new_runs_take_the_next_results_file_and_resume_takes_the_newest(tmp_pat
 
 
 def test_a_torn_line_a_failed_record_and_a_repeat_are_dropped_and_the_file_compacted(tmp_path):
-    path = tmp_path / "r.records.jsonl"
+    files = RunFiles(tmp_path / "r.json")
     lines = [scored(0), scored(1, error="spec-reasoner: APIConnectionError: engine gone"), scored(0),
              scored(0, disabled=["spec-reasoner"]), scored(2)[:40]]
-    path.write_text("\n".join(lines))  # the last line was being written when the run was killed
-    kept = load_done(path)
+    files.records.write_text("\n".join(lines))  # the last line was being written when the run was killed
+    kept = files.done.load()
     assert [(r.id, r.disabled) for r in kept] == [("math-0000", []), ("math-0000", ["spec-reasoner"])]
-    assert path.read_text().splitlines() == [lines[0], lines[3]]  # the pipe appends after whole lines only
-    assert load_done(path) == kept
+    assert files.records.read_text().splitlines() == [lines[0], lines[3]]  # the pipe appends after whole lines
+    assert files.done.load() == kept
 
 
 def test_a_torn_line_before_the_end_is_an_error_not_silently_dropped(tmp_path):
-    path = tmp_path / "r.records.jsonl"
-    path.write_text("\n".join([scored(0)[:30], scored(1)]) + "\n")
+    files = RunFiles(tmp_path / "r.json")
+    files.records.write_text("\n".join([scored(0)[:30], scored(1)]) + "\n")
     with pytest.raises(ValueError, match="line 1"):
-        load_done(path)
+        files.done.load()
 
 
 def test_the_readme_lists_every_file_of_a_run_and_counts_them_right():

@@ -5,20 +5,20 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import IO
 
 import typer
-from rich.console import Console
 
+from mimo_core.command import (concurrency_option, config_option, domain_words, domains_option, records_argument,
+                               run_stage_command, stage_settings)
 from mimo_core.console import add_version_option, cli_app, fail, run_app
 from mimo_core.contract import ContractError
 from mimo_core.record import RecordError, read_records, write_record
 
-from .compare import compare as compare_results
-from .compare import table
+from .compare import compare_files, print_comparison
 from .difficulty import markdown
 from .programs import run_requests
 from .report import build_results, summary_lines
-from .results import load_results
 from .score import FORMULAS
 from .suites import DOMAINS, build_suite, difficulty_report
 from .verify import score_stream
@@ -34,7 +34,7 @@ FormulaOption = typer.Option("design", "--formula", help=f"D/s formula: {' or '.
 def suite(
     ctx: typer.Context,
     n: int = typer.Option(..., "--n", help="Number of tasks in all, split evenly over the domains."),
-    domains: list[str] = typer.Option(list(DOMAINS), "--domains", help="Domains: --domains math coding triage."),
+    domains: list[str] = domains_option(list(DOMAINS), "Domains: --domains math coding triage."),
     seed: int = typer.Option(0, "--seed", help="The suite is the same for the same seed."),
     dataset: str | None = typer.Option(None, "--dataset", help="gsm8k:PATH takes math from GSM8K's JSONL."),
     math_source: str = typer.Option("gsm8k", "--math-source",
@@ -48,7 +48,7 @@ def suite(
             fail(f"--dataset {dataset!r}: expected gsm8k:PATH", prog=PROG)
         gsm8k = Path(path)
     try:
-        records = build_suite(n, [*domains, *ctx.args], seed, gsm8k, math_source)
+        records = build_suite(n, domain_words(domains, ctx.args, PROG), seed, gsm8k, math_source)
     except (ValueError, OSError) as exc:
         fail(str(exc), prog=PROG)
     for record in records:
@@ -71,8 +71,9 @@ def difficulty(
 
 @app.command()
 def score(
-    file: Path | None = typer.Argument(None, help="Records (JSONL); stdin when absent."),
-    concurrency: int | None = typer.Option(None, "--concurrency", min=1, help="Records checked at once."),
+    file: Path | None = records_argument(),
+    concurrency: int | None = concurrency_option(),
+    config: Path | None = config_option(),
 ) -> None:
     """Check each record's answer against its reference and write it on with `verdict`.
 
@@ -86,14 +87,14 @@ def score(
 
     Exit codes: 0 done (errors are counted in the summary); 2 a line that is not a record; 3 no sandbox works here,
     so coding records were not run (the other domains are still scored)."""
-    try:
-        source = open(file, encoding="utf-8") if file else sys.stdin
-    except OSError as exc:
-        fail(str(exc), prog=PROG)
-    with source:
-        code, tally = score_stream(source=source, concurrency=concurrency)
-    print(f"score: {tally.summary()}", file=sys.stderr)
-    raise typer.Exit(code)
+    settings = stage_settings(PROG, config)
+
+    def scored(source: IO[str]) -> int:
+        code, tally = score_stream(source=source, concurrency=concurrency, settings=settings)
+        print(f"score: {tally.summary()}", file=sys.stderr)
+        return code
+
+    run_stage_command(PROG, file, scored)
 
 
 @app.command()
@@ -124,14 +125,15 @@ def report(
 def compare(
     a: Path = typer.Argument(..., help="Results JSON of the baseline run."),
     b: Path = typer.Argument(..., help="Results JSON of the run compared with it."),
+    as_json: bool = typer.Option(False, "--json", help="The JSON alone: no tables on stderr."),
 ) -> None:
-    """Compare two results files: JSON on stdout, a table on stderr."""
+    """Compare two results files: JSON (mimo.comparison/1) on stdout; on stderr its table and the component impact
+    table of each file that has one (on a terminal, the tables alone on stdout)."""
     try:
-        comparison = compare_results(load_results(a), load_results(b))
+        first, second, comparison = compare_files(a, b)
     except ContractError as exc:
         fail(str(exc), prog=PROG)
-    Console(stderr=True).print(table(comparison))
-    print(json.dumps(comparison.to_dict(), indent=2))
+    print_comparison(comparison, {a.name: first, b.name: second}, tables=not as_json)
 
 
 @app.command()

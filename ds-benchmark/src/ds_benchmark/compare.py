@@ -1,17 +1,24 @@
-"""`compare A B`: two results files side by side, tasks paired by id, deltas with paired bootstrap intervals."""
+"""`compare A B`: two results files side by side, tasks paired by id, deltas with paired bootstrap intervals.
+
+The one compare of the project: `ds-benchmark compare` and unified-pipeline's `compare_benchmarks.py` both read,
+compare and print through `compare_files` and `print_comparison`."""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.console import Console
 from rich.table import Table
 
+from mimo_core.console import print_json
 from mimo_core.contract import Contract
+from mimo_core.stats import bootstrap_interval
 
 from .results import MECHANISMS, ComponentImpact, Configuration, Results
-from .score import bootstrap_ci
 
 DELTAS = ("ds", "accuracy", "weighted_accuracy", "overconfident_wrong", "errors", "tokens_per_s", "wall_s",
           *MECHANISMS)
@@ -120,8 +127,8 @@ def compare_configurations(a: Configuration, b: Configuration, seed: int = 0) ->
         b_figures={k: fb[k] for k in DELTAS},
         delta={k: None if fa[k] is None or fb[k] is None else round(fb[k] - fa[k], 6) for k in DELTAS},
         delta_ci95={
-            "ds": bootstrap_ci(table, lambda t: t[..., 1].sum(-1) / wall_b - t[..., 0].sum(-1) / wall_a, seed),
-            "accuracy": bootstrap_ci(table, lambda t: t[..., 3].mean(-1) - t[..., 2].mean(-1), seed),
+            "ds": bootstrap_interval(table, lambda t: t[..., 1].sum(-1) / wall_b - t[..., 0].sum(-1) / wall_a, seed),
+            "accuracy": bootstrap_interval(table, lambda t: t[..., 3].mean(-1) - t[..., 2].mean(-1), seed),
         },
     )
 
@@ -132,6 +139,31 @@ def compare(a: Results, b: Results) -> Comparison:
     seed = a.seed if isinstance(a.seed, int) else 0
     return Comparison(comparable=not reasons, reasons=reasons,
                       configurations=[compare_configurations(x, y, seed) for x, y in _pairs(a, b)])
+
+
+def compare_files(a: Path, b: Path) -> tuple[Results, Results, Comparison]:
+    """Both results files, read and validated, and their comparison; ContractError names a file that cannot be used."""
+    first, second = Results.load(a), Results.load(b)
+    return first, second, compare(first, second)
+
+
+def print_comparison(comparison: Comparison, runs: dict[str, Results], tables: bool = True) -> None:
+    """The output of both compare commands: the comparison JSON on stdout, and with `tables` its table and the
+    component impact table of each run (name -> results) that has one on stderr. On a terminal the tables alone go
+    to stdout: a person reads them, a pipe gets the JSON."""
+    if tables and sys.stdout.isatty():
+        _print_tables(Console(), comparison, runs)
+        return
+    print_json(comparison.to_dict())
+    if tables:
+        _print_tables(Console(stderr=True), comparison, runs)
+
+
+def _print_tables(console: Console, comparison: Comparison, runs: dict[str, Results]) -> None:
+    console.print(table(comparison))
+    for name, results in runs.items():
+        if results.impact:
+            console.print(impact_table(results.impact, title=f"component impact of {name}"))
 
 
 def component_impact(results: Results) -> list[ComponentImpact]:

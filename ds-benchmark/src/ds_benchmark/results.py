@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from mimo_core.contract import Contract
@@ -107,8 +106,3 @@ class Results(Contract):
     impact: list[ComponentImpact] = field(default_factory=list)  # filled when the run is an ablation
 
     SCHEMA = SCHEMA
-
-
-def load_results(path: str | Path) -> Results:
-    """Read and validate a results file; ContractError (one line, naming the file and the path) if it cannot be used."""
-    return Results.load(path)

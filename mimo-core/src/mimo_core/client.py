@@ -27,7 +27,7 @@ class Usage:
 
 
 @dataclass
-class TokenLogprob:
+class TextTokenLogprob:
     """One token of a choice or prompt with its logprob and the alternatives the server returned."""
 
     token: str
@@ -45,7 +45,7 @@ class Completion:
     model: str
     usage: Usage
     latency_s: float
-    logprobs: list[list[TokenLogprob]] | None = None
+    logprobs: list[list[TextTokenLogprob]] | None = None
     engine: dict[str, Any] | None = None
 
     @property
@@ -68,7 +68,7 @@ class StreamChunk:
 
     index: int
     text: str
-    tokens: list[TokenLogprob] = field(default_factory=list)
+    tokens: list[TextTokenLogprob] = field(default_factory=list)
 
 
 def _usage(raw: Any) -> Usage:
@@ -85,22 +85,22 @@ def _engine_report(response: Any) -> dict[str, Any] | None:
     return extra.get("mimo")
 
 
-def _chat_logprobs(choice: Any) -> list[TokenLogprob] | None:
+def _chat_logprobs(choice: Any) -> list[TextTokenLogprob] | None:
     if choice.logprobs is None or choice.logprobs.content is None:
         return None
     return [
-        TokenLogprob(t.token, t.logprob, {alt.token: alt.logprob for alt in (t.top_logprobs or [])})
+        TextTokenLogprob(t.token, t.logprob, {alt.token: alt.logprob for alt in (t.top_logprobs or [])})
         for t in choice.logprobs.content
     ]
 
 
-def _text_logprobs(choice: Any) -> list[TokenLogprob] | None:
+def _text_logprobs(choice: Any) -> list[TextTokenLogprob] | None:
     lp = choice.logprobs
     if lp is None or lp.tokens is None:
         return None
     tops = lp.top_logprobs or [None] * len(lp.tokens)
     offsets = lp.text_offset or [None] * len(lp.tokens)
-    return [TokenLogprob(tok, p, dict(top or {}), offset)
+    return [TextTokenLogprob(tok, p, dict(top or {}), offset)
             for tok, p, top, offset in zip(lp.tokens, lp.token_logprobs, tops, offsets)]
 
 

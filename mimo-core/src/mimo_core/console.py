@@ -1,8 +1,10 @@
 """What every tool's CLI shares for talking to a person: one form of error line, `TOOL: error: WHAT`, on stderr, and an
-exit code that says what happened (0 done, 1 could not finish, 2 bad input, 3 cannot run here, 130 interrupted)."""
+exit code that says what happened (0 done, 1 could not finish, 2 bad input, 3 cannot run here, 130 interrupted),
+and JSON on stdout."""
 
 from __future__ import annotations
 
+import json
 import sys
 from importlib import metadata
 from typing import Any, NoReturn
@@ -13,6 +15,7 @@ from .settings import SettingsError
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
+EXIT_CANNOT_RUN = 3  # what the command needs does not work on this machine (no sandbox)
 EXIT_INTERRUPTED = 130
 
 
@@ -26,6 +29,17 @@ def cli_app(**options: Any) -> typer.Typer:
 def error_line(prog: str, message: str) -> str:
     """The one form every tool says an error in: `prog: error: message`, on one line."""
     return f"{prog}: error: {' '.join(str(message).split())}"
+
+
+def print_json(data: Any) -> None:
+    """Write `data` to stdout as indented JSON and flush, so a pipe's next tool gets it at once."""
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    sys.stdout.flush()
+
+
+def warn(message: str, *, prog: str) -> None:
+    """Print `prog: warning: message` as one line on stderr (a deprecated spelling that still works)."""
+    print(f"{prog}: warning: {' '.join(str(message).split())}", file=sys.stderr)
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT, *, prog: str) -> NoReturn:

@@ -22,7 +22,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TextIO
 
@@ -31,7 +31,7 @@ from filelock import FileLock, Timeout
 from rich.console import Console
 from rich.markup import escape
 
-from .contract import Contract
+from .contract import Contract, ContractError
 from .settings import Settings
 
 STARTUP_TIMEOUT_S = 120.0
@@ -82,7 +82,7 @@ class EngineHealth(Contract):
 
 
 @dataclass
-class EngineState:
+class EngineState(Contract):
     """Where the shared engine listens; kept in `<cache_dir>/engine/state.json`."""
 
     pid: int
@@ -93,13 +93,6 @@ class EngineState:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "EngineState":
-        return cls(pid=int(data["pid"]), port=int(data["port"]), started_at=float(data["started_at"]))
-
 
 def engine_dir(settings: Settings) -> Path:
     """The folder holding the engine's state file, lock and log."""
@@ -109,8 +102,8 @@ def engine_dir(settings: Settings) -> Path:
 def read_state(settings: Settings) -> EngineState | None:
     """The recorded engine, or None if there is none or its file is unreadable."""
     try:
-        return EngineState.from_dict(json.loads((engine_dir(settings) / "state.json").read_text()))
-    except (OSError, ValueError, KeyError, TypeError):
+        return EngineState.load(engine_dir(settings) / "state.json")
+    except ContractError:
         return None
 
 

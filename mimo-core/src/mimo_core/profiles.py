@@ -15,6 +15,8 @@ from typing import Any, Callable
 import numpy as np
 import yaml
 
+from .contract import Contract
+
 THIS_MACHINE = "this-machine"
 CPU_CACHES = Path("/sys/devices/system/cpu/cpu0/cache")
 FALLBACK_BUFFER_BYTES = 256 << 20  # where the cache size cannot be read: larger than any CPU's last-level cache
@@ -24,7 +26,7 @@ SIZE_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 
 @dataclass(frozen=True)
-class HardwareProfile:
+class HardwareProfile(Contract):
     """Capacities (bytes) and bandwidths (bytes/s) of the tiers a KV block can live in: HBM, DRAM, NVMe.
 
     `hbm_bytes` is None where there is no accelerator memory (this machine measured without a GPU)."""
@@ -41,18 +43,21 @@ class HardwareProfile:
     nvme_bandwidth: float
     nvlink_bandwidth: float | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "HardwareProfile":
-        names = {f.name for f in fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(f"profile {data.get('name')!r}: unknown fields {sorted(unknown)}")
-        numeric = names - {"name", "description", "gpus"}
-        values = {k: (float(v) if k in numeric and v is not None else v) for k, v in data.items()}
-        return cls(**values)
+    def from_dict(cls, data: Any, where: str | None = None) -> "HardwareProfile":
+        """The profile from its YAML's dict, validated (see `Contract.from_dict`); YAML reads `80.0e9` as a string,
+        so a string in a numeric field is read as a number first."""
+        if isinstance(data, dict):
+            numeric = {f.name for f in fields(cls)} - {"name", "description", "gpus"}
+            data = {k: _number(v) if k in numeric else v for k, v in data.items()}
+        return super().from_dict(data, where)
+
+
+def _number(value: Any) -> Any:
+    try:
+        return float(value) if isinstance(value, str) else value
+    except ValueError:
+        return value  # not a number: the contract says so
 
 
 def shipped_profiles() -> list[str]:

@@ -9,10 +9,10 @@ from typing import Any
 
 import typer
 from precision_router.policy import POLICIES
-from tiered_kv_cache.policy import POLICIES as EVICTION_POLICIES
+from tiered_kv_cache.eviction import EVICTION_POLICIES
 from tiered_kv_cache.tiers import TierSizes
 
-from mimo_core.console import add_version_option, cli_app, fail, run_app
+from mimo_core.console import add_version_option, cli_app, fail, print_json, run_app
 from mimo_core.extensions import DRAFTERS, MAX_SPECULATION_BLOCK
 from mimo_core.settings import SettingsError, load_settings, parse_setting
 from mimo_engine.config import DEFAULT_POLICIES, DEFAULTS, GIB, EngineConfig, SpeculationOptions
@@ -80,11 +80,6 @@ def _setting(variable: str, flag: str) -> Any:
             raise typer.BadParameter(str(exc)) from None
 
     return parse
-
-
-def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
-    sys.stdout.flush()
 
 
 @app.command(epilog="Limits: request bodies over --max-body-mib are refused with 413 before they are read; a "
@@ -185,13 +180,13 @@ def pull(name: str = typer.Argument(..., callback=_known_model, help="Registry m
         path = pull_model(name, _cache_dir(), progress=True)
     except PullError as exc:
         fail(str(exc), code=1, prog=PROG)
-    _print_json({"name": name, "path": str(path)})
+    print_json({"name": name, "path": str(path)})
 
 
 @app.command()
 def models() -> None:
     """List the registry's models as JSON: name, size, whether pulled, and path."""
-    _print_json(model_status(_cache_dir()))
+    print_json(model_status(_cache_dir()))
 
 
 @app.command()
@@ -249,7 +244,7 @@ def bench(
         result = bench_result.to_dict()
     if out:
         out.write_text(json.dumps(result, indent=2) + "\n")
-    _print_json(result)
+    print_json(result)
 
 
 @app.command()
@@ -281,7 +276,7 @@ def sweep(model: str = typer.Option(..., "--model", "-m", help="A registry model
         out.write_text(json.dumps(data, indent=2) + "\n")
     if plot:
         draw(result, plot)
-    _print_json(data)
+    print_json(data)
 
 
 def main() -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from mimo_core.contract import Contract
+
 
 @dataclass(frozen=True)
-class ModelSpec:
+class ModelSpec(Contract):
     """One pullable model: the wheels whose payloads, concatenated in order, are the GGUF file."""
 
     name: str
@@ -16,17 +18,6 @@ class ModelSpec:
     size_bytes: int  # of the assembled GGUF
     license: str
     chat_template: str  # family of the GGUF's own template, for listings
-
-    def to_dict(self) -> dict:
-        """The spec as JSON-safe values."""
-        return {
-            "name": self.name,
-            "packages": list(self.packages),
-            "sha256": self.sha256,
-            "size_bytes": self.size_bytes,
-            "license": self.license,
-            "chat_template": self.chat_template,
-        }
 
 
 def _parts(package: str, count: int, version: str) -> tuple[str, ...]:

@@ -11,16 +11,15 @@ import hashlib
 import json
 import re
 import secrets
-import shutil
 import subprocess
-import sys
 from collections.abc import Sequence
-from pathlib import Path
+
+from mimo_core.console import EXIT_CANNOT_RUN
+from mimo_core.tools import ToolError, tool_command
 
 MAX_EXAMPLES = 10
 MAX_REPR = 200  # characters of each result kept: the sandbox returns only the tail of a program's output
 SANDBOX_TIMEOUT_S = 120.0
-NO_SANDBOX = 3  # `ds-benchmark sandbox`'s exit code when no sandbox works on this machine
 _DEF_RE = re.compile(r"^def\s+([A-Za-z_]\w*)\s*\(", re.MULTILINE)
 _DOCTEST_RE = re.compile(r"^\s*>>>\s*(.+?)\s*$", re.MULTILINE)
 
@@ -77,11 +76,10 @@ def probe_program(task: str, code: str, calls: Sequence[str], marker: str) -> st
 
 def sandbox_command() -> list[str]:
     """The `ds-benchmark sandbox` command of this installation."""
-    beside = Path(sys.executable).with_name("ds-benchmark")
-    script = str(beside) if beside.exists() else shutil.which("ds-benchmark")
-    if script is None:
-        raise SandboxMissing("ds-benchmark is not installed")
-    return [script, "sandbox"]
+    try:
+        return [tool_command("ds-benchmark"), "sandbox"]
+    except ToolError as exc:
+        raise SandboxMissing(str(exc)) from None
 
 
 def run_in_sandbox(sources: dict[str, str], timeout_s: float = SANDBOX_TIMEOUT_S) -> dict[str, dict]:
@@ -99,7 +97,7 @@ def run_in_sandbox(sources: dict[str, str], timeout_s: float = SANDBOX_TIMEOUT_S
             continue
         if isinstance(row, dict) and row.get("id") in sources:
             results[row["id"]] = row
-    if done.returncode == NO_SANDBOX or (done.returncode != 0 and not results):
+    if done.returncode == EXIT_CANNOT_RUN or (done.returncode != 0 and not results):
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise SandboxMissing(f"ds-benchmark sandbox failed (exit {done.returncode}): {tail[:200]}")
     return results

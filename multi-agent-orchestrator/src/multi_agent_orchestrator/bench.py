@@ -14,9 +14,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -30,8 +27,10 @@ from mimo_core.client import LLMClient
 from mimo_core.contract import Contract
 from mimo_core.provenance import machine, package_version
 from mimo_core.record import TaskRecord, TraceEntry, parse_record
+from mimo_core.runs import RunsFile
 from mimo_core.settings import Settings
 from mimo_core.stage import StageContext
+from mimo_core.tools import ToolError, run_tool
 
 from .confidence import MEASURES
 from .options import Options
@@ -103,19 +102,15 @@ class ArmRun(Contract):
 
 def suite_records(args: list[str]) -> list[TaskRecord]:
     """The task records `ds-benchmark suite ARGS` writes."""
-    command = [_ds_benchmark(), "suite", *args]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise BenchError(f"ds-benchmark suite failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
-    return [parse_record(line, i) for i, line in enumerate(done.stdout.splitlines(), 1) if line.strip()]
+    return [parse_record(line, i) for i, line in enumerate(_ds_benchmark("suite", *args).splitlines(), 1)
+            if line.strip()]
 
 
-def _ds_benchmark() -> str:
-    beside = Path(sys.executable).with_name("ds-benchmark")
-    found = str(beside) if beside.exists() else shutil.which("ds-benchmark")
-    if found is None:
-        raise BenchError("ds-benchmark is not installed (pip install -e ./ds-benchmark)")
-    return found
+def _ds_benchmark(*args: str, stdin: str | None = None) -> str:
+    try:
+        return run_tool("ds-benchmark", *args, stdin=stdin)
+    except ToolError as exc:
+        raise BenchError(str(exc)) from None
 
 
 def arm_options(options: Options, arm: Arm) -> Options:
@@ -141,37 +136,33 @@ async def run_arm(record: TaskRecord, arm: Arm, options: Options, settings: Sett
                   ctx.served.completion_tokens, ctx.served.prompt_tokens, consensus.to_dict(), traces)
 
 
-def read_runs(path: Path) -> list[ArmRun]:
-    """The runs already in a runs file (a cut-off last line, from an interrupted bench, is dropped)."""
-    if not path.exists():
-        return []
-    runs = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            runs.append(ArmRun.from_json(line, str(path)))
-        except ValueError:
-            continue
-    return runs
+def runs_file(path: Path, wanted: dict[str, Options] | None = None) -> RunsFile[ArmRun]:
+    """The bench's runs file: one run per task and arm; a run of an arm in `wanted` made with other options (an
+    earlier bench that chose another weighting) is dropped, to be run again."""
+    wanted = wanted or {}
+    return RunsFile(path, lambda line, n: ArmRun.from_json(line, f"{path}:{n}"), key=lambda r: (r.record_id, r.arm),
+                    keep=lambda r: wanted.get(r.arm, r.options) == r.options)
 
 
 async def collect(records: list[TaskRecord], arms: list[Arm], options: Options, settings: Settings,
                   runs_path: Path, progress: Progress) -> list[ArmRun]:
     """Run every (task, arm) not yet in `runs_path`, interleaving the arms per task; append each run as it ends."""
     wanted = {arm.name: arm_options(options, arm) for arm in arms}
-    # A run made with other options (an earlier bench that chose another weighting) is run again.
-    have = {(r.record_id, r.arm): r for r in read_runs(runs_path) if wanted.get(r.arm) == r.options}
+    runs = runs_file(runs_path, wanted)
+    try:
+        have = {(r.record_id, r.arm): r for r in runs.load() if r.arm in wanted}
+    except ValueError as exc:
+        raise BenchError(f"{exc} (start afresh without --resume)") from None
     todo = [(record, arm) for record in records for arm in arms if (str(record.id), arm.name) not in have]
     counter = progress.add_task(", ".join(a.name for a in arms), total=len(records) * len(arms),
                                 completed=len(records) * len(arms) - len(todo))
     client = LLMClient(settings)
     try:
-        with runs_path.open("a", encoding="utf-8") as sink:
-            for record, arm in todo:
-                run = await run_arm(record, arm, options, settings, client)
-                sink.write(json.dumps(run.to_dict()) + "\n")
-                sink.flush()
-                have[(run.record_id, run.arm)] = run
-                progress.advance(counter)
+        for record, arm in todo:
+            run = await run_arm(record, arm, options, settings, client)
+            runs.append(run)
+            have[(run.record_id, run.arm)] = run
+            progress.advance(counter)
     finally:
         await client.close()
     return [have[(str(record.id), arm.name)] for record in records for arm in arms]
@@ -191,14 +182,6 @@ class Answer:
     wall_s: float
 
 
-def _pipe(command: list[str], text: str) -> str:
-    done = subprocess.run(command, input=text, capture_output=True, text=True)
-    if done.returncode != 0:
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise BenchError(f"{' '.join(command[1:3])} failed (exit {done.returncode}): {tail}")
-    return done.stdout
-
-
 def _as_record(record: TaskRecord, answer: Answer, prefix: str) -> str:
     """A copy of the task record carrying one configuration's answer and a trace entry with its cost."""
     ended = time.time()
@@ -213,7 +196,7 @@ def score(records: dict[str, TaskRecord], configurations: dict[str, list[Answer]
     lines = "".join(_as_record(records[a.record_id], a, name) + "\n"
                     for name, answers in configurations.items() for a in answers)
     scored: dict[str, list[dict]] = {name: [] for name in configurations}
-    for line in _pipe([_ds_benchmark(), "score"], lines).splitlines():
+    for line in _ds_benchmark("score", stdin=lines).splitlines():
         row = json.loads(line)
         name, _, original = str(row["id"]).partition("|")
         scored[name].append({**row, "id": original})
@@ -223,7 +206,7 @@ def score(records: dict[str, TaskRecord], configurations: dict[str, list[Answer]
 def report(scored: list[dict], wall_s: float) -> dict[str, Any]:
     """`ds-benchmark report`'s figures and outcomes for one configuration's scored records."""
     text = "".join(json.dumps(row) + "\n" for row in scored)
-    results = json.loads(_pipe([_ds_benchmark(), "report", "-", "--wall-s", f"{max(wall_s, 1e-6):.6f}"], text))
+    results = json.loads(_ds_benchmark("report", "-", "--wall-s", f"{max(wall_s, 1e-6):.6f}", stdin=text))
     return results["configurations"][0]
 
 
@@ -231,7 +214,7 @@ def report(scored: list[dict], wall_s: float) -> dict[str, Any]:
 
 
 @dataclass
-class Figures(Contract):
+class BenchFigures(Contract):
     """One configuration's figures over the bench's tasks."""
 
     name: str
@@ -274,7 +257,7 @@ class BenchResults(Contract):
 
     setup: dict[str, Any]
     chosen: Options
-    configurations: list[Figures]
+    configurations: list[BenchFigures]
     grid: list[dict[str, Any]]
     goals: list[Goal]
     reliability: dict[str, list[list[float]]]
@@ -335,7 +318,7 @@ def _share(result: Replayed) -> float | None:
 
 
 def figures(name: str, options: Options, stop: str, answers: list[Answer], scored: list[dict],
-            wall: str, order: list[str]) -> Figures:
+            wall: str, order: list[str]) -> BenchFigures:
     """A configuration's figures from its scored records and `ds-benchmark report`."""
     wall_s = sum(a.wall_s for a in answers)
     config = report(scored, wall_s)
@@ -345,7 +328,7 @@ def figures(name: str, options: Options, stop: str, answers: list[Answer], score
     confidences = [by_id[i]["confidence"] for i in order]
     difficulty = {o["id"]: o["difficulty"] for o in config["outcomes"]}
     tokens = sum(a.tokens for a in answers)
-    return Figures(
+    return BenchFigures(
         name=name, agents=options.agents, weighting=options.weighting, measure=options.measure, doubt=options.doubt,
         temperature=options.temperature, keep=options.keep, early_stop=stop, accuracy=f["accuracy"],
         accuracy_ci95=f["accuracy_ci95"], ds=f["ds"], ds_ci95=f["ds_ci95"],
@@ -355,13 +338,13 @@ def figures(name: str, options: Options, stop: str, answers: list[Answer], score
     )
 
 
-def choose(grid: list[tuple[Options, Figures]]) -> Options:
+def choose(grid: list[tuple[Options, BenchFigures]]) -> Options:
     """The weighting with the best D/s on the grid (then accuracy, then the lower calibration error)."""
     best = max(grid, key=lambda row: (round(row[1].ds, 9), row[1].accuracy or 0.0, -(row[1].calibration_error or 1)))
     return best[0]
 
 
-def goals(configs: dict[str, Figures], default_n: int, stop_n: int | None) -> list[Goal]:
+def goals(configs: dict[str, BenchFigures], default_n: int, stop_n: int | None) -> list[Goal]:
     """The issue's goals, measured at the default number of agents."""
     majority, weighted = configs[f"{default_n} agents, majority"], configs[f"{default_n} agents, weighted"]
     score_diff = paired_difference(majority.scores, weighted.scores)
@@ -409,8 +392,7 @@ def bench(suite_args: list[str], agents: list[int], stop_agents: list[int], base
     if not records:
         raise BenchError("the suite has no tasks")
     if not resume:
-        runs_path.unlink(missing_ok=True)
-    runs_path.parent.mkdir(parents=True, exist_ok=True)
+        runs_file(runs_path).start(resume=False)
     by_id = {str(r.id): r for r in records}
     order = list(by_id)
     default_n = base.agents if base.agents in agents else max(agents)

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import typer
 
+from mimo_core.command import (concurrency_option, config_option, domain_words, domains_option, records_argument,
+                               run_stage_command, stage_settings)
 from mimo_core.console import add_version_option, cli_app, fail, run_app
-from mimo_core.settings import SettingsError, load_settings
 
 from .bench import BenchError, bench as run_bench
 from .confidence import MEASURES
-from .options import Options
+from .options import WEIGHTINGS, Options
 from .plot import save
 from .stage import run as run_stage
-from .vote import WEIGHTINGS
 
 PROG = "multi-agent-orchestrator"
 DEFAULTS = Options()
@@ -36,16 +36,9 @@ def _options(**values: object) -> Options:
         fail(str(exc), prog=PROG)
 
 
-def _settings(model: str | None, config: Path | None):
-    try:
-        return load_settings(overrides={"model": model}, config_file=config)
-    except SettingsError as exc:
-        fail(str(exc), prog=PROG)
-
-
 @app.command()
 def run(
-    file: Path | None = typer.Argument(None, help="Records (JSONL); stdin when absent."),
+    file: Path | None = records_argument(),
     agents: int = typer.Option(DEFAULTS.agents, "--agents", help="Agents per record."),
     first_wave: int = typer.Option(DEFAULTS.first_wave, "--first-wave", help="Agents started first; the others "
                                    "only if these disagree (with --early-stop; 0: all at once)."),
@@ -59,20 +52,14 @@ def run(
     measure: str = typer.Option(DEFAULTS.measure, "--measure", help=f"Trace confidence: {', '.join(MEASURES)}."),
     max_tokens: int = typer.Option(DEFAULTS.max_tokens, "--max-tokens", help="Most tokens per agent."),
     model: str | None = typer.Option(None, "--model", help="The agents' model (default: MIMO_MODEL)."),
-    concurrency: int | None = typer.Option(None, "--concurrency", min=1,
-                                           help="Records at once (default: MIMO_CONCURRENCY // agents, at least 1)."),
-    config: Path | None = typer.Option(None, "--config", help="YAML settings file."),
+    concurrency: int | None = concurrency_option("Records at once (default: MIMO_CONCURRENCY // agents, at least 1)."),
+    config: Path | None = config_option(),
 ) -> None:
     """Read task records, write them on with `consensus` (the answer, its confidence and every vote)."""
     options = _options(agents=agents, first_wave=first_wave, branches=branches, fork_entropy=fork_entropy, early_stop=early_stop,
                        window=window, weighting=weighting, measure=measure, max_tokens=max_tokens)
-    settings = _settings(model, config)
-    try:
-        source = open(file, encoding="utf-8") if file else sys.stdin
-    except OSError as exc:
-        fail(f"{file}: {exc.strerror or exc}", prog=PROG)
-    with source:
-        raise typer.Exit(run_stage(options, settings, concurrency, source=source))
+    settings = stage_settings(PROG, config, model=model)
+    run_stage_command(PROG, file, lambda source: run_stage(options, settings, concurrency, source=source))
 
 
 def _numbers(text: str, name: str) -> list[int]:
@@ -85,10 +72,11 @@ def _numbers(text: str, name: str) -> list[int]:
     return numbers
 
 
-@app.command()
+@app.command(context_settings={"allow_extra_args": True})
 def bench(
+    ctx: typer.Context,
     n: int = typer.Option(30, "--n", min=1, help="Tasks, split evenly over the domains."),
-    domains: str = typer.Option("math", "--domains", help="ds-benchmark suite domains, comma-separated."),
+    domains: list[str] = domains_option(["math"], "ds-benchmark suite domains: --domains math triage."),
     seed: int = typer.Option(0, "--seed", help="The suite's seed (the same tasks for the same seed)."),
     math_source: str | None = typer.Option(None, "--math-source", help="ds-benchmark suite's math source."),
     agents: str = typer.Option("1,3,5,8", "--agents", help="Numbers of agents to compare, comma-separated."),
@@ -100,13 +88,13 @@ def bench(
     runs: Path = typer.Option(Path("multi-agent-orchestrator/results/runs.jsonl"), "--runs",
                               help="Every run, appended as it finishes."),
     resume: bool = typer.Option(False, "--resume", help="Keep the runs already in --runs and do only the rest."),
-    config: Path | None = typer.Option(None, "--config", help="YAML settings file."),
+    config: Path | None = config_option(),
 ) -> None:
     """Compare numbers of agents, majority and weighted votes, with and without early stop, on ds-benchmark tasks."""
-    suite_args = ["--n", str(n), "--domains", *domains.split(","), "--seed", str(seed)]
+    suite_args = ["--n", str(n), "--domains", *domain_words(domains, ctx.args, PROG), "--seed", str(seed)]
     suite_args += ["--math-source", math_source] if math_source else []
     options = _options(agents=max(_numbers(agents, "--agents")), max_tokens=max_tokens)
-    settings = _settings(model, config)
+    settings = stage_settings(PROG, config, model=model)
     try:
         results = run_bench(suite_args, _numbers(agents, "--agents"), _numbers(stop_agents, "--stop-agents"),
                             dataclasses.replace(options, agents=DEFAULTS.agents), settings, runs, resume)

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from mimo_core.contract import Contract
 
 from .confidence import MEASURES
-from .vote import WEIGHTINGS
+
+WEIGHTINGS = ("unweighted", "cisc", "deepconf")  # how votes weigh: see vote.py
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .bench import BenchResults, Figures
+from .bench import BenchResults, BenchFigures
 
 SERIES = (  # (name suffix, label, style)
     ("majority", "plain majority", "o-"),
@@ -15,7 +15,7 @@ SERIES = (  # (name suffix, label, style)
 )
 
 
-def _series(results: BenchResults, suffix: str) -> list[Figures]:
+def _series(results: BenchResults, suffix: str) -> list[BenchFigures]:
     found = {f.name: f for f in results.configurations}
     return [found[f"{n} agents, {suffix}"] for n in results.setup["agents"] if f"{n} agents, {suffix}" in found]
 

@@ -14,18 +14,13 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from mimo_core.answers import extract_answer
 
 from .confidence import certainty, trace_confidence
+from .options import WEIGHTINGS, Options
 
-if TYPE_CHECKING:
-    from .options import Options
-
-WEIGHTINGS = ("unweighted", "cisc", "deepconf")
 _COMMENT_RE = re.compile(r"#[^\n]*")
 
 

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import sys
 from importlib import resources
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
-from mimo_core.console import add_version_option, cli_app, fail, run_app
+from mimo_core.command import (concurrency_option, config_option, domain_words, domains_option, records_argument,
+                               run_stage_command, stage_settings)
+from mimo_core.console import add_version_option, cli_app, fail, print_json, run_app, warn
+from mimo_core.tools import ToolError, tool_command
 from precision_router.policy import POLICIES
 
 PROG = "precision-router"
@@ -21,17 +22,15 @@ app = cli_app(help="Weight precision per token and per layer: the route stage, p
 add_version_option(app, "precision-router")
 
 
-def _print_json(data: object) -> None:
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
-
-
 @app.command()
-def route(concurrency: int | None = typer.Option(None, "--concurrency", min=1, help="Records routed at once."),
+def route(file: Path | None = records_argument(),
+          concurrency: int | None = concurrency_option(),
           policy: str | None = typer.Option(None, "--policy", help=f"Run every record under this policy "
                                             f"({', '.join(POLICIES[:-1])}, entropy@B) instead of choosing one per "
                                             f"record; the engine refuses one it does not hold."),
+          config: Path | None = config_option(),
           ) -> None:
-    """Pipeline stage: read records (JSONL) on stdin, write each with `precision` on stdout.
+    """Pipeline stage: read records (JSONL) from FILE or stdin, write each with `precision` on stdout.
 
     The candidate policy comes from the record's domain (math and coding 7 bits per weight, triage 6, general 5.5)
     and a short probe of the model's next-token entropy (one bit more when it is uncertain); it is kept only where
@@ -42,15 +41,17 @@ def route(concurrency: int | None = typer.Option(None, "--concurrency", min=1, h
 
     from precision_router.route import Router, baseline
 
-    raise typer.Exit(run_stage("precision-router", Router(policy=policy).route, component="precision-router",
-                               baseline=baseline, concurrency=concurrency))
+    settings = stage_settings(PROG, config)
+    run_stage_command(PROG, file, lambda source: run_stage(PROG, Router(policy=policy).route, component=PROG,
+                                                           baseline=baseline, source=source, concurrency=concurrency,
+                                                           settings=settings))
 
 
 @app.command(context_settings={"allow_extra_args": True})
 def calibrate(ctx: typer.Context,
-              domains: list[str] = typer.Option(["math", "coding", "triage", "general"], "--domains",
-                                                help="The domains whose candidate policies are measured: --domains "
-                                                     "math coding.")) -> None:
+              domains: list[str] = domains_option(["math", "coding", "triage", "general"],
+                                                  "The domains whose candidate policies are measured: --domains "
+                                                  "math coding.")) -> None:
     """Measure what each policy `route` may choose for these domains costs against native on the oracle (bits per
     weight read, decode ms per token), and keep it in MIMO_CACHE_DIR/calibrations, where `route` finds it (a
     benchmark measures it before it times anything). JSON on stdout."""
@@ -59,9 +60,8 @@ def calibrate(ctx: typer.Context,
     from mimo_core.settings import load_settings
     from precision_router.route import calibrate as measure
 
-    chosen = [*domains, *ctx.args] if ctx.args else domains
-    table = asyncio.run(measure(load_settings(), chosen))
-    _print_json(table.to_dict() if table else {"reason": "a remote server: no policy is measured there"})
+    table = asyncio.run(measure(load_settings(), domain_words(domains, ctx.args, PROG)))
+    print_json(table.to_dict() if table else {"reason": "a remote server: no policy is measured there"})
 
 
 @app.command()
@@ -81,24 +81,19 @@ def quantize(model: str = typer.Option(..., "--model", "-m", help="A model pulle
         report = quantize_gguf(path, lambda name: status.update(f"quantizing {name}"))
     if out:
         out.write_text(json.dumps(report, indent=2) + "\n")
-    _print_json(report)
+    print_json(report)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
 def sweep(ctx: typer.Context) -> None:
     """Deprecated: runs `mimo-engine sweep` with the same options (the sweep measures the engine's own kernels, so
     it lives with the engine)."""
-    print(f"{PROG}: warning: `precision-router sweep` is deprecated; use `mimo-engine sweep`", file=sys.stderr)
-    raise typer.Exit(subprocess.call([engine_command(), "sweep", *ctx.args]))
-
-
-def engine_command() -> str:
-    """The `mimo-engine` console script: beside this interpreter (the same environment), else on PATH."""
-    beside = Path(sys.executable).with_name("mimo-engine")
-    found = str(beside) if beside.is_file() else shutil.which("mimo-engine")
-    if found is None:
-        fail("`mimo-engine` is not installed: pip install ./mimo-engine", prog=PROG)
-    return found
+    warn("`precision-router sweep` is deprecated; use `mimo-engine sweep`", prog=PROG)
+    try:
+        command = tool_command("mimo-engine")
+    except ToolError as exc:
+        fail(str(exc), prog=PROG)
+    raise typer.Exit(subprocess.call([command, "sweep", *ctx.args]))
 
 
 @app.command()
@@ -114,7 +109,7 @@ def cost(model_config: str = typer.Option(..., "--model-config", help="YAML of t
     shipped = resources.files("precision_router") / "models" / f"{model_config}.yaml"
     path = Path(str(shipped)) if shipped.is_file() else Path(model_config)
     try:
-        _print_json(model_cost(load_model_config(path), profile, accepted))
+        print_json(model_cost(load_model_config(path), profile, accepted))
     except (OSError, ValueError) as exc:
         fail(str(exc), prog=PROG)
 

@@ -8,9 +8,6 @@ Answers are checked by `ds-benchmark score` (a subprocess: tools meet only throu
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -20,14 +17,16 @@ from mimo_core.client import LLMClient
 from mimo_core.contract import Contract
 from mimo_core.provenance import provenance
 from mimo_core.record import TaskRecord, read_records
+from mimo_core.runs import RunsFile
 from mimo_core.settings import Settings
 from mimo_core.stage import StageContext
+from mimo_core.stats import bootstrap_interval
+from mimo_core.tools import run_tool
 
 from . import backend
-from .reasoner import Options, Reasoner
+from .reasoner import ReasoningOptions, Reasoner
 
 ORACLE_ONLY = "oracle-only"
-BOOTSTRAP_ROUNDS = 2000
 
 
 @dataclass
@@ -94,27 +93,15 @@ class Plan:
 
     pairings: list[tuple[str, str]]
     thresholds: list[float]
-    options: Options
+    options: ReasoningOptions
     runs_path: Path
     resume: bool = False
 
 
-def ds_benchmark(*args: str, stdin: str | None = None) -> str:
-    """Run the ds-benchmark CLI (installed beside this interpreter, else on PATH); its stdout, or RuntimeError."""
-    local = Path(sys.executable).parent / "ds-benchmark"
-    exe = str(local) if local.exists() else shutil.which("ds-benchmark")
-    if exe is None:
-        raise RuntimeError("the ds-benchmark command is not installed")
-    done = subprocess.run([exe, *args], input=stdin, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"ds-benchmark {args[0]} failed: {done.stderr.strip().splitlines()[-1:]}")
-    return done.stdout
-
-
 def suite(n: int, domains: list[str], seed: int) -> list[TaskRecord]:
     """ds-benchmark's suite of n records over the domains."""
-    return list(read_records(ds_benchmark("suite", "--n", str(n), "--domains", *domains, "--seed", str(seed))
-                             .splitlines()))
+    out = run_tool("ds-benchmark", "suite", "--n", str(n), "--domains", *domains, "--seed", str(seed))
+    return list(read_records(out.splitlines()))
 
 
 def arms(thresholds: list[float]) -> list[str]:
@@ -122,11 +109,9 @@ def arms(thresholds: list[float]) -> list[str]:
     return [ORACLE_ONLY, *(f"spec@{t:g}" for t in thresholds)]
 
 
-def load_runs(path: Path) -> list[Run]:
-    """The runs kept in a JSONL file (none if it does not exist)."""
-    if not path.exists():
-        return []
-    return [Run.from_json(line, f"{path}:{i}") for i, line in enumerate(path.read_text().splitlines(), 1) if line]
+def runs_file(path: Path) -> RunsFile[Run]:
+    """The bench's runs file: one run per pairing, arm and record."""
+    return RunsFile(path, lambda line, n: Run.from_json(line, f"{path}:{n}"), key=lambda r: (r.pairing, r.arm, r.id))
 
 
 async def run_one(reasoner: Reasoner, record: TaskRecord, ctx: StageContext, pairing: str, arm: str) -> Run:
@@ -152,34 +137,31 @@ async def warm_up(ctx: StageContext, capabilities: backend.Capabilities) -> None
 async def run_all(records: list[TaskRecord], plan: Plan, settings: Settings,
                   on_run: Callable[[Run], None] = lambda run: None) -> list[Run]:
     """Every (pairing, record, arm) not yet in the runs file, one at a time; returns all runs, kept ones included."""
-    kept = load_runs(plan.runs_path) if plan.resume else []
-    done = {(r.pairing, r.arm, r.id) for r in kept}
-    plan.runs_path.parent.mkdir(parents=True, exist_ok=True)
-    runs = list(kept)
+    kept = runs_file(plan.runs_path)
+    runs = kept.start(plan.resume)
+    done = {(r.pairing, r.arm, r.id) for r in runs}
     names = arms(plan.thresholds)
-    with plan.runs_path.open("a" if plan.resume else "w", encoding="utf-8") as sink:
-        for draft, oracle in plan.pairings:
-            pairing = f"{draft}->{oracle}"
-            # A client per pairing: the embedded engine is started to serve that pairing's two models.
-            pair_settings = replace(settings, draft_model=draft, model=oracle)
-            client = LLMClient(pair_settings)
-            capabilities = backend.Capabilities()
-            try:
-                await warm_up(StageContext(pair_settings, lambda: client), capabilities)
-                for i, record in enumerate(records):
-                    for arm in names[i % len(names):] + names[: i % len(names)]:
-                        if (pairing, arm, record.id) in done:
-                            continue
-                        threshold = plan.options.threshold if arm == ORACLE_ONLY else float(arm.split("@")[1])
-                        reasoner = Reasoner(replace(plan.options, threshold=threshold), capabilities)
-                        ctx = StageContext(pair_settings, lambda: client)
-                        run = await run_one(reasoner, record, ctx, pairing, arm)
-                        sink.write(json.dumps(run.to_dict()) + "\n")
-                        sink.flush()
-                        runs.append(run)
-                        on_run(run)
-            finally:
-                await client.close()
+    for draft, oracle in plan.pairings:
+        pairing = f"{draft}->{oracle}"
+        # A client per pairing: the embedded engine is started to serve that pairing's two models.
+        pair_settings = replace(settings, draft_model=draft, model=oracle)
+        client = LLMClient(pair_settings)
+        capabilities = backend.Capabilities()
+        try:
+            await warm_up(StageContext(pair_settings, lambda: client), capabilities)
+            for i, record in enumerate(records):
+                for arm in names[i % len(names):] + names[: i % len(names)]:
+                    if (pairing, arm, record.id) in done:
+                        continue
+                    threshold = plan.options.threshold if arm == ORACLE_ONLY else float(arm.split("@")[1])
+                    reasoner = Reasoner(replace(plan.options, threshold=threshold), capabilities)
+                    ctx = StageContext(pair_settings, lambda: client)
+                    run = await run_one(reasoner, record, ctx, pairing, arm)
+                    kept.append(run)
+                    runs.append(run)
+                    on_run(run)
+        finally:
+            await client.close()
     return runs
 
 
@@ -192,15 +174,13 @@ def verdicts(records: list[TaskRecord], runs: list[Run]) -> list[bool]:
         scored = TaskRecord(id=f"run-{i}", domain=record.domain, task=record.task, difficulty=record.difficulty,
                             reference=record.reference, consensus={"answer": run.answer, "confidence": run.confidence})
         lines.append(json.dumps(scored.to_dict()))
-    out = ds_benchmark("score", stdin="\n".join(lines) + "\n") if lines else ""
+    out = run_tool("ds-benchmark", "score", stdin="\n".join(lines) + "\n") if lines else ""
     return [bool(r.verdict.get("correct")) for r in read_records(out.splitlines())]
 
 
-def interval(values: np.ndarray, statistic: Callable[[np.ndarray], np.ndarray], seed: int = 0) -> list[float]:
-    """The 95% percentile bootstrap interval of `statistic` over resampled rows of `values` (n x columns)."""
-    picks = np.random.default_rng(seed).integers(0, len(values), size=(BOOTSTRAP_ROUNDS, len(values)))
-    low, high = np.percentile(statistic(values[picks]), [2.5, 97.5])
-    return [round(float(low), 4), round(float(high), 4)]
+def interval(values: np.ndarray, statistic: Callable[[np.ndarray], np.ndarray]) -> list[float]:
+    """The 95% bootstrap interval of `statistic` over resampled rows of `values` (n x columns), to 4 digits."""
+    return bootstrap_interval(values, statistic, digits=4) or []
 
 
 def arm_figures(pairing: str, arm: str, runs: list[Run], correct: list[bool], base: dict[Any, tuple[Run, bool]]

@@ -9,17 +9,19 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from mimo_core.command import (concurrency_option, config_option, deprecated_model, domain_words, domains_option,
+                               records_argument, run_stage_command, stage_settings)
 from mimo_core.console import add_version_option, cli_app, fail, run_app
 from mimo_core.contract import ContractError
 from mimo_core.record import RecordError, read_records
-from mimo_core.settings import Settings, SettingsError, load_settings
+from mimo_core.settings import Settings, SettingsError
 from rich.console import Console
 from rich.progress import Progress
 
 from .bench import Plan, arms, run_all, suite, summarise
 from .calibration import calibrate as calibrate_pair
 from .plot import plot
-from .reasoner import Options, reason_stream
+from .reasoner import ReasoningOptions, reason_stream
 
 PROG = "spec-reasoner"
 app = cli_app(help="Step-level speculative reasoning: a draft model writes the next reasoning steps, the oracle "
@@ -32,37 +34,39 @@ MAX_STEPS = typer.Option(16, "--max-steps", help="The most steps in a chain.")
 MAX_TOKENS = typer.Option(512, "--max-tokens", help="The most completion tokens in a chain (and for the oracle alone).")
 STEP_TOKENS = typer.Option(128, "--step-tokens", help="The most tokens of one step.")
 DRAFT = typer.Option(None, "--draft-model", help="The draft model (else MIMO_DRAFT_MODEL, else the engine's).")
-ORACLE = typer.Option(None, "--oracle-model", help="The oracle (else MIMO_MODEL, else the engine's).")
-CONFIG = typer.Option(None, "--config", help="YAML file of settings (lowest precedence after defaults).")
+MODEL = typer.Option(None, "--model", help="The oracle (else MIMO_MODEL, else the engine's).")
+ORACLE = typer.Option(None, "--oracle-model", hidden=True, help="Deprecated: --model.")
+CONFIG = config_option()
 
 
 def _settings(config: Optional[Path], draft: str | None = None, oracle: str | None = None) -> Settings:
+    settings = stage_settings(PROG, config, draft_model=draft, model=oracle)
     try:
-        settings = load_settings(overrides={"draft_model": draft, "model": oracle}, config_file=config)
         settings.oracle_model, settings.drafter_model  # a remote endpoint without MIMO_MODEL fails here, in one line
     except SettingsError as exc:
         fail(str(exc), prog=PROG)
     return settings
 
 
-def _options(**values) -> Options:
+def _options(**values) -> ReasoningOptions:
     try:
-        return Options(**values)
+        return ReasoningOptions(**values)
     except ValueError as exc:
         fail(str(exc), prog=PROG)
 
 
 @app.command()
 def reason(
-    file: Optional[Path] = typer.Argument(None, help="Records (JSONL); stdin when absent."),
+    file: Optional[Path] = records_argument(),
     k: int = K,
     threshold: float = typer.Option(7.0, "--threshold", help="Accept a step scored at least this (0-9)."),
     max_steps: int = MAX_STEPS,
     max_tokens: int = MAX_TOKENS,
     step_tokens: int = STEP_TOKENS,
     draft_model: Optional[str] = DRAFT,
+    model: Optional[str] = MODEL,
     oracle_model: Optional[str] = ORACLE,
-    concurrency: Optional[int] = typer.Option(None, "--concurrency", min=1, help="Records reasoned at once."),
+    concurrency: Optional[int] = concurrency_option(),
     step_drafting: str = typer.Option("auto", "--step-drafting",
                                       help="auto: draft steps only where the model pair's calibration says the "
                                            "oracle tells right steps from wrong and drafting pays; always; never."),
@@ -76,13 +80,9 @@ def reason(
     runs, the chain (a record whose config disables spec-reasoner gets no speculation and no chain)."""
     options = _options(k=k, threshold=threshold, max_steps=max_steps, max_tokens=max_tokens, step_tokens=step_tokens,
                        step_drafting=step_drafting, criterion=criterion, drafter=drafter)
-    settings = _settings(config, draft_model, oracle_model)
-    try:
-        source = open(file, encoding="utf-8") if file else sys.stdin
-    except OSError as exc:
-        fail(f"{file}: {exc.strerror}", prog=PROG)
-    with source:
-        raise typer.Exit(reason_stream(options, source=source, settings=settings, concurrency=concurrency))
+    settings = _settings(config, draft_model, deprecated_model(model, oracle_model, "--oracle-model", PROG))
+    run_stage_command(PROG, file, lambda source: reason_stream(options, source=source, settings=settings,
+                                                               concurrency=concurrency))
 
 
 @app.command(context_settings={"allow_extra_args": True})
@@ -90,8 +90,8 @@ def calibrate(
     ctx: typer.Context,
     pairing: Optional[str] = typer.Option(None, "--pairing", help="DRAFT:ORACLE (default: MIMO_DRAFT_MODEL and "
                                           "MIMO_MODEL, else the engine's)."),
-    domains: list[str] = typer.Option([], "--domains", help="Also measure the block drafters on these domains' "
-                                      "prompts: --domains math coding triage."),
+    domains: list[str] = domains_option([], "Also measure the block drafters on these domains' prompts: --domains "
+                                            "math coding triage."),
     k: int = K,
     if_missing: bool = typer.Option(False, "--if-missing", help="Measure only what is not kept yet."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the JSON to this file."),
@@ -105,7 +105,7 @@ def calibrate(
     settings = _settings(config, draft, oracle)
     draft, oracle = settings.drafter_model, settings.oracle_model
     calibration, drafters = asyncio.run(calibrate_pair(settings, draft, oracle, _options(k=k).k,
-                                                       [*domains, *ctx.args], afresh=not if_missing))
+                                                       domain_words(domains, ctx.args, PROG), afresh=not if_missing))
     text = json.dumps({**calibration.to_dict(), "drafters": drafters.to_dict() if drafters else None}, indent=2)
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -125,7 +125,7 @@ def _pairing(text: str) -> tuple[str, str]:
 def bench(
     ctx: typer.Context,
     n: int = typer.Option(6, "--n", min=1, help="Records in all, split over the domains (ds-benchmark suite)."),
-    domains: list[str] = typer.Option(["math"], "--domains", help="Domains of the suite: --domains math triage."),
+    domains: list[str] = domains_option(["math"], "Domains of the suite: --domains math triage."),
     seed: int = typer.Option(0, "--seed", help="The suite's seed."),
     records: Optional[Path] = typer.Option(None, "--records", help="A JSONL of records with references instead."),
     pairing: list[str] = typer.Option(["smollm2-135m:qwen2.5-coder-0.5b"], "--pairing",
@@ -143,7 +143,7 @@ def bench(
 ) -> None:
     """Speculative vs oracle-only on a suite, thresholds swept: accuracy, wall time, tokens, acceptance, speedup."""
     pairs = [_pairing(p) for p in pairing]
-    domains = [*domains, *ctx.args]
+    domains = domain_words(domains, ctx.args, PROG)
     try:
         swept = [float(t) for t in thresholds.split(",")]
     except ValueError:

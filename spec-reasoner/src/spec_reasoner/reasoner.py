@@ -52,7 +52,7 @@ MIN_ACCEPTANCE, MIN_DRAFTED = 0.25, 16
 
 
 @dataclass(frozen=True)
-class Options:
+class ReasoningOptions:
     """How the loop runs: steps drafted per round, acceptance threshold, budgets (the models come from settings)."""
 
     k: int = 3
@@ -112,7 +112,7 @@ def count(tokens: Tokens, result: Completion) -> None:
         tokens.cached += cache["cached_tokens"]
 
 
-def keep(chain: Chain, step: Step, domain: str, options: Options) -> bool:
+def keep(chain: Chain, step: Step, domain: str, options: ReasoningOptions) -> bool:
     """Append a step; True when the chain is finished (a final answer, or a budget spent)."""
     chain.steps.append(step)
     if final_answer(domain, join_steps(chain.texts(), options.delimiter)) is not None:
@@ -128,7 +128,7 @@ class Reasoner:
     """The stage's work (`process`): one per process, so the endpoint's scoring support is probed and the model
     pair calibrated once."""
 
-    def __init__(self, options: Options = Options(), capabilities: backend.Capabilities | None = None,
+    def __init__(self, options: ReasoningOptions = ReasoningOptions(), capabilities: backend.Capabilities | None = None,
                  calibrations: Calibrations | None = None) -> None:
         self.options = options
         self.capabilities = capabilities or backend.Capabilities()
@@ -242,7 +242,7 @@ def stopwatch():
 
 
 @dataclass(frozen=True)
-class Draft:
+class DraftedStep:
     """A drafted step and the draft model's completion tokens for it."""
 
     text: str
@@ -250,10 +250,10 @@ class Draft:
 
 
 async def draft_steps(record: TaskRecord, ctx: StageContext, mode: Scoring, model: str, chain: Chain,
-                      opts: Options) -> list[Draft]:
+                      opts: ReasoningOptions) -> list[DraftedStep]:
     """Up to k steps from the draft model, one request each (a step ends at the delimiter); fewer if it ends the
     solution, writes a final answer, or would pass the chain's budgets."""
-    drafts: list[Draft] = []
+    drafts: list[DraftedStep] = []
     texts = chain.texts()
     room_steps, room_tokens = opts.max_steps - len(texts), opts.max_tokens - chain.tokens()
     while len(drafts) < min(opts.k, room_steps) and room_tokens > 0:
@@ -264,7 +264,7 @@ async def draft_steps(record: TaskRecord, ctx: StageContext, mode: Scoring, mode
         text = first_step(result.text, opts.delimiter)
         if not text:
             break
-        drafts.append(Draft(text, result.usage.completion_tokens))
+        drafts.append(DraftedStep(text, result.usage.completion_tokens))
         room_tokens -= result.usage.completion_tokens
         if final_answer(record.domain, join_steps(texts + [d.text for d in drafts], opts.delimiter)):
             break
@@ -272,7 +272,7 @@ async def draft_steps(record: TaskRecord, ctx: StageContext, mode: Scoring, mode
 
 
 async def verify(record: TaskRecord, ctx: StageContext, mode: Scoring, model: str, chain: Chain,
-                 drafts: list[Draft], opts: Options, capabilities: backend.Capabilities,
+                 drafts: list[DraftedStep], opts: ReasoningOptions, capabilities: backend.Capabilities,
                  criterion: Criterion = "rating") -> backend.Scores:
     """The oracle's scores of the drafted steps: by rating, prompt i rates step i after the chain and steps 1..i-1;
     by log-probability, one prompt-logprobs pass over the chain and all k steps gives each step's mean."""
@@ -289,7 +289,7 @@ async def verify(record: TaskRecord, ctx: StageContext, mode: Scoring, model: st
 
 
 async def oracle_step(record: TaskRecord, ctx: StageContext, mode: Scoring, model: str, chain: Chain, number: int,
-                      opts: Options) -> None:
+                      opts: ReasoningOptions) -> None:
     """The oracle writes the next step itself; an empty one ends the chain."""
     result = await backend.generate(ctx, mode, model, record, continuation(chain.texts(), opts.delimiter),
                                     max_tokens=min(opts.step_tokens, max(1, opts.max_tokens - chain.tokens())),
@@ -302,7 +302,7 @@ async def oracle_step(record: TaskRecord, ctx: StageContext, mode: Scoring, mode
     keep(chain, Step(text, "oracle", None, number, result.usage.completion_tokens), record.domain, opts)
 
 
-async def oracle_alone(record: TaskRecord, ctx: StageContext, model: str, opts: Options, chain: Chain) -> None:
+async def oracle_alone(record: TaskRecord, ctx: StageContext, model: str, opts: ReasoningOptions, chain: Chain) -> None:
     """The oracle writes the whole solution in one chat request within the token budget; its steps go in the chain."""
     lap = stopwatch()
     result = await ctx.chat(shared_prefix(record), model=model, max_tokens=opts.max_tokens)
@@ -330,7 +330,7 @@ def judge(speculation: TokenSpeculation, ctx: StageContext) -> TokenSpeculation:
     return speculation
 
 
-def section(record: TaskRecord, chain: Chain, models: tuple[str, str], mode: Scoring, opts: Options,
+def section(record: TaskRecord, chain: Chain, models: tuple[str, str], mode: Scoring, opts: ReasoningOptions,
             wall_s: float, criterion: Criterion = "rating", threshold: float | None = None) -> Reasoning:
     """The `reasoning` section of a finished chain."""
     scored = [s.score for s in chain.steps if s.score is not None]
@@ -369,7 +369,7 @@ def baseline(record: TaskRecord, ctx: StageContext) -> None:
     record.reasoning = {"speculation": TokenSpeculation("none", reason="spec-reasoner is disabled").to_dict()}
 
 
-def reason_stream(options: Options = Options(), **kwargs) -> int:
+def reason_stream(options: ReasoningOptions = ReasoningOptions(), **kwargs) -> int:
     """`spec-reasoner reason`: records in, records with `reasoning` out (only its speculation part when disabled);
     the exit code."""
     return run_stage(STAGE, Reasoner(options).process, component=STAGE, baseline=baseline, **kwargs)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import typer
 
-from mimo_core.console import add_version_option, cli_app, fail, run_app
+from mimo_core.command import config_option, concurrency_option, records_argument, run_stage_command, stage_settings
+from mimo_core.console import add_version_option, cli_app, fail, print_json, run_app
 from mimo_core.contract import ContractError
 from mimo_core.settings import load_settings
 
@@ -25,11 +25,6 @@ app = cli_app(
 add_version_option(app, PROG)
 
 
-def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
-    sys.stdout.flush()
-
-
 def _disk_root(folder: Path | None) -> Path:
     return folder if folder is not None else load_settings().cache_dir / "kv"
 
@@ -39,8 +34,9 @@ DirOption = typer.Option(None, "--dir", help="The disk tier's folder (default: M
 
 @app.command()
 def plan(
-    file: Path | None = typer.Argument(None, help="Records (JSONL); stdin when absent."),
-    concurrency: int | None = typer.Option(None, "--concurrency", min=1, help="Records warmed at once."),
+    file: Path | None = records_argument(),
+    concurrency: int | None = concurrency_option(),
+    config: Path | None = config_option(),
 ) -> None:
     """Warm each record's shared prefix in the engine; write the record on with `kv` (JSONL in, JSONL out).
 
@@ -56,12 +52,8 @@ def plan(
     Exit codes: 0 done; 2 bad input (`line N: reason`; the records before it were written)."""
     from tiered_kv_cache.plan import run_plan
 
-    try:
-        source = open(file, encoding="utf-8") if file else sys.stdin
-    except OSError as exc:
-        fail(f"{file}: {exc.strerror}", prog=PROG)
-    with source:
-        raise typer.Exit(run_plan(source=source, concurrency=concurrency))
+    settings = stage_settings(PROG, config)
+    run_stage_command(PROG, file, lambda source: run_plan(source=source, concurrency=concurrency, settings=settings))
 
 
 @app.command()
@@ -91,7 +83,7 @@ def simulate(
         fail(f"{trace}: {exc}", prog=PROG)
     except OSError as exc:
         fail(f"{trace}: {exc.strerror}", prog=PROG)
-    _print_json(result.to_dict())
+    print_json(result.to_dict())
 
 
 @app.command()
@@ -127,7 +119,7 @@ def stats(
     from tiered_kv_cache.live import NoEngine, live_stats
 
     try:
-        _print_json(live_stats(load_settings(), url).to_dict())
+        print_json(live_stats(load_settings(), url).to_dict())
     except NoEngine as exc:
         fail(str(exc), code=1, prog=PROG)
 
@@ -142,7 +134,7 @@ def inspect(
     Safe while an engine runs."""
     from tiered_kv_cache.disk import inspect_disk
 
-    _print_json(inspect_disk(_disk_root(folder), verify).to_dict())
+    print_json(inspect_disk(_disk_root(folder), verify).to_dict())
 
 
 @app.command()
@@ -163,7 +155,7 @@ def gc(
 
     max_bytes = None if max_gib is None else int(max_gib * GIB)
     max_age_s = None if max_age_days is None else max_age_days * DAY_S
-    _print_json(collect_disk(_disk_root(folder), max_bytes, max_age_s, verify, dry_run).to_dict())
+    print_json(collect_disk(_disk_root(folder), max_bytes, max_age_s, verify, dry_run).to_dict())
 
 
 @app.command()
@@ -183,7 +175,7 @@ def bench(
     result = run_bench(model, agents, repeats).to_dict()
     if out:
         out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    _print_json(result)
+    print_json(result)
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from tiered_kv_cache.blocks import BlockHash, block_hashes, root_hash
 from tiered_kv_cache.disk import DiskStore
-from tiered_kv_cache.policy import make_policy
+from tiered_kv_cache.eviction import make_policy
 from tiered_kv_cache.tiers import TIERS, CacheStats, HostStore, LowerTier, TierConfig
 
 SeqId = Hashable

@@ -27,7 +27,7 @@ from mimo_core.contract import Contract, ContractError
 from mimo_core.profiles import HardwareProfile, load_profile, shipped_profiles
 from tiered_kv_cache.blocks import block_hashes
 from tiered_kv_cache.manager import KVCacheManager
-from tiered_kv_cache.policy import POLICIES
+from tiered_kv_cache.eviction import EVICTION_POLICIES
 from tiered_kv_cache.tiers import DEMOTIONS, LINKS, PROMOTIONS, TIERS, TierConfig
 
 FINGERPRINT = "simulate"  # every trace's blocks chain from the same root: one model
@@ -78,8 +78,8 @@ class SimulateConfig(Contract):
             raise ValueError("capacities cannot be negative")
         if self.capacity_bytes is not None and self.model is None:
             raise ValueError("capacity_bytes needs the model shape (model: n_layer, n_kv_head, head_dim, dtype_bytes)")
-        if self.policy not in POLICIES:
-            raise ValueError(f"unknown policy {self.policy!r}; known: {', '.join(POLICIES)}")
+        if self.policy not in EVICTION_POLICIES:
+            raise ValueError(f"unknown policy {self.policy!r}; known: {', '.join(EVICTION_POLICIES)}")
         if self.profile is not None and self.profile not in shipped_profiles():
             raise ValueError(f"unknown hardware profile {self.profile!r}; known: {', '.join(shipped_profiles())}")
         if self.prefill_tokens_per_s is not None and self.prefill_tokens_per_s <= 0:

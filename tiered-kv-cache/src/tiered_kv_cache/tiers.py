@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from tiered_kv_cache.blocks import BlockHash
-from tiered_kv_cache.policy import Policy, make_policy
+from tiered_kv_cache.eviction import EvictionPolicy, make_policy
 
 TIERS = ("hbm", "dram", "disk")
 DRAM_BYTES = 2 << 30  # a server's default host tier, per model (held only as blocks are demoted into it)
@@ -85,7 +85,7 @@ class LowerTier:
 
     name: str
     capacity: int
-    policy: Policy
+    policy: EvictionPolicy
     store: Store | None = None
 
     def __contains__(self, key: object) -> bool:

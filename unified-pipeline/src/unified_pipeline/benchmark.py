@@ -32,10 +32,13 @@ from ds_benchmark.suites import build_suite
 from mimo_core import daemon
 from mimo_core.client import LLMClient
 from mimo_core.contract import Contract
-from mimo_core.record import COMPONENTS, RecordError, TaskRecord, parse_record, write_record
+from mimo_core.record import COMPONENTS, TaskRecord, parse_record
+from mimo_core.runs import RunsFile
 from mimo_core.settings import Settings
+from mimo_core.stats import decisions_per_second
+from mimo_core.tools import run_tool, tool_command
 
-from .pipe import PipeError, executable, run_pipe
+from .pipe import PipeError, run_pipe
 
 ENGINE_IDLE_TIMEOUT_S = 120.0  # a private engine left behind by a killed run exits on its own soon after
 RUN_FILE = re.compile(r"results_v(\d+)\.(?:json|run\.json|records\.jsonl|log)$")  # any file of run N
@@ -92,6 +95,13 @@ class RunFiles:
     def log(self) -> Path:
         return self.results.with_suffix(".log")
 
+    @property
+    def done(self) -> RunsFile[TaskRecord]:
+        """The records file as the run's runs file: one scored record per task and configuration; a record whose
+        stage failed (its `error` set, e.g. the engine died under it) is dropped, to be run again."""
+        return RunsFile(self.records, parse_record, key=lambda r: (str(r.id), tuple(r.disabled)),
+                        keep=lambda r: r.error is None and bool(r.verdict))
+
 
 def default_results_path(folder: Path, resume: bool) -> Path:
     """Without --out: a new run takes the first free `results_vN.json` (so two runs give the quickstart's
@@ -103,33 +113,6 @@ def default_results_path(folder: Path, resume: bool) -> Path:
             raise ValueError(f"--resume: no run to continue in {folder} (no results_vN.run.json); give --out")
         return folder / f"results_v{max(planned)}.json"
     return folder / f"results_v{max(numbers, default=0) + 1}.json"
-
-
-def load_done(path: Path) -> list[TaskRecord]:
-    """The records a run has finished: a line torn by a kill is dropped, a record whose stage failed (its `error`
-    set, e.g. the engine died under it) is dropped to be run again, and a repeat keeps the first. The file is
-    rewritten atomically when anything was dropped, so the pipe then only appends."""
-    if not path.is_file():
-        return []
-    kept: dict[tuple[str, tuple[str, ...]], TaskRecord] = {}
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for line_no, line in enumerate(lines, start=1):
-        try:
-            record = parse_record(line, line_no)
-        except RecordError:
-            if line_no == len(lines):
-                continue  # the run was killed while writing this line
-            raise
-        if record.error is None and record.verdict:
-            kept.setdefault((str(record.id), tuple(record.disabled)), record)
-    if len(kept) != sum(bool(line.strip()) for line in lines):
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "w", encoding="utf-8") as out:
-            for record in kept.values():
-                write_record(record, out)
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    return list(kept.values())
 
 
 def engine_settings(settings: Settings, files: RunFiles, disabled: list[str]) -> Settings:
@@ -166,7 +149,7 @@ def calibrate(env: dict[str, str], disabled: list[str], domains: list[str], log:
     for component, (command, *args) in CALIBRATIONS.items():
         if component in disabled:
             continue
-        done = subprocess.run([executable(command), *args, *domains], env=env, stdout=subprocess.DEVNULL,
+        done = subprocess.run([tool_command(command), *args, *domains], env=env, stdout=subprocess.DEVNULL,
                               stderr=log, text=True)
         if done.returncode != 0:
             raise PipeError(f"{command} calibrate failed (exit {done.returncode}); its reason is in {log.name}")
@@ -204,7 +187,7 @@ def run_configuration(plan: RunPlan, files: RunFiles, settings: Settings, disabl
         daemon.stop_engine(stage_settings)  # one a killed run left behind; a fresh engine has an empty cache
     try:
         env = {**os.environ, **stage_settings.to_env()}
-        with open(files.log, "a", encoding="utf-8") as log, open(files.records, "a", encoding="utf-8") as out:
+        with open(files.log, "a", encoding="utf-8") as log:
             log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {configuration_name(disabled)}: "
                       f"{len(todo)} tasks\n")
             log.flush()
@@ -212,8 +195,7 @@ def run_configuration(plan: RunPlan, files: RunFiles, settings: Settings, disabl
                 warm_up(stage_settings)
                 calibrate(env, disabled, sorted({r.domain for r in todo}), log)
             for record in run_pipe(todo, env, log):
-                write_record(record, out)
-                os.fsync(out.fileno())
+                files.done.append(record)
                 mine.append(record)
                 progress.finished(disabled, record, mine)
     finally:
@@ -225,16 +207,15 @@ def run_configuration(plan: RunPlan, files: RunFiles, settings: Settings, disabl
 def ds_so_far(records: list[TaskRecord]) -> float | None:
     """D/s of the records scored so far, over their model-work time (as the report computes it)."""
     wall = wall_time(records)
+    if not wall:
+        return None
     scored = [r.verdict for r in records if isinstance(r.verdict.get("score"), (int, float))]
-    return sum(v["difficulty"] * v["score"] for v in scored) / wall if wall else None
+    return float(decisions_per_second([v["difficulty"] for v in scored], [v["score"] for v in scored], wall))
 
 
 def report(files: RunFiles) -> Results:
     """Write the results file through `ds-benchmark report`, and read it back."""
-    done = subprocess.run([executable("ds-benchmark"), "report", str(files.records), "--out", str(files.results)],
-                          capture_output=True, text=True)
-    if done.returncode:
-        raise RuntimeError(f"ds-benchmark report failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+    run_tool("ds-benchmark", "report", str(files.records), "--out", str(files.results))
     return Results.load(files.results)
 
 
@@ -254,7 +235,7 @@ def start_or_resume(files: RunFiles, plan: RunPlan | None, resume: bool) -> RunP
 
 def run_benchmark(plan: RunPlan, files: RunFiles, settings: Settings, progress: Progress | None = None) -> Results:
     """Every configuration of the plan through the pipe, then the results file; resumes from the records file."""
-    done = load_done(files.records)
+    done = files.done.load()
     for disabled in plan.configurations:
         run_configuration(plan, files, settings, disabled, done, progress or Progress())
     results = report(files)

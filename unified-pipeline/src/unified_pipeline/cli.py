@@ -14,14 +14,13 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ds_benchmark.compare import compare, impact_table, table
+from ds_benchmark.compare import compare_files, impact_table, print_comparison
 from ds_benchmark.report import summary_lines
-from ds_benchmark.results import load_results
 from mimo_core import daemon
+from mimo_core.command import config_option, domain_words, domains_option, stage_settings
 from mimo_core.console import EXIT_FAILED, EXIT_INTERRUPTED, cli_app, fail, version_option
 from mimo_core.contract import ContractError
 from mimo_core.record import COMPONENTS, DOMAINS, TaskRecord
-from mimo_core.settings import SettingsError, load_settings
 
 from . import benchmark
 from .pages import comparison_page, results_page
@@ -31,16 +30,7 @@ from .show import render
 from .task import failure, run_task, task_record
 
 VersionOption = version_option("unified-pipeline")
-ConfigOption = typer.Option(None, "--config", metavar="FILE",
-                            help="YAML settings file (MIMO_* names). A flag beats the environment, which beats "
-                                 ".env, which beats this file.")
-
-
-def _settings(config: Path | None, prog: str):
-    try:
-        return load_settings(config_file=config)
-    except SettingsError as exc:
-        fail(str(exc), prog=prog)
+ConfigOption = config_option()
 
 
 def _stop_on_sigterm() -> None:
@@ -76,7 +66,7 @@ def run_pipeline(
     config: Path | None = ConfigOption,
     version: bool = VersionOption,
 ) -> None:
-    settings = _settings(config, PIPELINE)
+    settings = stage_settings(PIPELINE, config)
     try:
         record = task_record(task, domain, reference, disable)
     except ValueError as exc:
@@ -160,9 +150,8 @@ def run_benchmark(
     ctx: typer.Context,
     n: int | None = typer.Option(None, "--n", metavar="N", help="Tasks per configuration, split evenly over the "
                                                                "domains [default: 30]."),
-    domains: list[str] | None = typer.Option(None, "--domains", metavar="DOMAIN...",
-                                             help="The domains to draw tasks from, space-separated, among math, "
-                                                  "coding, triage [default: math coding triage]."),
+    domains: list[str] | None = domains_option(None, "The domains to draw tasks from, space-separated, among "
+                                                     "math, coding, triage [default: math coding triage]."),
     seed: int | None = typer.Option(None, "--seed", metavar="SEED",
                                     help="The suite's seed: the same n, domains and seed give the same tasks "
                                          "[default: 0]."),
@@ -190,13 +179,12 @@ def run_benchmark(
     --resume continues it. At the end `ds-benchmark report` writes the results (NAME.json).
 
     Exit codes: 0 done; 1 the pipeline failed (--resume continues); 2 bad input; 130 interrupted (--resume)."""
-    settings = _settings(config, BENCHMARK)
+    settings = stage_settings(BENCHMARK, config)
     try:
         files = benchmark.RunFiles(out or benchmark.default_results_path(Path.cwd(), resume))
-        # `--domains math coding triage`, as the quickstart types it: the names after the first arrive as extras
-        named = [*(domains or []), *ctx.args]
+        named = domain_words(domains or [], ctx.args, BENCHMARK)
         plan = _plan(files, resume, n, named or None, seed, math_source, ablation)
-        done = len(benchmark.load_done(files.records))
+        done = len(files.done.load())
     except (ValueError, ContractError, OSError) as exc:
         fail(str(exc), prog=BENCHMARK)
     console = Console(stderr=True)
@@ -210,7 +198,7 @@ def run_benchmark(
         with Progress(*columns, console=console) as bar:
             results = benchmark.run_benchmark(plan, files, settings, BarProgress(bar, total, done))
     except KeyboardInterrupt:
-        kept = len(benchmark.load_done(files.records))
+        kept = len(files.done.load())
         console.print(f"interrupted: {kept} of {total} records kept in {files.records}; "
                       f"`--resume --out {files.results}` continues")
         raise typer.Exit(EXIT_INTERRUPTED)
@@ -241,12 +229,15 @@ def compare_benchmarks(
                                           "and B - A with its paired interval."),
     html_path: Path | None = typer.Option(None, "--html", metavar="FILE",
                                           help="Write a self-contained HTML report (tables and the charts)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the comparison JSON instead of the tables."),
+    as_json: bool = typer.Option(False, "--json", help="The comparison JSON alone: no tables on stderr."),
     force: bool = typer.Option(False, "--force", help="Compare runs that are not comparable (the output says "
                                                       "they are not)."),
     version: bool = VersionOption,
 ) -> None:
     """B minus A for D/s, accuracy, errors and speed; the component impact tables where a file has an ablation.
+
+    As `ds-benchmark compare` (the same comparison): the comparison JSON on stdout, the tables on stderr; on a
+    terminal, the tables alone.
 
     A and B are two results files of run_benchmark.py with the same --n and --seed (and so the same tasks): tasks
     are paired by id, and each delta comes with a paired 95% bootstrap interval. Runs of a different --n or --seed,
@@ -255,21 +246,13 @@ def compare_benchmarks(
 
     Exit codes: 0 compared; 2 bad input, or runs that are not comparable (without --force)."""
     try:
-        first, second = load_results(a), load_results(b)
+        first, second, comparison = compare_files(a, b)
     except ContractError as exc:
         fail(str(exc), prog=COMPARE)
-    comparison = compare(first, second)
     if not comparison.comparable and not force:
         fail(f"{a} and {b} are not comparable: {'; '.join(comparison.reasons)} (--force compares them anyway)",
              prog=COMPARE)
-    if as_json:
-        print(json.dumps(comparison.to_dict(), indent=2))
-    else:
-        console = Console()
-        console.print(table(comparison))
-        for path, results in ((a, first), (b, second)):
-            if results.impact:
-                console.print(impact_table(results.impact, title=f"component impact of {path.name}"))
+    print_comparison(comparison, {a.name: first, b.name: second}, tables=not as_json)
     if plot:
         plot.write_bytes(png(comparison_figure(comparison, first, second, a.stem, b.stem)))
     if html_path:

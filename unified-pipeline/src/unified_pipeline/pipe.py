@@ -7,15 +7,15 @@ settings reach them through the environment.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import sys
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
+from mimo_core.console import EXIT_CANNOT_RUN
 from mimo_core.record import RecordError, TaskRecord, read_records, write_record
+from mimo_core.tools import tool_command
 
 # (component, command): the order of the pipe; the last stage scores and is the benchmark's, not a component.
 STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -25,7 +25,6 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("multi-agent-orchestrator", ("multi-agent-orchestrator", "run")),
     ("ds-benchmark", ("ds-benchmark", "score")),
 )
-EXIT_NO_SANDBOX = 3  # `ds-benchmark score`: coding records could not be run; the others were scored
 
 
 class PipeError(RuntimeError):
@@ -35,13 +34,6 @@ class PipeError(RuntimeError):
 def shell_command() -> str:
     """The pipe as one would type it in a shell."""
     return " | ".join(" ".join(command) for _, command in STAGES)
-
-
-def executable(name: str) -> str:
-    """The path of a console script of this environment (beside the running python), else from PATH."""
-    # The console scripts of this environment first, so that a pipe started from a venv's python stays in it.
-    beside = Path(sys.executable).parent / name
-    return str(beside) if beside.is_file() else (shutil.which(name) or name)
 
 
 def _feed(records: Iterable[TaskRecord], sink: IO[str]) -> None:
@@ -73,7 +65,7 @@ def run_pipe(records: Iterable[TaskRecord], env: dict[str, str], stderr: IO[str]
     upstream = subprocess.PIPE
     try:
         for _, command in STAGES:
-            process = subprocess.Popen([executable(command[0]), *command[1:]], stdin=upstream,
+            process = subprocess.Popen([tool_command(command[0]), *command[1:]], stdin=upstream,
                                        stdout=subprocess.PIPE, stderr=stderr, env=env, text=True, encoding="utf-8")
             if processes:
                 processes[-1].stdout.close()  # the next stage holds the read end now: EOF travels down the pipe
@@ -89,7 +81,8 @@ def run_pipe(records: Iterable[TaskRecord], env: dict[str, str], stderr: IO[str]
         feeder.join()
         for (name, _), process in zip(STAGES, processes):
             code = process.wait()
-            if code and not (name == "ds-benchmark" and code == EXIT_NO_SANDBOX):
+            # `ds-benchmark score` exits 3 when coding records could not be run; the others were scored
+            if code and not (name == "ds-benchmark" and code == EXIT_CANNOT_RUN):
                 raise PipeError(f"{name} exited with code {code}: {_last_line(stderr)}")
     finally:
         for process in processes:

@@ -18,7 +18,7 @@ Key = Hashable
 MAX_FREQ = 3  # S3-FIFO's frequency counter saturates here (two bits)
 
 
-class Policy(Protocol):
+class EvictionPolicy(Protocol):
     """The evictable keys of one tier, in the order the policy would evict them."""
 
     def insert(self, key: Key, reused: bool = False) -> None:
@@ -185,11 +185,11 @@ class S3FIFO:
         return iter([*self._small, *self._main])
 
 
-POLICIES: dict[str, type] = {"lru": LRU, "slru": SLRU, "s3fifo": S3FIFO}
+EVICTION_POLICIES: dict[str, type] = {"lru": LRU, "slru": SLRU, "s3fifo": S3FIFO}
 
 
-def make_policy(name: str, capacity: int) -> Policy:
+def make_policy(name: str, capacity: int) -> EvictionPolicy:
     """The policy called `name` for a tier of `capacity` blocks; ValueError naming the known ones."""
-    if name not in POLICIES:
-        raise ValueError(f"unknown eviction policy {name!r}; known: {', '.join(POLICIES)}")
-    return POLICIES[name](capacity)
+    if name not in EVICTION_POLICIES:
+        raise ValueError(f"unknown eviction policy {name!r}; known: {', '.join(EVICTION_POLICIES)}")
+    return EVICTION_POLICIES[name](capacity)
