@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import numpy as np
-from precision_router.formats import Packed, dequantize
+from precision_router.formats import Packed, Stacked, dequantize
 from precision_router.kernels import matmul
 
 
@@ -23,7 +23,9 @@ Array = np.ndarray
 # attend(layer, q [N, H, hd], k [N, Hkv, hd], v [N, Hkv, hd]) -> [N, H hd]: stores the rows' new keys and values in
 # the KV cache and returns each row's attention over its own sequence's positions up to its own
 Attend = Callable[[int, Array, Array, Array], Array]
-Weight = dict[str, Any]  # format -> stored form: "f32" a float32 [in, out] array, any other a Packed [out, in]
+# format -> stored form: "f32" a float32 [in, out] array, any other a Packed [out, in] (or, for a native form whose
+# fused parts differ in type, a Stacked of them)
+Weight = dict[str, Any]
 # which rows of a step read which form of a weight group: (format, row indices, or None for every row) pairs
 Route = tuple[tuple[str, Any], ...]
 
@@ -82,14 +84,14 @@ class Routes:
     read: dict[tuple[str, str], list[int]] = field(default_factory=dict)
 
 
-def stored_format(w: Array | Packed) -> str:
+def stored_format(w: Array | Packed | Stacked) -> str:
     """The format of a stored form."""
-    return w.fmt if isinstance(w, Packed) else "f32"
+    return "f32" if isinstance(w, np.ndarray) else w.fmt
 
 
-def linear(x: Array, w: Array | Packed) -> Array:
+def linear(x: Array, w: Array | Packed | Stacked) -> Array:
     """The product of activations with one stored form of a weight: the one place every weight is read."""
-    return matmul(x, w) if isinstance(w, Packed) else x @ w  # [N, in] @ [in, out] -> [N, out]
+    return x @ w if isinstance(w, np.ndarray) else matmul(x, w)  # [N, in] @ [in, out] -> [N, out]
 
 
 def routed(x: Array, weight: Weight, route: Route, group: str, routes: Routes) -> Array:
