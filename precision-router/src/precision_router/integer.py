@@ -45,22 +45,25 @@ AVX2 = bool(llvm.get_host_cpu_features().get("avx2"))  # numba compiles for the 
 # ---------------------------------------------------------------- activations
 
 
-@numba.njit(cache=True, fastmath=True)
+@numba.njit(cache=True)  # no fastmath: it would assume away the NaN check, and a NaN must read NaN, never a number
 def _quantize_rows(x, xq, xd, xsum):  # pragma: no cover - compiled
     """xq [N, in] int8, xd [N, in/32] float32 scales and xsum [N, in/32] code sums of the rows of x [N, in]."""
     for r in range(x.shape[0]):
         for b in range(x.shape[1] // BLOCK):
             amax = np.float32(0.0)
+            finite = True
             for j in range(BLOCK):
-                amax = max(amax, abs(x[r, b * BLOCK + j]))
+                v = abs(x[r, b * BLOCK + j])
+                finite &= v < np.inf  # False for inf and NaN
+                amax = max(amax, v)
             d = amax / np.float32(127.0)
-            inverse = np.float32(127.0) / amax if amax > 0 else np.float32(0.0)
+            inverse = np.float32(127.0) / amax if finite and amax > 0 else np.float32(0.0)
             total = 0
             for j in range(BLOCK):
-                q = np.int8(np.rint(x[r, b * BLOCK + j] * inverse))
+                q = np.int8(np.rint(x[r, b * BLOCK + j] * inverse)) if finite else np.int8(0)
                 xq[r, b * BLOCK + j] = q
                 total += q
-            xd[r, b] = np.float32(np.nan) if np.isnan(amax) else d  # a NaN in the row reads NaN
+            xd[r, b] = d if finite else np.float32(np.nan)  # the block reads NaN, so its row does
             xsum[r, b] = total
 
 
