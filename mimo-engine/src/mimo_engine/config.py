@@ -18,7 +18,7 @@ GIB = 1 << 30
 # and that prompt's time to first token 2.34 / 1.97 / 2.17 / 2.29 s.
 STEP_TOKENS = 128
 DEFAULT_BLOCK = 8  # MiMo's speculation block size: its table is measured with blocks of up to 8
-DEFAULT_POLICIES = ("native", "q8_0", "mxfp4", "experts-mxfp4", "entropy")  # hold native and MXFP4 forms
+DEFAULT_POLICIES = ("native", "mxfp4", "experts-mxfp4", "entropy")  # hold the GGUF's own forms and MXFP4
 
 
 @dataclass(frozen=True)

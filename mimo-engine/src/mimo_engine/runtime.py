@@ -221,20 +221,21 @@ class LoadedModel:
     def forward(self, batch: StepBatch, pool: KVPool, read: dict | None = None) -> np.ndarray:
         """Run one step: store every scheduled token's keys and values in `pool`, and return float32 logits
         [batch.num_logits, V] for the wanted positions, sequence by sequence in batch order. Each sequence reads
-        the weight formats of its plan; `read`, if given, gets what the products read: (group, format) -> [bytes,
-        product calls]."""
+        the weight formats of its plan; `read`, if given, gets what the products read and took: (group, format) ->
+        [bytes, product calls, seconds], and ("attention", "kv") the attention over the cache's calls and seconds."""
         routes = self.routes(batch)
         tokens = np.asarray([t for s in batch.sequences for t in s.token_ids])  # [N]
         positions = np.concatenate([np.arange(s.start_position, s.end_position) for s in batch.sequences])  # [N]
-        h = hidden_states(self.weights, self.config, tokens, positions, PagedAttention(batch, pool), routes)  # [N, d]
+        attend = PagedAttention(batch, pool)
+        h = hidden_states(self.weights, self.config, tokens, positions, attend, routes)  # [N, d]
         starts = np.cumsum([0, *(s.num_tokens for s in batch.sequences)])
         wanted = [first + i for s, first in zip(batch.sequences, starts) for i in s.logit_indices]
         out = logits(h[np.asarray(wanted, dtype=np.int64)], self.weights, routes)  # [num_logits, V]
         if read is not None:
-            for key, (nbytes, calls) in routes.read.items():
-                total = read.setdefault(key, [0, 0])
-                total[0] += nbytes
-                total[1] += calls
+            for key, figures in (*routes.read.items(), (("attention", "kv"), [0, attend.calls, attend.seconds])):
+                total = read.setdefault(key, [0, 0, 0.0])
+                for i, figure in enumerate(figures):
+                    total[i] += figure
         return out
 
 
@@ -399,10 +400,11 @@ class EngineCore:
             rows.append(out)
         return np.concatenate(rows)
 
-    def step(self, work: Sequence[Work]) -> list[np.ndarray]:
-        """Compute `work` in one forward pass; each item's logits ([rows, V], rows as its `logits` asked)."""
+    def step(self, work: Sequence[Work], read: dict | None = None) -> list[np.ndarray]:
+        """Compute `work` in one forward pass; each item's logits ([rows, V], rows as its `logits` asked). `read`:
+        as `LoadedModel.forward` fills it."""
         batch = self.batch(work)
-        out = self.model.forward(batch, self.pool)  # [num_logits, V]
+        out = self.model.forward(batch, self.pool, read)  # [num_logits, V]
         results, row = [], 0
         for s in batch.sequences:
             seq = self.sequences[s.seq_id]

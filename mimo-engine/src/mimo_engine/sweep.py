@@ -125,7 +125,7 @@ class _Runner:
             low += assignment != policy.high
             out[t] = self._step((self.ids[first + t],), first + t, (0,), self.model.resolve(assignment), pool, read)[0]
             entropy = float(entropy_nats(out[t]))
-        return out, sum(nbytes for nbytes, _ in read.values()), low
+        return out, sum(figures[0] for figures in read.values()), low
 
     def decode_rate(self, policy: Any) -> float:
         """Tokens/s of SPEED_TOKENS single-token steps after SPEED_CONTEXT tokens of context (not timed)."""

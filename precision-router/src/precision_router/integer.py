@@ -305,7 +305,7 @@ def _row_dot(load: Callable, load_scale: Callable, group: int, rows: int, unsign
                 return builder.shuffle_vector(vector, vector, ir.Constant(ir.VectorType(I32, len(chosen)), chosen))
 
             def add(slot, value):
-                builder.store(builder.fadd(builder.load(slot), value, flags=("fast",)), slot)
+                builder.store(builder.fadd(builder.load(slot), value), slot)
 
             def x86(name, result, *operands):
                 declared = builder.module.globals.get(name) or ir.Function(
@@ -336,16 +336,17 @@ def _row_dot(load: Callable, load_scale: Callable, group: int, rows: int, unsign
                             sums = builder.add(pick(sums, range(n)), pick(sums, range(n, 2 * n)))
                     block = builder.add(start, builder.udiv(g, _i64(row, per_block)))
                     x_scale = builder.load(builder.gep(xd_data, [block]))
-                    weight = row.splat(builder.fmul(w_scale, x_scale, flags=("fast",)), 8)
-                    add(acc, builder.fmul(builder.sitofp(sums, lanes), weight, flags=("fast",)))
+                    weight = row.splat(builder.fmul(w_scale, x_scale), 8)
+                    add(acc, builder.fmul(builder.sitofp(sums, lanes), weight))
                     if w_bias is not None:  # the minimum times the block's sum of activation codes
                         x_sum = builder.sitofp(builder.load(builder.gep(xsum_data, [block])), F32)
-                        add(offset, builder.fmul(builder.fmul(w_bias, x_scale, flags=("fast",)), x_sum,
-                                                 flags=("fast",)))
+                        add(offset, builder.fmul(builder.fmul(w_bias, x_scale), x_sum))
             name = "llvm.vector.reduce.fadd.v8f32"
             reduce = builder.module.globals.get(name) or ir.Function(
                 builder.module, ir.FunctionType(F32, [F32, lanes]), name)
-            totals = [builder.call(reduce, [builder.load(offset), builder.load(acc)], fastmath=("fast",))
+            # strict float order throughout (no fast-math flags): a row's result must not depend on how many rows
+            # share the call, or a verified draft and a plain decode would disagree on greedy tokens
+            totals = [builder.call(reduce, [builder.load(offset), builder.load(acc)])
                       for acc, offset in zip(accs, offsets)]
             return totals[0] if rows == 1 else context.make_tuple(builder, signature.return_type, totals)
 
