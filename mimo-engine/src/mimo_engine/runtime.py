@@ -21,6 +21,7 @@ from precision_router.kernels import configure_threads
 from precision_router.policy import GROUPS, POLICIES, Assignment, Policy, entropy_nats
 from tiered_kv_cache import KVCacheManager, KVPool, Prefix, TierConfig
 
+from mimo_core.settings import is_model_path, served_model_name
 from mimo_engine.config import DEFAULT_POLICIES
 from mimo_engine.gguf_model import load_weights, read_config
 from mimo_engine.model import ModelConfig, ModelWeights, Route, Routes, hidden_states, logits
@@ -71,11 +72,12 @@ class LoadedModel:
     @classmethod
     def load(cls, name: str, cache_dir: Path, policies: Sequence[str] | None = None, threads: int | None = None,
              report: Callable[..., None] | None = None) -> LoadedModel:
-        """Load registry model `name` from `cache_dir`, pulling it on first use, with its weights in the formats of
-        `policies` (see `resolve_policies`) and its kernels on `threads` threads. `report(state, done, total)` hears
-        how far it is: ("pulling", bytes done, bytes total) while it is pulled, then ("loading", 0, 0)."""
+        """Load model `name`, a registry model in `cache_dir` (pulled on first use) or a GGUF file's path (read where
+        it is), with its weights in the formats of `policies` (see `resolve_policies`) and its kernels on `threads`
+        threads. `report(state, done, total)` hears how far it is: ("pulling", bytes done, bytes total) while it is
+        pulled, then ("loading", 0, 0)."""
         on_pull = None if report is None else lambda done, total: report("pulling", done, total)
-        path = ensure_model(name, cache_dir, on_pull)
+        path = Path(served_model_name(name)) if is_model_path(name) else ensure_model(name, cache_dir, on_pull)
         if report is not None:
             report("loading", 0, 0)
         return cls.from_gguf(name, path, policies, threads)
