@@ -30,13 +30,14 @@ from mimo_core.provenance import cpu_model, package_version
 from mimo_core.settings import load_settings
 from mimo_engine.config import DEFAULT_POLICIES
 from mimo_engine.pull import ensure_model
+from mimo_engine.registry import MODELS
 from mimo_engine.runtime import BLOCK_SIZE, EngineCore, LoadedModel
 from mimo_engine.sampling import log_softmax
 from mimo_engine.sweep import token_logprobs
 
 ROOT = Path(__file__).resolve().parents[2]
 HELDOUT = ROOT / "precision-router/results/heldout.txt"
-MODELS = ("smollm2-135m", "qwen2.5-coder-0.5b")
+DEFAULT_MODELS = ("smollm2-135m", "qwen2.5-coder-0.5b")
 PERPLEXITY_TOLERANCE = 0.005  # the default's perplexity may differ from float32's by this fraction
 PROMPTS = {
     "prose": "The lighthouse stood at the end of a long breakwater, and every evening the keeper climbed its ninety "
@@ -162,8 +163,10 @@ def table(models: dict[str, dict]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), help="registry models (default: both)")
-    parser.add_argument("--out", type=Path, default=ROOT / "mimo-engine/results/accuracy.json", help="the JSON")
+    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), choices=sorted(MODELS),
+                        metavar="MODEL", help=f"registry models (default: {' '.join(DEFAULT_MODELS)})")
+    parser.add_argument("--out", type=Path, default=ROOT / "mimo-engine/results/accuracy.json",
+                        help="the JSON (default: mimo-engine/results/accuracy.json)")
     args = parser.parse_args()
     if importlib.util.find_spec("llama_cpp") is None:
         fail("llama-cpp-python is not installed (pip install 'llama-cpp-python==0.3.36')", EXIT_CANNOT_RUN,

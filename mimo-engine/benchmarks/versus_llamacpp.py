@@ -5,13 +5,14 @@
 Starts, for every model, `mimo-engine serve` (its default precision policies, so the default `native` answers;
 kernels on every core) and llama-cpp-python's server (threads = cores) on the model's GGUF from the cache. Then, in
 rounds, every configuration once: each model, one stream and 8 concurrent streams, on each server (which server goes
-first alternates by round), so the machine's drifting load falls on all of them alike. A stream is a greedy
-streamed chat reply of up to --max-tokens tokens, its prompt made unique by a number so no prefix cache answers it.
-One stream's decode rate is its tokens after the first over the time since the first; 8 streams' are all their
-tokens after each one's first over the wall time from the first token of any; time to first token runs from the
-request (8 streams: the median of theirs). Medians over rounds, with every round kept. Writes the JSON
-(`mimo.versus-llamacpp/2`) to --out and a bar chart beside it (.png). Needs `llama-cpp-python[server]` (it builds
-from source); without it the script says so and exits 3.
+first alternates by round), so the machine's drifting load falls on all of them alike. A stream is a greedy streamed
+chat reply of up to --max-tokens tokens, to the same prompt every time so that every round decodes the same tokens
+(each round keeps its count); both servers may then answer part of the prompt from their prefix caches, so the time
+to first token is that of a prompt seen before. One stream's decode rate is its tokens after the first over the time
+since the first; 8 streams' are all their tokens after each one's first over the wall time from the first token of
+any; time to first token runs from the request (8 streams: the median of theirs). Medians over rounds, every round
+kept. Writes the JSON (`mimo.versus-llamacpp/2`) to --out and a bar chart beside it (.png). Needs
+`llama-cpp-python[server]` (it builds from source); without it the script says so and exits 3.
 """
 
 from __future__ import annotations
@@ -36,10 +37,11 @@ from mimo_core.provenance import cpu_model, package_version
 from mimo_core.settings import load_settings
 from mimo_engine.config import DEFAULT_POLICIES
 from mimo_engine.pull import ensure_model
+from mimo_engine.registry import MODELS
 
 ROOT = Path(__file__).resolve().parents[2]
-MODELS = ("smollm2-135m", "qwen2.5-coder-0.5b")
-PROMPT = "({}) Write a long, detailed story about a lighthouse keeper who finds a message in a bottle."
+DEFAULT_MODELS = ("smollm2-135m", "qwen2.5-coder-0.5b")
+PROMPT = "Write a long, detailed story about a lighthouse keeper who finds a message in a bottle."
 ENGINE, LLAMA = "mimo-engine", "llama.cpp"
 STREAMS = (1, 8)
 BASELINE = f"{LLAMA}, 1 stream"  # every ratio's denominator
@@ -131,11 +133,11 @@ def start_servers(model: str, gguf: Path, threads: int) -> dict[str, tuple[str, 
             for (name, command), port in zip(commands.items(), ports)}
 
 
-async def stream(client: openai.AsyncOpenAI, model: str, tag: str, max_tokens: int) -> Stream:
+async def stream(client: openai.AsyncOpenAI, model: str, max_tokens: int) -> Stream:
     """One greedy streamed reply; every chunk with text is a token (both servers send one per token)."""
     asked, first, tokens = time.perf_counter(), None, 0
     response = await client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": PROMPT.format(tag)}], max_tokens=max_tokens,
+        model=model, messages=[{"role": "user", "content": PROMPT}], max_tokens=max_tokens,
         temperature=0.0, stream=True)
     async for chunk in response:
         if chunk.choices and chunk.choices[0].delta.content:
@@ -144,11 +146,11 @@ async def stream(client: openai.AsyncOpenAI, model: str, tag: str, max_tokens: i
     return Stream(asked, first, time.perf_counter(), tokens)
 
 
-def measure(url: str, model: str, streams: int, tag: str, max_tokens: int) -> tuple[float, float, int]:
+def measure(url: str, model: str, streams: int, max_tokens: int) -> tuple[float, float, int]:
     """Decode tokens/s, time to first token and tokens of `streams` concurrent replies."""
     async def run() -> list[Stream]:
         async with openai.AsyncOpenAI(base_url=url, api_key="not-needed", max_retries=0, timeout=600) as client:
-            return await asyncio.gather(*(stream(client, model, f"{tag}.{i}", max_tokens) for i in range(streams)))
+            return await asyncio.gather(*(stream(client, model, max_tokens) for _ in range(streams)))
 
     done = asyncio.run(run())
     return (*rates(done), sum(s.tokens for s in done))
@@ -187,12 +189,15 @@ def plot(result: dict, path: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), help="registry models (default: both)")
+    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), choices=sorted(MODELS),
+                        metavar="MODEL", help=f"registry models (default: {' '.join(DEFAULT_MODELS)})")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--max-tokens", type=int, default=128, help="tokens per reply (default 128)")
     parser.add_argument("--out", type=Path, default=ROOT / "mimo-engine/results/versus-llamacpp.json",
-                        help="the JSON; the chart goes beside it (.png)")
+                        help="the JSON (default: mimo-engine/results/versus-llamacpp.json); the chart goes beside it")
     args = parser.parse_args()
+    if args.rounds < 1 or args.max_tokens < 2:
+        parser.error("a rate needs --rounds 1 or more and --max-tokens 2 or more")
     if importlib.util.find_spec("llama_cpp") is None:
         fail("llama-cpp-python[server] is not installed (pip install 'llama-cpp-python[server]==0.3.36')",
              EXIT_CANNOT_RUN, prog="versus_llamacpp")
@@ -206,14 +211,14 @@ def main() -> int:
             for url, process in by_name.values():
                 wait_ready(url, process)
                 for n in STREAMS:  # load the model, compile the kernels
-                    measure(url, model, n, "warm-up", WARMUP_TOKENS)
+                    measure(url, model, n, WARMUP_TOKENS)
         for r in range(args.rounds):
             for model, by_name in servers.items():
                 for n in STREAMS:
                     for name in list(by_name)[:: 1 if r % 2 == 0 else -1]:
                         print(f"versus_llamacpp: round {r + 1}/{args.rounds}, {model}, {configuration(name, n)}",
                               file=sys.stderr)
-                        rate, ttft, tokens = measure(by_name[name][0], model, n, f"{r}", args.max_tokens)
+                        rate, ttft, tokens = measure(by_name[name][0], model, n, args.max_tokens)
                         rounds[model].append({"round": r + 1, "configuration": configuration(name, n),
                                               "decode_tokens_per_s": round(rate, 3), "ttft_s": round(ttft, 4),
                                               "tokens": tokens, "load_average_1m": round(os.getloadavg()[0], 2)})
