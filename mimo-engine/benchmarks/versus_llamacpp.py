@@ -177,7 +177,8 @@ def plot(result: dict, path: Path) -> None:
             i = CONFIGURATIONS.index(numerator)
             ax.hlines(goal * medians[BASELINE], i - 0.45, i + 0.45, colors="black", linestyles="dashed")
             ax.annotate(f"{m['ratios'][ratio]:.2f}x (goal {goal:g}x)", (i, goal * medians[BASELINE]),
-                        xytext=(0, 4), textcoords="offset points", ha="center", fontsize=8)
+                        xytext=(0, 4), textcoords="offset points", ha="center", fontsize=8,
+                        bbox={"facecolor": "white", "edgecolor": "none", "pad": 1})  # readable over a bar
         ax.set_xticks(list(x), [c.replace(", ", "\n") for c in CONFIGURATIONS], fontsize=8)
         ax.set_ylabel("decode tokens/s (median, min..max of rounds)")
         ax.set_title(name)
