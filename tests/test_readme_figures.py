@@ -217,9 +217,15 @@ def sweep_table(small: dict, large: dict) -> list[Row]:
 
 
 def versus_llamacpp(data: dict) -> list[Row]:
-    """precision-router/README.md (and mimo-engine's): decode tok/s of the engine and llama.cpp."""
-    speeds = data["decode_tokens_per_s"]
-    return [[name, speeds[f"{name}, 1 stream"], speeds[f"{name}, 8 streams"]] for name in ("mimo-engine", "llama.cpp")]
+    """precision-router/README.md: per model, decode tok/s of the engine and llama.cpp at 1 and 8 streams, and the
+    engine's ratios to llama.cpp's single stream with their goals."""
+    rows = []
+    for model, figures in data["models"].items():
+        speeds = figures["decode_tokens_per_s"]
+        rows.append([model, *(speeds[f"{name}, {n}"] for n in ("1 stream", "8 streams")
+                              for name in ("mimo-engine", "llama.cpp")),
+                     *((figures["ratios"][ratio], goal) for ratio, goal in data["goals"].items())])
+    return rows
 
 
 ORCHESTRATOR_ROWS = ("1 agents, majority", "3 agents, majority", "5 agents, majority", "5 agents, weighted",

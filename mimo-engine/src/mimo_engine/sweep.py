@@ -66,10 +66,14 @@ class Sweep(Contract):
     created_at: float = 0.0
 
 
+def token_logprobs(logp: np.ndarray, ids: list[int]) -> np.ndarray:
+    """The log-probability [T-1] of each of ids[1:] given the tokens before it, from log-probabilities logp ([T, V])."""
+    return logp[np.arange(len(ids) - 1), ids[1:]]
+
+
 def perplexity(logp: np.ndarray, ids: list[int]) -> float:
     """exp of the mean negative log-likelihood of ids[1:] given log-probabilities logp[:-1] ([T, V])."""
-    nll = -logp[np.arange(len(ids) - 1), ids[1:]]  # [T-1]
-    return float(np.exp(nll.mean()))
+    return float(np.exp(-token_logprobs(logp, ids).mean()))
 
 
 def mean_kl(reference: np.ndarray, logp: np.ndarray) -> float:
