@@ -172,8 +172,7 @@ def matmul(x: np.ndarray, w: Packed | Stacked) -> np.ndarray:
                 FLOAT[w.fmt][2](codes, scales, E8M0, start, rows)
             y[:, start : start + len(rows)] = x @ rows.T  # [N, rows]
     elif w.fmt in INTEGER:
-        a = quantize_activations(x)
-        INTEGER[w.fmt].product(codes, scales, a.codes, a.scales, a.sums, y)
+        INTEGER[w.fmt].product(codes, scales, x, y)
     else:
         matvec, batched, _ = FLOAT[w.fmt]
         (matvec if x.shape[0] == 1 else batched)(codes, scales, E8M0, x, y)
