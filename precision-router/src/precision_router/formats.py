@@ -332,7 +332,8 @@ class Format:
 
 # Every format, once: the quantizer's and the reports' list (those with a quantizer), the bits the router and the
 # cost model count, the policies (`policy.STATIC`) the engine loads and route chooses from, and the deployment names
-# MIMO_PRECISION_MODELS accepts all derive from it. A new format is one entry here (plus its kernel in kernels.py if a policy reads it).
+# MIMO_PRECISION_MODELS accepts all derive from it. A new format is one entry here (plus its kernel: a code loader
+# and a scale reader in integer.py, or a float kernel in kernels.py).
 REGISTRY: dict[str, Format] = {f.name: f for f in (
     Format("f32", 32.0, lambda x: Packed("f32", x.shape, np.array(x, dtype=np.float32)), lambda p: p.codes, True),
     Format("bf16", 16.0, quantize_bf16, lambda p: (p.codes.astype(np.uint32) << 16).view(np.float32), True),
