@@ -34,12 +34,16 @@ from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from precision_router.bits import bits_to_float, half_bits_to_float
+from precision_router.bits import bits_to_float, half_bits_to_float, stable
 
 BLOCK = 32  # activations per int8 block (Q8_0's)
 _ROW_TILE = 16  # weight rows per parallel task: the scratch rows are allocated once per tile
 I8, I32, F32 = ir.IntType(8), ir.IntType(32), ir.FloatType()
 AVX2 = bool(llvm.get_host_cpu_features().get("avx2"))  # numba compiles for the host CPU
+
+
+def _stable(name: str, obj):
+    return stable(f"integer.{name}", obj)
 
 
 # ---------------------------------------------------------------- activations
@@ -411,7 +415,7 @@ def _scales_d(size: int, has_min: bool, offset: int = 0):
             scale[g] = _half(codes, o, size * g)
             bias[g] = _half(codes, o, size * g + 2) if has_min else -offset * scale[g]
 
-    return scales_d
+    return _stable(f"scales_d:{size}:{has_min}:{offset}", scales_d)
 
 
 @numba.njit(inline="always")
@@ -437,19 +441,24 @@ def _scales_q6_k(codes, scales, o, scale, bias):  # pragma: no cover - compiled
             scale[16 * s + g] = d * np.float32(np.int8(codes[o, 210 * s + 192 + g]))
 
 
+for _name in ("_half", "_scales_q8_0", "_scales_mxfp4", "_scales_q4_k", "_scales_q6_k"):  # named in the kernels
+    _stable(_name, globals()[_name])
+
+
 # ---------------------------------------------------------------- the kernels of one format
 
 
-def _kernels(load: Callable, load_scale: Callable | None, read_scales: Callable, group: int, biased: bool,
-             unsigned: bool):
+def _kernels(fmt: str, load: Callable, load_scale: Callable | None, read_scales: Callable, group: int,
+             biased: bool, unsigned: bool):
     """The integer product and the float row decoder of a format whose groups of `group` codes (`unsigned`: 0-127)
     `load` reads, and whose scales (and biases, when `biased`) `load_scale` reads inside the loop or, where it is
     None (the K-quants' packed 6-bit scales), `read_scales` reads once per row."""
-    unpack = _unpack(load, group)
+    unpack = _stable(f"{fmt}:unpack", _unpack(load, group))
     # one weight row against every activation row: four at a time, then one at a time (the row's codes are decoded
     # once per call, so four rows share each decoding)
     scale_source = load_scale or (_scale_f32_biased if biased else _scale_f32)
-    one, four = (_row_dot(load, scale_source, group, rows, unsigned) for rows in (1, 4))
+    one, four = (_stable(f"{fmt}:row_dot:{rows}", _row_dot(load, scale_source, group, rows, unsigned))
+                 for rows in (1, 4))
 
     if load_scale is not None:  # codes and scales read in the loop, straight from the stored row
         @numba.njit(inline="always")
@@ -460,6 +469,7 @@ def _kernels(load: Callable, load_scale: Callable | None, read_scales: Callable,
         def row_scales(codes, scales, o, scale, bias):  # pragma: no cover - compiled
             read_scales(codes, scales, o, scale, bias)
             return scale, bias, 0
+    row_scales = _stable(f"{fmt}:row_scales", row_scales)
 
     @numba.njit(parallel=True, cache=True, fastmath=True)
     def product(codes, scales, x, y):  # pragma: no cover - compiled
@@ -513,7 +523,7 @@ class IntegerKernels:
     group: int  # weights per scale
 
 
-INTEGER = {fmt: IntegerKernels(*_kernels(load, load_scale, read_scales, group, biased, unsigned), group)
+INTEGER = {fmt: IntegerKernels(*_kernels(fmt, load, load_scale, read_scales, group, biased, unsigned), group)
            for fmt, load, load_scale, read_scales, group, biased, unsigned in (
                ("q8_0", _load_q8_0, _scale_q8_0, _scales_q8_0, 32, False, False),
                ("mxfp4", _load_mxfp4, _scale_mxfp4, _scales_mxfp4, 32, False, False),

@@ -29,7 +29,7 @@ import numba  # noqa: E402
 import numpy as np
 from numba import prange
 
-from precision_router.bits import bits_to_float, half_bits_to_float
+from precision_router.bits import bits_to_float, half_bits_to_float, stable
 from precision_router.formats import BLOCK, Packed, Stacked, e8m0_values
 from precision_router.integer import INTEGER, quantize_activations
 
@@ -129,6 +129,8 @@ def _batched(decode_row):
     return matmul, decode_rows
 
 
+for _name in ("_e4m3", "_bf16", "_mxfp8_row", "_bf16_row"):  # named in the kernels `_batched` makes
+    stable(f"kernels.{_name}", globals()[_name])
 FLOAT = {  # format -> (batch-1 kernel, batch kernel, row decoder)
     "mxfp8": (mxfp8_matvec, *_batched(_mxfp8_row)),
     "bf16": (bf16_matvec, *_batched(_bf16_row)),
