@@ -193,8 +193,11 @@ def models() -> None:
 def bench(
     model: str = typer.Option(..., "--model", "-m", callback=_known_model, help="Registry model name."),
     out: Path | None = typer.Option(None, help="Also write the JSON to this file."),
-    interference: bool = typer.Option(False, help="Instead: inter-token latency of 4 decoding streams while an "
-                                      "800-token prompt arrives, and that prompt's time to first token."),
+    interference: bool = typer.Option(False, help="Instead: the inter-token gaps of decoding streams while a long "
+                                      "prompt arrives, against their usual gap, and that prompt's time to first "
+                                      "token."),
+    streams: int = typer.Option(4, min=1, help="With --interference: the decoding streams."),
+    long_prompt_tokens: int = typer.Option(1500, min=1, help="With --interference: the long prompt's tokens."),
     step_tokens: int = typer.Option(DEFAULTS.step_tokens, min=1,
                                     help="With --interference: the engine's per-step token budget."),
     policy: str = typer.Option("native", help=f"Precision policy the weights are read under: "
@@ -232,7 +235,7 @@ def bench(
             plot_speculation(table, plot)
         result = table.to_dict()
     elif interference:
-        result = run_interference(model, settings.cache_dir, step_tokens=step_tokens,
+        result = run_interference(model, settings.cache_dir, streams, long_prompt_tokens, step_tokens,
                                   threads=settings.engine_threads).to_dict()
     else:
         try:
