@@ -31,7 +31,7 @@ from mimo_core.profiles import (CPU_CACHES, bandwidth_buffer_bytes, last_level_c
                                  measure_read_bandwidth, median_seconds)
 from mimo_engine.runtime import BLOCK_SIZE, EngineCore, LoadedModel, Work
 from mimo_engine.sampling import SamplingParams
-from mimo_engine.config import STEP_TOKENS, EngineConfig
+from mimo_engine.config import DEFAULTS, STEP_TOKENS, EngineConfig, PrefillStall
 from mimo_engine.costs import StepTiming
 from mimo_engine.output import Delta
 from mimo_engine.stream import Request
@@ -236,6 +236,7 @@ class InterferenceResult(Contract):
     streams: int
     long_prompt_tokens: int
     step_tokens: int
+    prefill_stall: dict[str, float]  # the engine's PrefillStall: seconds (0: no time bound) and decode_steps
     load_average: dict[str, float]  # before and after: other work on the cores skews every figure
     itl_ms: dict[str, float]  # p50 / p99 / max of the streams' gaps while the long prompt was being prefilled
     itl_ms_idle: dict[str, float]  # the same over the 2 s before it arrived: p50 is the usual gap
@@ -246,13 +247,15 @@ class InterferenceResult(Contract):
 
 
 def run_interference(name: str, cache_dir: Path, streams: int = 4, long_prompt_tokens: int = 1500,
-                     step_tokens: int = STEP_TOKENS, threads: int | None = None) -> InterferenceResult:
+                     step_tokens: int = STEP_TOKENS, stall: PrefillStall = DEFAULTS.prefill_stall,
+                     threads: int | None = None) -> InterferenceResult:
     """Decode `streams` sequences, let a `long_prompt_tokens` prompt arrive, and time the streams' tokens and the
     engine's steps."""
     load_average_before = os.getloadavg()[0]
     model = LoadedModel.load(name, cache_dir, threads=threads)
     timings: list[tuple[float, StepTiming]] = []  # (when it ended, the step)
-    worker = ModelWorker(model, EngineConfig(max_batch_size=streams + 2, max_queue=0, step_tokens=step_tokens),
+    config = EngineConfig(max_batch_size=streams + 2, max_queue=0, step_tokens=step_tokens, prefill_stall=stall)
+    worker = ModelWorker(model, config,
                          on_step=lambda timing: timings.append((time.perf_counter(), timing)))
     text = model.tokenizer.encode(BENCH_TEXT * (long_prompt_tokens // 20 + 2))
     if len(text) < long_prompt_tokens:
@@ -306,6 +309,7 @@ def run_interference(name: str, cache_dir: Path, streams: int = 4, long_prompt_t
                         round(t.seconds * 1e3, 2)) for ended, t in timings if arrived <= ended <= answered]
     return InterferenceResult(
         model=name, streams=streams, long_prompt_tokens=long_prompt_tokens, step_tokens=step_tokens,
+        prefill_stall={"seconds": stall.seconds, "decode_steps": stall.decode_steps},
         load_average={"before": load_average_before, "after": os.getloadavg()[0]}, itl_ms=busy, itl_ms_idle=idle,
         worst_gap_ratio=round(busy["max"] / idle["p50"], 2),
         goal_ms=round(max(GOAL_GAP_S * 1e3, GOAL_GAP_USUAL * idle["p50"]), 2),

@@ -19,7 +19,7 @@ from tiered_kv_cache import KVCacheManager, KVPool, NoFreeBlocks
 
 from mimo_core.extensions import SpeculationRequest
 from mimo_engine.config import EngineConfig
-from mimo_engine.costs import StepTiming
+from mimo_engine.costs import StepCosts, StepTiming
 from mimo_engine.metrics import WorkerGauges, WorkerMetrics
 from mimo_engine.output import OutputProcessor
 from mimo_engine.runtime import BLOCK_SIZE, EngineCore, LoadedModel, PrecisionPlan
@@ -68,7 +68,9 @@ class ModelWorker:
         self.on_step = on_step  # hears each step's timing, from the worker thread (the benchmark's log)
         self.core = EngineCore(model, kv_blocks(model, config.max_batch_size, config.kv_cache_bytes),
                                config.kv_tiers.in_blocks(block_bytes(model)))
-        self.scheduler = Scheduler(self.core, config.max_batch_size, config.capacity, config.step_tokens)
+        self.scheduler = Scheduler(self.core, config.max_batch_size, config.capacity, config.step_tokens,
+                                   config.prefill_stall)
+        self.costs = StepCosts()  # what decode tokens and prompt tokens cost a step, measured on the steps that ran
         self.metrics = WorkerMetrics()
         self.output = OutputProcessor(model.name, model.tokenizer, self.metrics)
         drafting = DrafterContext(self.core, draft_core(model, draft, config) if draft else None, SuffixCorpus())
@@ -166,7 +168,7 @@ class ModelWorker:
     def _step(self) -> None:
         """Draft, schedule and run one step, and advance every sequence in it."""
         self._draft()
-        decision = self.scheduler.schedule()
+        decision = self.scheduler.schedule(self.costs.chunk_cost(self.scheduler.decode_tokens()))
         for admission in decision.admitted:
             self.output.admitted(admission.request, admission.cached)
         if not decision.work:
@@ -183,6 +185,7 @@ class ModelWorker:
             return
         elapsed = time.perf_counter() - started
         timing = StepTiming(sum(w.num_tokens for w in decision.work) - sum(n for n, _ in chunks), chunks, elapsed)
+        self.costs.observe(timing)
         if decision.decode_only:  # what drafting is weighed against: decode steps
             self.speculator.step_cost.observe(timing.decode_tokens, elapsed)
         if self.on_step:
