@@ -2,8 +2,9 @@
 
 A step's time is its decode tokens' own (a decode-only step of as many tokens, measured apart) plus what its prompt
 chunks add, and a prompt token adds more the more positions it attends to: measured on smollm2-135m beside one
-decoding stream, a 127-token chunk from position 0 took 471 ms, the same chunk from position 1397 718 ms. So the
-cost of a prompt token is read as a line in the positions it attends to, fitted through the latest chunk steps.
+decoding stream (results/interference-smollm2-135m-1500-before.jsonl), a 127-token chunk from position 0 took
+439-503 ms, from position 1270 687-696 ms. So the cost of a prompt token is read as a line in the positions it
+attends to, fitted through the latest chunk steps.
 """
 
 from __future__ import annotations
