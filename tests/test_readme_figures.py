@@ -300,6 +300,25 @@ def interference(*runs: dict) -> list[Row]:
             for run in runs]
 
 
+def interference_stall(*files: list[dict]) -> list[Row]:
+    """README.md: a running stream's worst gap while a long prompt is prefilled, per stream count and per file (one
+    way of sizing steps each, run in interleaved rounds): medians over the file's runs, and how many met the goal."""
+    rows = []
+    for streams in sorted({run["streams"] for runs in files for run in runs}):
+        for runs in files:
+            mine = [run for run in runs if run["streams"] == streams]
+
+            def median(figure: Callable[[dict], float], mine: list[dict] = mine) -> float:
+                return statistics.median(figure(run) for run in mine)
+
+            rows.append([str(streams), f"--prefill-stall-ms {mine[0]['prefill_stall']['seconds'] * 1e3:g}",
+                         median(lambda r: r["itl_ms_idle"]["p50"]), median(lambda r: r["itl_ms"]["max"]),
+                         median(lambda r: r["worst_gap_ratio"]),
+                         (sum(r["itl_ms"]["max"] <= r["goal_ms"] for r in mine), len(mine)),
+                         median(lambda r: r["long_prompt_ttft_s"])])
+    return rows
+
+
 def policy_bench(perplexity: dict, *benches: dict) -> list[Row]:
     """precision-router/README.md: each policy's bits, perplexity of the calibration text and engine speed."""
     by_policy = {b["policy"]: b for b in benches}
@@ -316,6 +335,7 @@ def policy_bench(perplexity: dict, *benches: dict) -> list[Row]:
 
 TABLES: dict[str, Callable[..., list[Row]]] = {
     "interference": interference,
+    "interference-stall": interference_stall,
     "policy-bench": policy_bench,
     "reference": reference,
     "speculation-summary": speculation_summary,

@@ -37,6 +37,8 @@ def test_the_cli_help_names_every_drafter_and_its_defaults_are_the_engine_config
     assert options["max_batch_size"].default == DEFAULTS.max_batch_size
     assert options["max_queue"].default == DEFAULTS.max_queue
     assert options["step_tokens"].default == DEFAULTS.step_tokens
+    assert options["prefill_stall_ms"].default / 1e3 == DEFAULTS.prefill_stall.seconds
+    assert options["prefill_stall_steps"].default == DEFAULTS.prefill_stall.decode_steps
     assert options["kv_cache_gib"].default * (1 << 30) == DEFAULTS.kv_cache_bytes
     assert options["speculation_block"].default == DEFAULTS.speculation.block
 

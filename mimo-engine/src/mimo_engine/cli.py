@@ -15,7 +15,7 @@ from tiered_kv_cache.tiers import TierSizes
 from mimo_core.console import add_version_option, cli_app, fail, print_json, run_app
 from mimo_core.extensions import DRAFTERS, MAX_SPECULATION_BLOCK
 from mimo_core.settings import SettingsError, is_model_path, load_settings, parse_setting
-from mimo_engine.config import DEFAULT_POLICIES, DEFAULTS, GIB, EngineConfig, SpeculationOptions
+from mimo_engine.config import DEFAULT_POLICIES, DEFAULTS, GIB, EngineConfig, PrefillStall, SpeculationOptions
 from mimo_engine.local_model import ModelFileError, resolve_model
 from mimo_engine.pull import PullError, pull as pull_model
 from mimo_engine.registry import UnknownModelError, get_spec, model_status
@@ -129,6 +129,14 @@ def serve(
     step_tokens: int = typer.Option(DEFAULTS.step_tokens, min=1,
                                     help="Token budget of one engine step: decode tokens first, then prompt chunks, "
                                     "so a long prompt shares steps with running streams."),
+    prefill_stall_ms: float = typer.Option(DEFAULTS.prefill_stall.seconds * 1e3, min=0.0,
+                                           help="How long a step that decodes running streams may take when it "
+                                           "carries prompt chunks too, or --prefill-stall-steps of their decode "
+                                           "steps if longer: the chunks are cut to fit by their measured cost "
+                                           "(0: no time bound, --step-tokens alone)."),
+    prefill_stall_steps: float = typer.Option(DEFAULTS.prefill_stall.decode_steps, min=1.0,
+                                              help="How many of the streams' decode steps a step with prompt chunks "
+                                              "may take, if longer than --prefill-stall-ms."),
     kv_cache_gib: float = typer.Option(DEFAULTS.kv_cache_bytes / GIB, min=0.01,
                                        help="KV cache pool per model, in GiB (backed lazily)."),
     kv_dram_gib: float = typer.Option(DEFAULTS.kv_tiers.dram_bytes / GIB, min=0.0,
@@ -179,6 +187,7 @@ def serve(
         raise SettingsError(f"MIMO_PRECISION_POLICIES (or --precision-policies): {exc}") from None
     engine = EngineConfig.from_settings(
         settings, max_batch_size=max_batch_size, max_queue=max_queue, step_tokens=step_tokens,
+        prefill_stall=PrefillStall(prefill_stall_ms / 1e3, prefill_stall_steps),
         kv_cache_bytes=int(kv_cache_gib * GIB),
         kv_tiers=TierSizes(int(kv_dram_gib * GIB), int(kv_disk_gib * GIB), kv_policy, settings.cache_dir / "kv"),
         speculation=SpeculationOptions(speculation, speculation_block, draft_model))
@@ -212,10 +221,15 @@ def bench(
     model: str = typer.Option(..., "--model", "-m", callback=_model,
                               help="A registry model, or a GGUF file's path."),
     out: Path | None = typer.Option(None, help="Also write the JSON to this file."),
-    interference: bool = typer.Option(False, help="Instead: inter-token latency of 4 decoding streams while an "
-                                      "800-token prompt arrives, and that prompt's time to first token."),
+    interference: bool = typer.Option(False, help="Instead: the inter-token gaps of decoding streams while a long "
+                                      "prompt arrives, against their usual gap, and that prompt's time to first "
+                                      "token."),
+    streams: int = typer.Option(4, min=1, help="With --interference: the decoding streams."),
+    long_prompt_tokens: int = typer.Option(1500, min=1, help="With --interference: the long prompt's tokens."),
     step_tokens: int = typer.Option(DEFAULTS.step_tokens, min=1,
                                     help="With --interference: the engine's per-step token budget."),
+    prefill_stall_ms: float = typer.Option(DEFAULTS.prefill_stall.seconds * 1e3, min=0.0,
+                                           help="With --interference: the engine's --prefill-stall-ms (0: none)."),
     policy: str = typer.Option("native", help=f"Precision policy the weights are read under: "
                                f"{', '.join(POLICIES[:-2])} or {POLICIES[-2]}; the roofline counts its bytes."),
     speculation: bool = typer.Option(False, help="Instead: each drafter's mean accepted length and decode speedup "
@@ -251,7 +265,8 @@ def bench(
             plot_speculation(table, plot)
         result = table.to_dict()
     elif interference:
-        result = run_interference(model, settings.cache_dir, step_tokens=step_tokens,
+        stall = PrefillStall(prefill_stall_ms / 1e3, DEFAULTS.prefill_stall.decode_steps)
+        result = run_interference(model, settings.cache_dir, streams, long_prompt_tokens, step_tokens, stall,
                                   threads=settings.engine_threads).to_dict()
     else:
         try:
