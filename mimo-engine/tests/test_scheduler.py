@@ -74,7 +74,7 @@ class FakeModel:
     def plan_reads(self, plan: None) -> tuple[dict, int, int]:
         return {}, 0, 0
 
-    def forward(self, batch: StepBatch, pool: KVPool) -> np.ndarray:
+    def forward(self, batch: StepBatch, pool: KVPool, read: dict | None = None) -> np.ndarray:
         if self.fail:
             raise RuntimeError("boom")
         time.sleep(self.step_s + self.token_s * batch.num_tokens)
