@@ -333,7 +333,39 @@ def policy_bench(perplexity: dict, *benches: dict) -> list[Row]:
     return rows
 
 
+def engine_bench(*benches: dict) -> list[Row]:
+    """precision-router/README.md: `mimo-engine bench` per model: bits read, decode tok/s at batch 1 / 8, the
+    fraction of the memory roofline, prefill tok/s, and batch 1's step profile (products, attention, the rest)."""
+    rows = []
+    for bench in benches:
+        one = bench["decode"]["1"]
+        profile = one["profile_ms"]
+        products = sum(ms for part, ms in profile.items() if part.endswith("products"))
+        rows.append([f"`{bench['model']}`", bench["bits_per_weight"],
+                     (one["tokens_per_s"], bench["decode"]["8"]["tokens_per_s"]),
+                     bench["decode_fraction_of_roofline"], bench["prefill_tokens_per_s"],
+                     (one["step_ms"], products, profile["attention"], profile["other"])])
+    return rows
+
+
+def accuracy(data: dict) -> list[Row]:
+    """precision-router/README.md: per model, the default policy's and llama.cpp's prompt log-probabilities against
+    float32 (largest and mean difference) and held-out perplexities, with the verdicts."""
+    rows = []
+    for model, figures in data["models"].items():
+        diff, ppl = figures["logprob_abs_difference"], figures["perplexity_relative_difference"]
+        verdicts = figures["verdicts"]
+        rows.append([f"`{model}`", (diff["default"]["max"], diff["default"]["mean"]),
+                     (diff["llama.cpp"]["max"], diff["llama.cpp"]["mean"]),
+                     (100 * ppl["default"], 100 * ppl["llama.cpp"]),
+                     "yes" if verdicts["default_no_further_than_llama_cpp"] else "no",
+                     "yes" if verdicts["default_perplexity_within_tolerance"] else "no"])
+    return rows
+
+
 TABLES: dict[str, Callable[..., list[Row]]] = {
+    "engine-bench": engine_bench,
+    "accuracy": accuracy,
     "interference": interference,
     "interference-stall": interference_stall,
     "policy-bench": policy_bench,
