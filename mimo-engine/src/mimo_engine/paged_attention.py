@@ -24,7 +24,7 @@ from mimo_engine.step import StepBatch
 KERNEL_MAX_ROWS = 16  # rows of one sequence up to which the kernel is used: a decode token or a drafted block
 
 
-@numba.njit(cache=True, fastmath=True)
+@numba.njit(cache=True, fastmath=True, nogil=True)
 def paged_attention_rows(q, k, v, rows, row_slots, row_slot_start, row_len, out):  # pragma: no cover - compiled
     """For each row r in `rows`: out[r] = softmax(q[r] . k[slots]) . v[slots] over the row's slots, per head.
 

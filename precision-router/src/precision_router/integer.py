@@ -471,7 +471,7 @@ def _kernels(fmt: str, load: Callable, load_scale: Callable | None, read_scales:
             return scale, bias, 0
     row_scales = _stable(f"{fmt}:row_scales", row_scales)
 
-    @numba.njit(parallel=True, cache=True, fastmath=True)
+    @numba.njit(parallel=True, cache=True, fastmath=True, nogil=True)
     def product(codes, scales, x, y):  # pragma: no cover - compiled
         """y[N, out] = x @ W.T, x [N, in] float32 quantized here (one call: each Python-side call cost ~3 us)."""
         n, n_in = x.shape
@@ -497,7 +497,7 @@ def _kernels(fmt: str, load: Callable, load_scale: Callable | None, read_scales:
                                   groups)
                     r += 1
 
-    @numba.njit(parallel=True, cache=True)
+    @numba.njit(parallel=True, cache=True, nogil=True)
     def decode_rows(codes, scales, start, out):  # pragma: no cover - compiled
         """out[r] = row start + r of W, as float32."""
         n_in = out.shape[1]

@@ -27,8 +27,10 @@ import os
 # sleeping worker for each one cost more than the small ones take. Measured on smollm2-135m, batch 1, 2 threads:
 # 54 tok/s asleep at once (GOMP_SPINCOUNT=0), 98 spinning 1000 times, 118 at 3000; with a busy loop on the other
 # core 61, 47 and 35 (spinning without bound, 8: it starves a loaded CPU). 1000 keeps most of the gain and little
-# of the loss; either variable set by the user wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# of the loss. ACTIVE, because libgomp under PASSIVE stops spinning altogether once it manages more threads than
+# there are cores, as soon as a second thread runs kernels (a server's worker after its loader): 51 tok/s against
+# 86 there. Either variable set by the user wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
 os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
 import numba  # noqa: E402
@@ -59,7 +61,7 @@ def _bf16(code):  # pragma: no cover - compiled
 # ---------------------------------------------------------------- one activation row: fused decode and dot
 
 
-@numba.njit(parallel=True, cache=True, fastmath=True)
+@numba.njit(parallel=True, cache=True, fastmath=True, nogil=True)
 def mxfp8_matvec(codes, scales, table, x, y):  # pragma: no cover - compiled
     """y[0] = x[0] @ W.T for MXFP8 codes [out, in] and E8M0 scales [out, in/32]."""
     for o in prange(y.shape[1]):
@@ -72,7 +74,7 @@ def mxfp8_matvec(codes, scales, table, x, y):  # pragma: no cover - compiled
         y[0, o] = total
 
 
-@numba.njit(parallel=True, cache=True, fastmath=True)
+@numba.njit(parallel=True, cache=True, fastmath=True, nogil=True)
 def bf16_matvec(codes, scales, table, x, y):  # pragma: no cover - compiled
     """y[0] = x[0] @ W.T for bfloat16 bits [out, in]."""
     for o in prange(y.shape[1]):
@@ -102,7 +104,7 @@ def _bf16_row(codes, scales, table, o, row):  # pragma: no cover - compiled
 def _batched(decode_row):
     """The batch kernel of one format: a weight row decoded once into scratch, then four batch rows per pass."""
 
-    @numba.njit(parallel=True, cache=True, fastmath=True)
+    @numba.njit(parallel=True, cache=True, fastmath=True, nogil=True)
     def matmul(codes, scales, table, x, y):  # pragma: no cover - compiled
         n, n_in = x.shape
         n_out = y.shape[1]
@@ -126,7 +128,7 @@ def _batched(decode_row):
                         a0 += row[k] * x[r, k]
                     y[r, o] = a0
 
-    @numba.njit(parallel=True, cache=True)
+    @numba.njit(parallel=True, cache=True, nogil=True)
     def decode_rows(codes, scales, table, start, out):  # pragma: no cover - compiled
         """out[r] = row start + r of W, as float32."""
         for r in prange(out.shape[0]):
