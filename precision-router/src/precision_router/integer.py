@@ -206,19 +206,18 @@ def _load_q4_k(v: Vectors, g: ir.Value) -> ir.Value:
 
 
 def _load_q6_k(v: Vectors, g: ir.Value) -> ir.Value:
-    # 210 bytes per 256 weights: 128 of low nibbles, 64 of 2-bit highs, 16 int8 scales, d. Per half of 128 weights,
-    # weight l + 32 k (l < 32) is nibble (k >> 1) of ql[l + 32 (k & 1)] and bits 2k of qh[l], minus 32.
+    # 210 bytes per 256 weights: 128 of low nibbles, 64 of 2-bit highs, 16 int8 scales (one per 16 weights), d. Per
+    # half of 128 weights, weight l + 32 k (l < 32) is nibble (k >> 1) of ql[l + 32 (k & 1)] and bits 2k of qh[l],
+    # minus 32: group g of 32 is quarter k of its half, whose 32 bytes of ql and of qh are contiguous.
     b = v.b
-    p = b.urem(g, _i64(v, 16))  # the group of 16 within its super-block
-    half, k, l0 = b.udiv(p, _i64(v, 8)), b.udiv(b.urem(p, _i64(v, 8)), _i64(v, 2)), b.mul(b.urem(p, _i64(v, 2)),
-                                                                                        _i64(v, 16))
-    base = b.mul(b.udiv(g, _i64(v, 16)), _i64(v, 210))
-    ql = v.load(b.add(base, b.add(b.mul(half, _i64(v, 64)), b.add(b.mul(b.urem(k, _i64(v, 2)), _i64(v, 32)), l0))),
-                16)
-    qh = v.load(b.add(base, b.add(_i64(v, 128), b.add(b.mul(half, _i64(v, 32)), l0))), 16)
+    p = b.urem(g, _i64(v, 8))  # the group of 32 within its super-block
+    half, k = b.udiv(p, _i64(v, 4)), b.urem(p, _i64(v, 4))
+    base = b.mul(b.udiv(g, _i64(v, 8)), _i64(v, 210))
+    ql = v.load(b.add(base, b.add(b.mul(half, _i64(v, 64)), b.mul(b.urem(k, _i64(v, 2)), _i64(v, 32)))), 32)
+    qh = v.load(b.add(base, b.add(_i64(v, 128), b.mul(half, _i64(v, 32)))), 32)
     low = v.low(v.shift_right(ql, b.mul(b.udiv(k, _i64(v, 2)), _i64(v, 4))))
-    high = b.and_(v.shift_right(qh, b.mul(k, _i64(v, 2))), v.const(3, 16))
-    return v.minus(b.or_(low, b.shl(high, v.const(4, 16))), 32)
+    high = b.and_(v.shift_right(qh, b.mul(k, _i64(v, 2))), v.const(3, 32))
+    return v.minus(b.or_(low, b.shl(high, v.const(4, 32))), 32)
 
 
 # ---------------------------------------------------------------- a group's scale (and bias) as LLVM scalars
@@ -233,6 +232,16 @@ def _half_at(b: ir.IRBuilder, pointer: ir.Value) -> ir.Value:
 
 def _scale_f32(row: Vectors, sources: tuple, g: ir.Value) -> tuple:  # a per-row float32 array, read by numba
     return row.b.load(row.b.gep(sources[0], [g])), None
+
+
+def _scale_f32_halves(row: Vectors, sources: tuple, g: ir.Value) -> tuple:  # one per 16: the halves' scales
+    b = row.b
+    first = b.mul(g, _i64(row, 2))
+    pair = [b.load(b.gep(sources[0], [index])) for index in (first, b.add(first, _i64(row, 1)))]
+    vector = b.insert_element(b.insert_element(ir.Constant(ir.VectorType(F32, 2), None), pair[0],
+                                               ir.Constant(I32, 0)), pair[1], ir.Constant(I32, 1))
+    lanes = ir.Constant(ir.VectorType(I32, 8), [0, 0, 0, 0, 1, 1, 1, 1])  # the 8 lanes: 4 per half of the group
+    return b.shuffle_vector(vector, ir.Constant(ir.VectorType(F32, 2), None), lanes), None
 
 
 def _scale_f32_biased(row: Vectors, sources: tuple, g: ir.Value) -> tuple:  # and its biases
@@ -270,7 +279,7 @@ def _scale_d(size: int, has_min: bool, offset: int = 0) -> Callable:
 # ---------------------------------------------------------------- the row loop and the unpacking, as intrinsics
 
 
-def _row_dot(load: Callable, load_scale: Callable, group: int, rows: int, unsigned: bool = False):
+def _row_dot(load: Callable, load_scale: Callable, rows: int, unsigned: bool = False):
     """An intrinsic: for each of `rows` activation rows r, the sum over groups g < count of
     scale_g * x_scale[r, g] * sum_j(q_w[g, j] * q_x[r, G g + j]) (plus, where `load_scale` gives a bias,
     bias_g * x_scale[r, g] * sum_j q_x[r, G g + j]): q_w the codes `load` reads from `codes` at flat byte offset i
@@ -281,8 +290,8 @@ def _row_dot(load: Callable, load_scale: Callable, group: int, rows: int, unsign
     group's 8 lanes, where sign-extending both sides to 16 bits takes five instructions: `unsigned` codes (0-127)
     as they are, signed ones as their magnitudes against the activations carrying their signs (vpsignb), as
     llama.cpp does."""
-    per_block = BLOCK // group
-    bytewise = group == 32 and AVX2
+    group = BLOCK  # codes a loop iteration loads: one activation block's
+    bytewise = AVX2
 
     @intrinsic
     def row_dot(typingctx, codes, i, scale, bias, si, xq, k, stride, xd, xsum, kb, blocks, count):  # pragma: no cover
@@ -333,14 +342,18 @@ def _row_dot(load: Callable, load_scale: Callable, group: int, rows: int, unsign
                                    ir.Constant(ir.VectorType(ir.IntType(16), 16), [1] * 16))
                     else:
                         products = builder.mul(weights, builder.sext(x, wide))
-                        # adjacent pairs first (a widening multiply-add's shape), then halves down to 8 lanes
-                        sums = builder.add(pick(products, range(0, group, 2)), pick(products, range(1, group, 2)))
+                        # adjacent pairs (a widening multiply-add's shape) down to 8 lanes, each the sum of 4 weights
+                        # in order, as vpmaddubsw and vpmaddwd give them: a group's halves stay apart
+                        sums = products
                         while sums.type.count > 8:
-                            n = sums.type.count // 2
-                            sums = builder.add(pick(sums, range(n)), pick(sums, range(n, 2 * n)))
-                    block = builder.add(start, builder.udiv(g, _i64(row, per_block)))
+                            n = sums.type.count
+                            sums = builder.add(pick(sums, range(0, n, 2)), pick(sums, range(1, n, 2)))
+                    block = builder.add(start, g)  # group g is activation block g
                     x_scale = builder.load(builder.gep(xd_data, [block]))
-                    weight = row.splat(builder.fmul(w_scale, x_scale), 8)
+                    if isinstance(w_scale.type, ir.VectorType):  # a scale per half of the group
+                        weight = builder.fmul(w_scale, row.splat(x_scale, 8))
+                    else:
+                        weight = row.splat(builder.fmul(w_scale, x_scale), 8)
                     add(acc, builder.fmul(builder.sitofp(sums, lanes), weight))
                     if w_bias is not None:  # the minimum times the block's sum of activation codes
                         x_sum = builder.sitofp(builder.load(builder.gep(xsum_data, [block])), F32)
@@ -359,9 +372,10 @@ def _row_dot(load: Callable, load_scale: Callable, group: int, rows: int, unsign
     return row_dot
 
 
-def _unpack(load: Callable, group: int):
-    """An intrinsic: the int8 codes of `count` groups, read by `load` from `codes` at flat byte offset i, into
-    `out` (int8, from its start)."""
+def _unpack(load: Callable):
+    """An intrinsic: the int8 codes of `count` groups of 32, read by `load` from `codes` at flat byte offset i,
+    into `out` (int8, from its start)."""
+    group = BLOCK
 
     @intrinsic
     def unpack(typingctx, codes, i, out, count):  # pragma: no cover - compiled
@@ -448,17 +462,18 @@ for _name in ("_half", "_scales_q8_0", "_scales_mxfp4", "_scales_q4_k", "_scales
 # ---------------------------------------------------------------- the kernels of one format
 
 
-def _kernels(fmt: str, load: Callable, load_scale: Callable | None, read_scales: Callable, group: int,
+def _kernels(fmt: str, load: Callable, load_scale: Callable | None, read_scales: Callable, scale_width: int,
              biased: bool, unsigned: bool):
-    """The integer product and the float row decoder of a format whose groups of `group` codes (`unsigned`: 0-127)
-    `load` reads, and whose scales (and biases, when `biased`) `load_scale` reads inside the loop or, where it is
-    None (the K-quants' packed 6-bit scales), `read_scales` reads once per row."""
-    unpack = _stable(f"{fmt}:unpack", _unpack(load, group))
+    """The integer product and the float row decoder of a format whose groups of 32 codes (`unsigned`: 0-127)
+    `load` reads, with a scale per `scale_width` weights (32, or 16 for Q6_K), and whose scales (and biases, when
+    `biased`) `load_scale` reads inside the loop or, where it is None (the K-quants' packed 6-bit scales),
+    `read_scales` reads once per row."""
+    unpack = _stable(f"{fmt}:unpack", _unpack(load))
     # one weight row against every activation row: four at a time, then one at a time (the row's codes are decoded
     # once per call, so four rows share each decoding)
-    scale_source = load_scale or (_scale_f32_biased if biased else _scale_f32)
-    one, four = (_stable(f"{fmt}:row_dot:{rows}", _row_dot(load, scale_source, group, rows, unsigned))
-                 for rows in (1, 4))
+    scale_source = load_scale or (_scale_f32_halves if scale_width < BLOCK else
+                                  _scale_f32_biased if biased else _scale_f32)
+    one, four = (_stable(f"{fmt}:row_dot:{rows}", _row_dot(load, scale_source, rows, unsigned)) for rows in (1, 4))
 
     if load_scale is not None:  # codes and scales read in the loop, straight from the stored row
         @numba.njit(inline="always")
@@ -480,21 +495,21 @@ def _kernels(fmt: str, load: Callable, load_scale: Callable | None, read_scales:
         xd = np.empty((n, n_in // BLOCK), dtype=np.float32)
         xsum = np.empty((n, n_in // BLOCK), dtype=np.int32)
         _quantize_rows(x, xq, xd, xsum)
-        groups, blocks = n_in // group, n_in // BLOCK
+        blocks = n_in // BLOCK
         row_bytes = codes.shape[1] * codes.itemsize
         for tile in prange((n_out + _ROW_TILE - 1) // _ROW_TILE):
-            scale = np.empty(groups, dtype=np.float32)
-            bias = np.zeros(groups, dtype=np.float32)
+            scale = np.empty(n_in // scale_width, dtype=np.float32)
+            bias = np.zeros(n_in // scale_width, dtype=np.float32)
             for o in range(tile * _ROW_TILE, min(n_out, (tile + 1) * _ROW_TILE)):
                 s, b, si = row_scales(codes, scales, o, scale, bias)
                 r = 0
                 while r + 4 <= n:
                     y[r, o], y[r + 1, o], y[r + 2, o], y[r + 3, o] = four(
-                        codes, o * row_bytes, s, b, si, xq, r * n_in, n_in, xd, xsum, r * blocks, blocks, groups)
+                        codes, o * row_bytes, s, b, si, xq, r * n_in, n_in, xd, xsum, r * blocks, blocks, blocks)
                     r += 4
                 while r < n:
                     y[r, o] = one(codes, o * row_bytes, s, b, si, xq, r * n_in, n_in, xd, xsum, r * blocks, blocks,
-                                  groups)
+                                  blocks)
                     r += 1
 
     @numba.njit(parallel=True, cache=True, nogil=True)
@@ -504,12 +519,12 @@ def _kernels(fmt: str, load: Callable, load_scale: Callable | None, read_scales:
         row_bytes = codes.shape[1] * codes.itemsize
         for r in prange(out.shape[0]):
             q = np.empty(n_in, dtype=np.int8)
-            scale = np.empty(n_in // group, dtype=np.float32)
-            bias = np.zeros(n_in // group, dtype=np.float32)
+            scale = np.empty(n_in // scale_width, dtype=np.float32)
+            bias = np.zeros(n_in // scale_width, dtype=np.float32)
             read_scales(codes, scales, start + r, scale, bias)
-            unpack(codes, (start + r) * row_bytes, q, n_in // group)
+            unpack(codes, (start + r) * row_bytes, q, n_in // BLOCK)
             for k in range(n_in):
-                out[r, k] = np.float32(q[k]) * scale[k // group] + bias[k // group]
+                out[r, k] = np.float32(q[k]) * scale[k // scale_width] + bias[k // scale_width]
 
     return product, decode_rows
 
@@ -520,11 +535,11 @@ class IntegerKernels:
 
     product: Callable
     decode_rows: Callable
-    group: int  # weights per scale
+    scale_width: int  # weights per scale
 
 
-INTEGER = {fmt: IntegerKernels(*_kernels(fmt, load, load_scale, read_scales, group, biased, unsigned), group)
-           for fmt, load, load_scale, read_scales, group, biased, unsigned in (
+INTEGER = {fmt: IntegerKernels(*_kernels(fmt, load, load_scale, read_scales, width, biased, unsigned), width)
+           for fmt, load, load_scale, read_scales, width, biased, unsigned in (
                ("q8_0", _load_q8_0, _scale_q8_0, _scales_q8_0, 32, False, False),
                ("mxfp4", _load_mxfp4, _scale_mxfp4, _scales_mxfp4, 32, False, False),
                ("q4_0", _load_q4_0, _scale_d(18, False, 8), _scales_d(18, False, 8), 32, True, True),
