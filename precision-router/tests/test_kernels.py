@@ -1,6 +1,7 @@
-"""Each kernel against a float64 reference of the same operands: the integer kernels (int8 activations) against the
-dequantized weights times the dequantized int8 activations, the float kernels and the BLAS tiles against the float
-activations; exact up to float32 rounding of the sums, for every format, at batch 1, 2-16 and from BLAS_ROWS on."""
+"""Each kernel against a float64 reference of the same operands: the integer formats (int8 activations, in their
+kernels and in BLAS's tiles alike) against the dequantized weights times the dequantized int8 activations, the float
+formats against the float activations; exact up to float32 rounding of the sums, for every format, at batch 1, 2-16
+and from BLAS_ROWS on."""
 
 import platform
 import threading
@@ -33,7 +34,7 @@ def packed(fmt: str, rows: int, cols: int, rng: np.random.Generator):
 
 def reference(x: np.ndarray, w) -> tuple[np.ndarray, np.ndarray]:
     """The float64 product the kernel computes and the sum of magnitudes that bounds its rounding."""
-    if w.fmt in INTEGER and len(x) < BLAS_ROWS:
+    if w.fmt in INTEGER:  # BLAS's tiles too multiply the int8-rounded activations
         a = quantize_activations(x)
         x = (a.codes.reshape(len(x), -1, 32) * a.scales[..., None].astype(np.float64)).reshape(x.shape)
     weights = dequantize(w).astype(np.float64)

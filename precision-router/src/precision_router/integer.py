@@ -552,7 +552,12 @@ INTEGER = {fmt: IntegerKernels(*_kernels(fmt, load, load_scale, read_scales, wid
 
 def asm_instructions(fmt: str, mnemonics: tuple[str, ...] = ("vpdpbusd", "vpdpwssd", "vpmaddubsw", "vpmaddwd")
                      ) -> set[str]:
-    """Which of the integer multiply-add `mnemonics` the compiled product of `fmt` contains (after one call)."""
+    """Which of the integer multiply-add `mnemonics` the product of `fmt` compiles to for the argument types it was
+    called with in this process (compiled again, uncached: numba shows no assembly of code it loaded from its cache;
+    about 2 s a format)."""
     product = INTEGER[fmt].product
-    text = "\n".join(product.inspect_asm(signature) for signature in product.signatures)
+    fresh = numba.njit(parallel=True, fastmath=True, nogil=True)(product.py_func)
+    for signature in product.signatures:
+        fresh.compile(signature)
+    text = "\n".join(fresh.inspect_asm(signature) for signature in fresh.signatures)
     return {m for m in mnemonics if m in text}
