@@ -217,9 +217,15 @@ def sweep_table(small: dict, large: dict) -> list[Row]:
 
 
 def versus_llamacpp(data: dict) -> list[Row]:
-    """precision-router/README.md (and mimo-engine's): decode tok/s of the engine and llama.cpp."""
-    speeds = data["decode_tokens_per_s"]
-    return [[name, speeds[f"{name}, 1 stream"], speeds[f"{name}, 8 streams"]] for name in ("mimo-engine", "llama.cpp")]
+    """precision-router/README.md: per model, decode tok/s of the engine and llama.cpp at 1 and 8 streams, and the
+    engine's ratios to llama.cpp's single stream with their goals."""
+    rows = []
+    for model, figures in data["models"].items():
+        speeds = figures["decode_tokens_per_s"]
+        rows.append([model, *(speeds[f"{name}, {n}"] for n in ("1 stream", "8 streams")
+                              for name in ("mimo-engine", "llama.cpp")),
+                     *((figures["ratios"][ratio], goal) for ratio, goal in data["goals"].items())])
+    return rows
 
 
 ORCHESTRATOR_ROWS = ("1 agents, majority", "3 agents, majority", "5 agents, majority", "5 agents, weighted",
@@ -294,6 +300,25 @@ def interference(*runs: dict) -> list[Row]:
             for run in runs]
 
 
+def interference_stall(*files: list[dict]) -> list[Row]:
+    """README.md: a running stream's worst gap while a long prompt is prefilled, per stream count and per file (one
+    way of sizing steps each, run in interleaved rounds): medians over the file's runs, and how many met the goal."""
+    rows = []
+    for streams in sorted({run["streams"] for runs in files for run in runs}):
+        for runs in files:
+            mine = [run for run in runs if run["streams"] == streams]
+
+            def median(figure: Callable[[dict], float], mine: list[dict] = mine) -> float:
+                return statistics.median(figure(run) for run in mine)
+
+            rows.append([str(streams), f"--prefill-stall-ms {mine[0]['prefill_stall']['seconds'] * 1e3:g}",
+                         median(lambda r: r["itl_ms_idle"]["p50"]), median(lambda r: r["itl_ms"]["max"]),
+                         median(lambda r: r["worst_gap_ratio"]),
+                         (sum(r["itl_ms"]["max"] <= r["goal_ms"] for r in mine), len(mine)),
+                         median(lambda r: r["long_prompt_ttft_s"])])
+    return rows
+
+
 def policy_bench(perplexity: dict, *benches: dict) -> list[Row]:
     """precision-router/README.md: each policy's bits, perplexity of the calibration text and engine speed."""
     by_policy = {b["policy"]: b for b in benches}
@@ -308,8 +333,41 @@ def policy_bench(perplexity: dict, *benches: dict) -> list[Row]:
     return rows
 
 
+def engine_bench(*benches: dict) -> list[Row]:
+    """precision-router/README.md: `mimo-engine bench` per model: bits read, decode tok/s at batch 1 / 8, the
+    fraction of the memory roofline, prefill tok/s, and batch 1's step profile (products, attention, the rest)."""
+    rows = []
+    for bench in benches:
+        one = bench["decode"]["1"]
+        profile = one["profile_ms"]
+        products = sum(ms for part, ms in profile.items() if part.endswith("products"))
+        rows.append([f"`{bench['model']}`", bench["bits_per_weight"],
+                     (one["tokens_per_s"], bench["decode"]["8"]["tokens_per_s"]),
+                     bench["decode_fraction_of_roofline"], bench["prefill_tokens_per_s"],
+                     (one["step_ms"], products, profile["attention"], profile["other"])])
+    return rows
+
+
+def accuracy(data: dict) -> list[Row]:
+    """precision-router/README.md: per model, the default policy's and llama.cpp's prompt log-probabilities against
+    float32 (largest and mean difference) and held-out perplexities, with the verdicts."""
+    rows = []
+    for model, figures in data["models"].items():
+        diff, ppl = figures["logprob_abs_difference"], figures["perplexity_relative_difference"]
+        verdicts = figures["verdicts"]
+        rows.append([f"`{model}`", (diff["default"]["max"], diff["default"]["mean"]),
+                     (diff["llama.cpp"]["max"], diff["llama.cpp"]["mean"]),
+                     (100 * ppl["default"], 100 * ppl["llama.cpp"]),
+                     "yes" if verdicts["default_no_further_than_llama_cpp"] else "no",
+                     "yes" if verdicts["default_perplexity_within_tolerance"] else "no"])
+    return rows
+
+
 TABLES: dict[str, Callable[..., list[Row]]] = {
+    "engine-bench": engine_bench,
+    "accuracy": accuracy,
     "interference": interference,
+    "interference-stall": interference_stall,
     "policy-bench": policy_bench,
     "reference": reference,
     "speculation-summary": speculation_summary,

@@ -131,3 +131,16 @@ def test_precision_models_are_format_model_pairs_and_go_to_a_child_process():
     assert again.precision_models == settings.precision_models
     with pytest.raises(SettingsError, match="MIMO_PRECISION_MODELS.*not FORMAT=MODEL"):
         load_settings(env={"MIMO_PRECISION_MODELS": "fp8"}, dotenv_path=None)
+
+
+def test_a_gguf_file_for_the_embedded_engine_is_named_by_its_absolute_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    env = {"MIMO_MODEL": "models/mine.gguf", "MIMO_DRAFT_MODEL": "~/small.gguf"}
+    embedded = load_settings(env=env, dotenv_path=None)
+    assert embedded.oracle_model == str(tmp_path / "models" / "mine.gguf")  # as every tool, in any folder, names it
+    assert embedded.drafter_model == str(tmp_path / "home" / "small.gguf")
+    assert load_settings(env=embedded.to_env(), dotenv_path=None) == embedded
+    assert load_settings(env={"MIMO_MODEL": "smollm2-135m"}, dotenv_path=None).oracle_model == "smollm2-135m"
+    remote = load_settings(env={**env, "MIMO_BASE_URL": "http://127.0.0.1:9/v1"}, dotenv_path=None)
+    assert remote.oracle_model == "models/mine.gguf"  # a remote server's model names are its own

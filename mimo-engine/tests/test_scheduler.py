@@ -11,12 +11,12 @@ from precision_router.policy import Policy, static_policy
 from tiered_kv_cache import KVPool
 
 from mimo_core.extensions import MimoRequest
-from mimo_engine.config import EngineConfig
+from mimo_engine.config import EngineConfig, PrefillStall
 from mimo_engine.engine import Engine, UnknownModel
 from mimo_engine.output import Done, Failed
 from mimo_engine.runtime import BLOCK_SIZE
 from mimo_engine.sampling import SamplingParams
-from mimo_engine.scheduler import QueueFull, Unservable
+from mimo_engine.scheduler import MIN_CHUNK, QueueFull, Unservable
 from mimo_engine.stream import Request
 from mimo_engine.worker import ModelWorker, Unavailable
 from mimo_engine.step import StepBatch
@@ -50,6 +50,7 @@ class FakeModel:
 
     script: bytes = b"hello world"
     step_s: float = 0.0
+    token_s: float = 0.0  # and this much more per token of the step
     fail: bool = False
     name: str = "fake"
     fingerprint: str = "fake"
@@ -73,10 +74,10 @@ class FakeModel:
     def plan_reads(self, plan: None) -> tuple[dict, int, int]:
         return {}, 0, 0
 
-    def forward(self, batch: StepBatch, pool: KVPool) -> np.ndarray:
+    def forward(self, batch: StepBatch, pool: KVPool, read: dict | None = None) -> np.ndarray:
         if self.fail:
             raise RuntimeError("boom")
-        time.sleep(self.step_s)
+        time.sleep(self.step_s + self.token_s * batch.num_tokens)
         self.steps.append(batch)
         rows = []
         for s in batch.sequences:
@@ -298,6 +299,33 @@ def test_a_long_prompt_is_prefilled_in_chunks_that_share_steps_with_running_deco
     # streams by a token, within the budget of 8 tokens a step
     assert len(chunks) == 90 // 6 and all(b.num_tokens == 8 for b, _ in chunks)
     assert all(sum(len(s.token_ids) == 1 for s in b.sequences) == 2 for b, _ in chunks)
+
+
+def test_a_step_that_decodes_carries_the_prompt_chunk_its_measured_cost_fits_in_its_time_bound():
+    # 0.5 ms a token: a step with a decode row may take 0.04 s, so its chunk has some 70 tokens, not the 127 the token
+    # budget leaves; a slower machine only makes them smaller, never below MIN_CHUNK
+    model = FakeModel(script=b"x" * 200, step_s=0.001, token_s=0.0005, config=FakeConfig(context_length=512))
+    timings = []
+    worker = ModelWorker(model, EngineConfig(max_batch_size=4, max_queue=2, step_tokens=128,
+                                             prefill_stall=PrefillStall(seconds=0.04, decode_steps=2)),
+                         on_step=timings.append)
+
+    async def main():
+        stream = Request([1], SamplingParams(temperature=0, max_tokens=150))
+        worker.submit(stream.engine)
+        await asyncio.sleep(0.05)  # decoding when the long prompt arrives
+        long = Request(list(range(1, 31)) * 12, SamplingParams(temperature=0, max_tokens=1))
+        worker.submit(long.engine)
+        return await long.result(), stream
+
+    try:
+        done, stream = asyncio.run(main())
+        stream.cancel()
+    finally:
+        worker.close()
+    assert isinstance(done, Done) and done.report.cache.prefilled_tokens == 360
+    beside = [t.prompt_tokens for t in timings if t.chunks and t.decode_tokens]
+    assert len(beside) >= 360 // 90 and all(MIN_CHUNK <= n <= 90 for n in beside[:-1]), beside
 
 
 def test_a_prompt_that_starts_like_an_earlier_one_reuses_its_blocks(worker, model):

@@ -7,9 +7,11 @@ import pytest
 from precision_router.policy import static_policy
 from tiered_kv_cache import KVPool
 
+from mimo_engine.config import PrefillStall
+from mimo_engine.costs import ChunkCost
 from mimo_engine.runtime import BLOCK_SIZE, EngineCore, PrecisionPlan
 from mimo_engine.sampling import SamplingParams
-from mimo_engine.scheduler import EngineRequest, Prefill, Scheduler, Sequence, Unservable
+from mimo_engine.scheduler import MIN_CHUNK, EngineRequest, Prefill, Scheduler, Sequence, Unservable
 
 
 @dataclass
@@ -44,6 +46,16 @@ def request(prompt_tokens: int, n: int = 1) -> EngineRequest:
 
 def scheduler(max_batch_size: int = 4, capacity: int = 6, step_tokens: int = 8, blocks: int = 16) -> Scheduler:
     return Scheduler(EngineCore(Model(), blocks), max_batch_size, capacity, step_tokens)
+
+
+def decoding(s: Scheduler) -> None:
+    """Start a one-token request decoding (its prompt computed as if its step had run)."""
+    s.add(request(1))
+    out = s.schedule()
+    s.core.sequences[out.work[-1].seq_id].num_computed = 1
+    for sequence in s.prefilled(out.owners[-1]):
+        s.core.append(sequence.seq_id, [40])
+        s.start(sequence)
 
 
 def test_a_prompt_is_admitted_and_chunked_within_the_token_budget():
@@ -104,3 +116,88 @@ def test_a_released_request_forgets_its_sequences_and_cancelled_waiting_ones_lea
     s.release(admitted)
     assert not s.admitted() and not s.core.sequences
     assert s.take_waiting(cancelled_only=True) == [waiting] and not s.busy
+
+
+LONG = 240  # a long prompt's tokens
+STALL = PrefillStall(seconds=0.1, decode_steps=4)
+
+
+@dataclass
+class LongConfig(Config):
+    context_length: int = 1024  # room for long prompts
+
+
+class LongModel(Model):
+    config = LongConfig()
+
+
+def long_scheduler(step_tokens: int = 128, stall: PrefillStall = STALL) -> Scheduler:
+    return Scheduler(EngineCore(LongModel(), 80), max_batch_size=4, capacity=6, step_tokens=step_tokens, stall=stall)
+
+
+def chunks(out) -> list[int]:
+    return [w.num_tokens for w, o in zip(out.work, out.owners) if isinstance(o, Prefill)]
+
+
+def test_a_step_that_decodes_cuts_its_prompt_chunk_to_what_its_time_bound_leaves():
+    s = long_scheduler()
+    decoding(s)
+    s.add(request(LONG))
+    # bound max(0.1 s, 4 x 0.02 s) less the decode row's 0.02 s: 0.08 s, at 2 ms a token
+    assert chunks(s.schedule(ChunkCost(decode_s=0.02, token_s=0.002, position_s=0.0))) == [40]
+    alone = long_scheduler()
+    alone.add(request(LONG))
+    assert chunks(alone.schedule(ChunkCost(0.02, 0.002, 0.0))) == [128]  # nothing decodes: the token budget alone
+
+
+def test_the_bound_grows_with_the_decode_step_and_a_later_chunk_pays_for_its_position():
+    s = long_scheduler(step_tokens=1000)
+    decoding(s)
+    s.add(request(LONG))
+    # a slow decode step: bound 4 x 0.05 s, 0.15 s left, 75 tokens at 2 ms
+    first = s.schedule(ChunkCost(decode_s=0.05, token_s=0.002, position_s=0.0))
+    assert chunks(first) == [75]
+    s.core.sequences[first.work[-1].seq_id].num_computed += 75
+    cost = ChunkCost(decode_s=0.02, token_s=0.0005, position_s=0.00001)
+    # from position 75 each token also pays for the positions it attends to: the most that fit in 0.08 s
+    fits = max(n for n in range(1, 200) if 0.0005 * n + 0.00001 * sum(75 + i + 1 for i in range(n)) <= 0.08)
+    assert chunks(s.schedule(cost)) == [fits] and MIN_CHUNK < fits < 80  # without the position term: 160
+
+
+def test_the_oldest_prompt_always_advances_and_a_later_one_waits_for_time():
+    s = long_scheduler()
+    decoding(s)
+    s.add(request(LONG))
+    s.add(request(LONG))
+    dear = ChunkCost(decode_s=0.02, token_s=1.0, position_s=0.0)  # not one token fits in the bound
+    out = s.schedule(dear)
+    assert chunks(out) == [MIN_CHUNK] and len(out.admitted) == 1 and len(s.waiting) == 1
+    s.core.sequences[out.work[-1].seq_id].num_computed = LONG - 30  # as if steps had run: 30 tokens left
+    out = s.schedule(ChunkCost(decode_s=0.02, token_s=0.001, position_s=0.0))
+    assert chunks(out) == [30, 50] and len(out.admitted) == 1  # 0.08 s at 1 ms a token: the next gets what is left
+
+
+def test_before_any_chunk_is_measured_a_step_that_decodes_carries_one_probe_chunk():
+    s = long_scheduler()
+    decoding(s)
+    s.add(request(LONG))
+    s.add(request(LONG))
+    out = s.schedule(None)
+    assert chunks(out) == [MIN_CHUNK] and len(s.waiting) == 1
+
+
+def test_no_time_bound_leaves_the_token_budget_alone():
+    s = long_scheduler(stall=PrefillStall(seconds=0.0))
+    decoding(s)
+    s.add(request(LONG))
+    assert chunks(s.schedule(ChunkCost(decode_s=0.02, token_s=1.0, position_s=0.0))) == [127]
+
+
+@pytest.mark.parametrize("cost", [ChunkCost(0.0, 0.002, 0.0), ChunkCost(0.0, 0.001, 0.00002),
+                                  ChunkCost(0.0, 0.0, 0.00001), ChunkCost(0.0, 0.0031, 0.0000014)])
+@pytest.mark.parametrize("position", [0, 100, 1400])
+def test_tokens_within_is_the_most_tokens_whose_cost_fits(cost, position):
+    for seconds in (0.0, 0.01, 0.08, 0.25):
+        n = cost.tokens_within(seconds, position)
+        assert cost.seconds(n, position) <= seconds + 1e-12
+        assert cost.seconds(n + 1, position) > seconds

@@ -1,24 +1,75 @@
-"""Each kernel equals dequantize-then-matmul within float32 rounding, on every path (batch 1, a batch, BLAS tiles)."""
+"""Each kernel against a float64 reference of the same operands: the integer formats (int8 activations, in their
+kernels and in BLAS's tiles alike) against the dequantized weights times the dequantized int8 activations, the float
+formats against the float activations; exact up to float32 rounding of the sums, for every format, at batch 1, 2-16
+and from BLAS_ROWS on."""
+
+import platform
+import threading
 
 import numpy as np
 import pytest
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from precision_router.formats import dequantize, quantize
+from precision_router.formats import REGISTRY, dequantize, gguf_blocks, quantize
+from precision_router.integer import INTEGER, asm_instructions, quantize_activations
 from precision_router.kernels import BLAS_ROWS, KERNELS, TILE_ROWS, matmul
+
+# the byte offsets of each GGUF block type's float16 fields: (d, m or None), and how big a block is
+HALVES = {"q4_0": (0, None), "q4_1": (0, 2), "q5_0": (0, None), "q5_1": (0, 2), "q4_k": (0, 2), "q6_k": (208, None)}
+
+
+def packed(fmt: str, rows: int, cols: int, rng: np.random.Generator):
+    """A weight of `fmt`: quantized from random floats, or (GGUF's own blocks, which nothing here quantizes) random
+    bytes with sane float16 scales."""
+    if REGISTRY[fmt].quantize_rows:
+        return quantize(rng.standard_normal((rows, cols)).astype(np.float32) * 0.1, fmt)
+    block, size = GGML_QUANT_SIZES[GGMLQuantizationType[fmt.upper()]]
+    raw = rng.integers(0, 256, (rows, cols // block, size), dtype=np.uint8)
+    for at in HALVES[fmt]:
+        if at is not None:
+            halves = (rng.random((rows, cols // block)) * 0.01 + 0.001).astype(np.float16)
+            raw[..., at : at + 2] = halves.view(np.uint8).reshape(rows, cols // block, 2)
+    return gguf_blocks(fmt, raw.reshape(rows, -1), cols)
+
+
+def reference(x: np.ndarray, w) -> tuple[np.ndarray, np.ndarray]:
+    """The float64 product the kernel computes and the sum of magnitudes that bounds its rounding."""
+    if w.fmt in INTEGER:  # BLAS's tiles too multiply the int8-rounded activations
+        a = quantize_activations(x)
+        x = (a.codes.reshape(len(x), -1, 32) * a.scales[..., None].astype(np.float64)).reshape(x.shape)
+    weights = dequantize(w).astype(np.float64)
+    return x.astype(np.float64) @ weights.T, np.abs(x).astype(np.float64) @ np.abs(weights).T
 
 
 @pytest.mark.parametrize("fmt", list(KERNELS))
-@pytest.mark.parametrize("batch", [1, 3, 8, BLAS_ROWS, 64])
-def test_kernel_equals_dequantize_then_matmul(fmt, batch):
+@pytest.mark.parametrize("batch", [1, 2, 5, 16, BLAS_ROWS, 40])
+def test_kernel_equals_its_float64_reference(fmt, batch):
     rng = np.random.default_rng(batch)
-    out_rows = TILE_ROWS + 40  # more than one tile of the BLAS path, and not a multiple of the row tile
-    w = quantize(rng.standard_normal((out_rows, 96)).astype(np.float32) * 0.1, fmt)
-    x = rng.standard_normal((batch, 96)).astype(np.float32)
-    reference = x.astype(np.float64) @ dequantize(w).astype(np.float64).T  # [batch, out]
+    out_rows = TILE_ROWS + 40 if batch >= BLAS_ROWS else 100  # more than one BLAS tile; not a multiple of 16 rows
+    w = packed(fmt, out_rows, 512, rng)
+    x = rng.standard_normal((batch, 512)).astype(np.float32)
+    expected, scale = reference(x, w)
     got = matmul(x, w)
     assert got.shape == (batch, out_rows) and got.dtype == np.float32
-    scale = np.abs(x).astype(np.float64) @ np.abs(dequantize(w)).astype(np.float64).T  # what the sums add up
-    assert (np.abs(got - reference) <= 96 * 2**-23 * scale + 1e-30).all()
+    assert (np.abs(got - expected) <= 64 * 2**-23 * scale + 1e-30).all()
+
+
+def test_the_activation_codes_are_each_block_of_32_over_its_largest_magnitude_times_127():
+    x = np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32)
+    x[2, 32:] = 0  # an all-zero block: scale 0, codes 0
+    a = quantize_activations(x)
+    amax = np.abs(x.reshape(3, 2, 32)).max(-1)  # [3, 2]
+    np.testing.assert_allclose(a.scales, amax / 127, rtol=2**-22)  # fastmath: amax times 1/127
+    scale = np.repeat(a.scales, 32, axis=1).astype(np.float64)
+    assert (np.abs(a.codes * scale - x) <= scale / 2 * (1 + 2**-20)).all()  # each code the nearest
+    assert np.array_equal(a.sums, a.codes.reshape(3, 2, 32).astype(int).sum(-1))
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="the x86 mnemonics")
+@pytest.mark.parametrize("fmt", list(INTEGER))
+def test_the_integer_kernels_compile_to_widening_multiply_adds(fmt):
+    matmul(np.ones((1, 256), np.float32), packed(fmt, 16, 256, np.random.default_rng(0)))
+    assert asm_instructions(fmt) & {"vpdpbusd", "vpdpwssd", "vpmaddubsw", "vpmaddwd"}
 
 
 def test_a_nan_block_poisons_only_its_own_output_row():
@@ -28,6 +79,34 @@ def test_a_nan_block_poisons_only_its_own_output_row():
     for fmt in ("mxfp4", "mxfp8", "q8_0"):
         y = matmul(x, quantize(values, fmt))
         assert np.isnan(y[:, 1]).all() and np.isfinite(y[:, [0, 2]]).all()
+
+
+def test_a_nan_activation_poisons_only_its_own_row():
+    x = np.ones((2, 64), dtype=np.float32)
+    x[0, 3] = np.nan
+    y = matmul(x, quantize(np.ones((3, 64), dtype=np.float32), "q8_0"))
+    assert np.isnan(y[0]).all() and np.isfinite(y[1]).all()
+
+
+def test_two_threads_multiply_at_once_as_each_alone():
+    rng = np.random.default_rng(7)
+    work = [(rng.standard_normal((n, 512)).astype(np.float32), packed(fmt, 300, 512, rng))
+            for n, fmt in ((1, "q4_1"), (8, "q5_0"), (3, "q8_0"), (1, "q6_k"))]
+    alone = [matmul(x, w) for x, w in work]
+    together: dict[int, list] = {0: [], 1: []}
+
+    def run(thread: int) -> None:
+        for _ in range(20):
+            together[thread].append([matmul(x, w) for x, w in work[thread::2]])
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for thread in (0, 1):
+        for results in together[thread]:
+            assert all(np.array_equal(got, want) for got, want in zip(results, alone[thread::2]))
 
 
 def test_a_weight_of_the_wrong_shape_or_format_is_refused():

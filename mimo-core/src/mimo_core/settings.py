@@ -22,6 +22,17 @@ class SettingsError(ValueError):
     """A setting has a value that cannot be used; the message names the variable."""
 
 
+def is_model_path(model: str) -> bool:
+    """Whether `model` names a GGUF file rather than a registry model: it holds a / or ends in .gguf."""
+    return "/" in model or model.lower().endswith(".gguf")
+
+
+def served_model_name(model: str) -> str:
+    """The name the embedded engine serves `model` under: a GGUF file's path made absolute (~ expanded), so that
+    every tool, whatever its folder, names one file alike; a registry name as it is."""
+    return os.path.abspath(os.path.expanduser(model)) if is_model_path(model) else model
+
+
 @dataclass(frozen=True)
 class Settings:
     """The resolved settings. `api_key` is never written anywhere: `to_dict` masks it."""
@@ -43,6 +54,10 @@ class Settings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cache_dir", Path(self.cache_dir).expanduser())  # flags may pass a str
+        if self.embedded:  # the engine's name for a GGUF file; a remote server's names are its own
+            for name in ("model", "draft_model"):
+                if getattr(self, name) is not None:
+                    object.__setattr__(self, name, served_model_name(getattr(self, name)))
 
     @property
     def embedded(self) -> bool:

@@ -14,8 +14,9 @@ from tiered_kv_cache.tiers import TierSizes
 
 from mimo_core.console import add_version_option, cli_app, fail, print_json, run_app
 from mimo_core.extensions import DRAFTERS, MAX_SPECULATION_BLOCK
-from mimo_core.settings import SettingsError, load_settings, parse_setting
-from mimo_engine.config import DEFAULT_POLICIES, DEFAULTS, GIB, EngineConfig, SpeculationOptions
+from mimo_core.settings import SettingsError, is_model_path, load_settings, parse_setting
+from mimo_engine.config import DEFAULT_POLICIES, DEFAULTS, GIB, EngineConfig, PrefillStall, SpeculationOptions
+from mimo_engine.local_model import ModelFileError, resolve_model
 from mimo_engine.pull import PullError, pull as pull_model
 from mimo_engine.registry import UnknownModelError, get_spec, model_status
 
@@ -24,7 +25,8 @@ DRAFTER_HELP = "; ".join(f"{name}: {what}" for name, what in DRAFTERS.items())
 
 app = cli_app(
     help="Run real small GGUF models in numpy and serve them over the OpenAI API "
-    "(the embedded backend of mimo-pipeline). Models are cached in MIMO_CACHE_DIR and pulled on first use.",
+    "(the embedded backend of mimo-pipeline). Registry models are cached in MIMO_CACHE_DIR and pulled on first use; "
+    "a GGUF file of your own (llama or qwen2) is named by its path wherever a model is.",
     no_args_is_help=True,
 )
 add_version_option(app, "mimo-engine")
@@ -34,8 +36,20 @@ def _cache_dir() -> Path:
     return load_settings().cache_dir
 
 
-def _known_model(name: str) -> str:
-    """Typer callback: a registry model name, or a usage error listing the known ones."""
+def _model(reference: str) -> str:
+    """Typer callback: a registry model's name, or a GGUF file's path (checked, made absolute: the name it is served
+    under); else a usage error saying what is wrong with it."""
+    try:
+        return resolve_model(reference)
+    except (UnknownModelError, ModelFileError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def _registry_model(name: str) -> str:
+    """Typer callback: a registry model's name, or a usage error listing the known ones."""
+    if is_model_path(name):
+        raise typer.BadParameter(f"{name}: only registry models are pulled; a GGUF file is served from where it is "
+                                 f"(serve --model PATH)")
     try:
         return get_spec(name).name
     except UnknownModelError as exc:
@@ -49,8 +63,8 @@ def _known_policy(name: str) -> str:
     return name
 
 
-def _optional_model(name: str | None) -> str | None:
-    return None if name is None else _known_model(name)
+def _optional_model(reference: str | None) -> str | None:
+    return None if reference is None else _model(reference)
 
 
 def _drafters(names: list[str]) -> list[str]:
@@ -64,8 +78,8 @@ def _speculation_method(name: str) -> str:
     return name if name == "none" else _drafters([name])[0]
 
 
-def _known_models(names: list[str]) -> list[str]:
-    return [_known_model(name) for name in names]
+def _models(references: list[str]) -> list[str]:
+    return [_model(reference) for reference in references]
 
 
 def _setting(variable: str, flag: str) -> Any:
@@ -92,11 +106,14 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8000, min=1, max=65535, help="Port to listen on."),
     model: list[str] = typer.Option(
-        [], "--model", "-m", callback=_known_models, help="A model to load at start and serve (repeatable).",
+        [], "--model", "-m", callback=_models,
+        help="A model to load at start and serve (repeatable): a registry name, or a GGUF file's path (served under "
+        "its absolute path).",
     ),  # fmt: skip
     allow: list[str] = typer.Option(
-        [], "--allow", callback=_known_models,
-        help="A model to serve too, loaded (and pulled if needed) on its first request (repeatable).",
+        [], "--allow", callback=_models,
+        help="A model to serve too, loaded (and pulled if needed) on its first request (repeatable): a registry name "
+        "or a GGUF file's path.",
     ),  # fmt: skip
     allow_pull: bool = typer.Option(False, "--allow-pull", help="Serve every registry model, loading and pulling it "
                                     "on its first request: any client may then make the server download up to "
@@ -112,6 +129,14 @@ def serve(
     step_tokens: int = typer.Option(DEFAULTS.step_tokens, min=1,
                                     help="Token budget of one engine step: decode tokens first, then prompt chunks, "
                                     "so a long prompt shares steps with running streams."),
+    prefill_stall_ms: float = typer.Option(DEFAULTS.prefill_stall.seconds * 1e3, min=0.0,
+                                           help="How long a step that decodes running streams may take when it "
+                                           "carries prompt chunks too, or --prefill-stall-steps of their decode "
+                                           "steps if longer: the chunks are cut to fit by their measured cost "
+                                           "(0: no time bound, --step-tokens alone)."),
+    prefill_stall_steps: float = typer.Option(DEFAULTS.prefill_stall.decode_steps, min=1.0,
+                                              help="How many of the streams' decode steps a step with prompt chunks "
+                                              "may take, if longer than --prefill-stall-ms."),
     kv_cache_gib: float = typer.Option(DEFAULTS.kv_cache_bytes / GIB, min=0.01,
                                        help="KV cache pool per model, in GiB (backed lazily)."),
     kv_dram_gib: float = typer.Option(DEFAULTS.kv_tiers.dram_bytes / GIB, min=0.0,
@@ -128,9 +153,10 @@ def serve(
                                     f"overrides it."),
     speculation_block: int = typer.Option(DEFAULTS.speculation.block, min=1, max=MAX_SPECULATION_BLOCK,
                                           help="Most tokens drafted per verification, by default."),
-    draft_model: str | None = typer.Option(None, callback=_optional_model, help="The draft-model drafter's model: a "
-                                           "smaller one with the same tokenizer (qwen2.5-coder-0.5b for "
-                                           "qwen2.5-coder-1.5b), loaded with each model it drafts for."),
+    draft_model: str | None = typer.Option(None, callback=_optional_model, help="The draft-model drafter's model (a "
+                                           "registry name or a GGUF file's path): a smaller one with the same "
+                                           "tokenizer (qwen2.5-coder-0.5b for qwen2.5-coder-1.5b), loaded with each "
+                                           "model it drafts for."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Log only warnings and errors: no start line, no "
                                "line per request."),
     precision_policies: str | None = typer.Option(
@@ -161,6 +187,7 @@ def serve(
         raise SettingsError(f"MIMO_PRECISION_POLICIES (or --precision-policies): {exc}") from None
     engine = EngineConfig.from_settings(
         settings, max_batch_size=max_batch_size, max_queue=max_queue, step_tokens=step_tokens,
+        prefill_stall=PrefillStall(prefill_stall_ms / 1e3, prefill_stall_steps),
         kv_cache_bytes=int(kv_cache_gib * GIB),
         kv_tiers=TierSizes(int(kv_dram_gib * GIB), int(kv_disk_gib * GIB), kv_policy, settings.cache_dir / "kv"),
         speculation=SpeculationOptions(speculation, speculation_block, draft_model))
@@ -174,7 +201,7 @@ def serve(
 
 
 @app.command()
-def pull(name: str = typer.Argument(..., callback=_known_model, help="Registry model name.")) -> None:
+def pull(name: str = typer.Argument(..., callback=_registry_model, help="Registry model name.")) -> None:
     """Download a model into the cache (checked against its pinned sha256) and print its path."""
     try:
         path = pull_model(name, _cache_dir(), progress=True)
@@ -191,12 +218,18 @@ def models() -> None:
 
 @app.command()
 def bench(
-    model: str = typer.Option(..., "--model", "-m", callback=_known_model, help="Registry model name."),
+    model: str = typer.Option(..., "--model", "-m", callback=_model,
+                              help="A registry model, or a GGUF file's path."),
     out: Path | None = typer.Option(None, help="Also write the JSON to this file."),
-    interference: bool = typer.Option(False, help="Instead: inter-token latency of 4 decoding streams while an "
-                                      "800-token prompt arrives, and that prompt's time to first token."),
+    interference: bool = typer.Option(False, help="Instead: the inter-token gaps of decoding streams while a long "
+                                      "prompt arrives, against their usual gap, and that prompt's time to first "
+                                      "token."),
+    streams: int = typer.Option(4, min=1, help="With --interference: the decoding streams."),
+    long_prompt_tokens: int = typer.Option(1500, min=1, help="With --interference: the long prompt's tokens."),
     step_tokens: int = typer.Option(DEFAULTS.step_tokens, min=1,
                                     help="With --interference: the engine's per-step token budget."),
+    prefill_stall_ms: float = typer.Option(DEFAULTS.prefill_stall.seconds * 1e3, min=0.0,
+                                           help="With --interference: the engine's --prefill-stall-ms (0: none)."),
     policy: str = typer.Option("native", help=f"Precision policy the weights are read under: "
                                f"{', '.join(POLICIES[:-2])} or {POLICIES[-2]}; the roofline counts its bytes."),
     speculation: bool = typer.Option(False, help="Instead: each drafter's mean accepted length and decode speedup "
@@ -232,7 +265,8 @@ def bench(
             plot_speculation(table, plot)
         result = table.to_dict()
     elif interference:
-        result = run_interference(model, settings.cache_dir, step_tokens=step_tokens,
+        stall = PrefillStall(prefill_stall_ms / 1e3, DEFAULTS.prefill_stall.decode_steps)
+        result = run_interference(model, settings.cache_dir, streams, long_prompt_tokens, step_tokens, stall,
                                   threads=settings.engine_threads).to_dict()
     else:
         try:
@@ -248,7 +282,8 @@ def bench(
 
 
 @app.command()
-def sweep(model: str = typer.Option(..., "--model", "-m", help="A registry model (pulled on first use)."),
+def sweep(model: str = typer.Option(..., "--model", "-m", callback=_model,
+                                    help="A registry model (pulled on first use), or a GGUF file's path."),
           text: Path = typer.Option(..., "--text", help="A held-out text (UTF-8), not the calibration text."),
           out: Path | None = typer.Option(None, "--out", help="Also write the JSON to this file."),
           plot: Path | None = typer.Option(None, "--plot", help="Write the Pareto figure (PNG)."),

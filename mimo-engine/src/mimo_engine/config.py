@@ -13,12 +13,20 @@ from tiered_kv_cache import TierSizes
 from mimo_core.settings import Settings
 
 GIB = 1 << 30
-# Per-step token budget. Measured on smollm2-135m (`mimo-engine bench --interference`): 4 streams' inter-token p99
-# while an 800-token prompt arrives is 2318 ms with the whole prompt in one step, 659 / 364 / 191 ms at 256 / 128 / 64,
-# and that prompt's time to first token 2.34 / 1.97 / 2.17 / 2.29 s.
+# Per-step token budget. Measured on smollm2-135m (`mimo-engine bench --interference`, results/interference-*-step*):
+# 4 streams' inter-token p99 while an 800-token prompt arrives is 4121 ms with the whole prompt in one step, 1281 /
+# 1001 / 416 ms at 256 / 128 / 64, and that prompt's time to first token 4.12 / 3.87 / 4.74 / 5.01 s.
 STEP_TOKENS = 128
+# How long a step that decodes running streams may take when it carries prompt chunks too (the chunks are cut to fit
+# by their measured cost): STALL_S, or STALL_DECODE_STEPS of the streams' own decode steps, whichever is longer; set
+# under the goal of 0.3 s or 10 usual gaps. Measured on smollm2-135m with a 1,500-token prompt (results/
+# interference-smollm2-135m-1500-*.jsonl, medians of 3): the worst gap of 1 stream (27 ms usual) 696 ms at 128
+# tokens a step, 287 ms with this bound; of 4 streams (44 ms usual) 680 and 396 ms; the prompt's time to first token
+# 6.65 -> 8.32 s and 6.79 -> 7.78 s (smaller chunks: more steps, each with a share that does not shrink).
+STALL_S = 0.25
+STALL_DECODE_STEPS = 8.0
 DEFAULT_BLOCK = 8  # MiMo's speculation block size: its table is measured with blocks of up to 8
-DEFAULT_POLICIES = ("native", "q8_0", "mxfp4", "experts-mxfp4", "entropy")  # hold native and MXFP4 forms
+DEFAULT_POLICIES = ("native", "mxfp4", "experts-mxfp4", "entropy")  # hold the GGUF's own forms and MXFP4
 
 
 @dataclass(frozen=True)
@@ -32,13 +40,28 @@ class SpeculationOptions:
 
 
 @dataclass(frozen=True)
+class PrefillStall:
+    """How long a step that decodes running sequences may take when it also carries prompt chunks: `seconds`, or
+    `decode_steps` times a decode-only step of its decode tokens, whichever is longer; its chunks are cut to fit by
+    their measured cost. `seconds` 0: no time bound, the token budget alone."""
+
+    seconds: float = STALL_S
+    decode_steps: float = STALL_DECODE_STEPS
+
+    def bound(self, decode_s: float) -> float:
+        """The longest such a step may take, its decode tokens alone taking `decode_s`."""
+        return max(self.seconds, self.decode_steps * decode_s)
+
+
+@dataclass(frozen=True)
 class EngineConfig:
-    """How every model's worker runs: batch, queue and per-step token budget, KV pool and tiers, the default
-    speculation, the precision policies each model is loaded for, and the kernels' threads."""
+    """How every model's worker runs: batch, queue, per-step token budget and time bound, KV pool and tiers, the
+    default speculation, the precision policies each model is loaded for, and the kernels' threads."""
 
     max_batch_size: int = 8  # sequences decoded together per model
     max_queue: int = 32  # sequences that may wait beyond the batch; past it a request is refused
     step_tokens: int = STEP_TOKENS
+    prefill_stall: PrefillStall = PrefillStall()  # how long a step with decode rows may take for prompt chunks
     kv_cache_bytes: int = GIB  # KV pool per model; the OS backs it lazily, as blocks are first written
     kv_tiers: TierSizes = TierSizes()  # dram and disk below the pool; the disk tier only with a folder
     speculation: SpeculationOptions = SpeculationOptions()

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFReader
 from gguf.quants import dequantize
-from precision_router.formats import BLOCK, Packed, quantize
+from precision_router.formats import BLOCK, REGISTRY, Packed, Stacked, dequantize as unpack, gguf_blocks, quantize
 from precision_router.policy import native_format
 
 from mimo_engine.model import LayerWeights, ModelConfig, ModelWeights, Weight
@@ -62,9 +62,12 @@ def read_config(reader: GGUFReader) -> ModelConfig:
 
 
 def packed_rows(t: Any, fmt: str) -> Any:
-    """GGUF tensor `t` ([out, in] rows) in format `fmt`: a Q8_0 tensor's blocks as they are, anything else
-    dequantized and quantized. An f32 result is a float32 array; the others are `Packed`."""
-    if fmt == "q8_0" and t.tensor_type == GGMLQuantizationType.Q8_0:
+    """GGUF tensor `t` ([out, in] rows) in format `fmt`: its own blocks where `fmt` holds its type as it is (Q8_0's
+    split into codes and scales), anything else dequantized and quantized. An f32 result is a float32 array; the
+    others are `Packed`."""
+    if REGISTRY[fmt].gguf_type == t.tensor_type.name:
+        if fmt != "q8_0":
+            return gguf_blocks(fmt, np.asarray(t.data).reshape(t.data.shape[0], -1), int(t.shape[0]))  # [out, bytes]
         raw = np.asarray(t.data).reshape(t.data.shape[0], -1, 2 + BLOCK)  # [out, in/32, fp16 scale + 32 int8]
         codes = np.ascontiguousarray(raw[..., 2:]).view(np.int8).reshape(raw.shape[0], -1)  # [out, in]
         scales = np.ascontiguousarray(raw[..., :2]).view(np.float16)[..., 0]  # [out, in/32]
@@ -97,36 +100,43 @@ def table_rows(t: Any) -> Any:
 
 
 def stack(parts: list[Any]) -> Any:
-    """Matrices of one format side by side along the output axis (their rows), as one weight."""
-    if isinstance(parts[0], np.ndarray):
-        return np.concatenate(parts)
+    """Matrices side by side along the output axis (their rows), as one weight: of one format, one matrix of it;
+    of several packed ones, `Stacked` (each part read in its own); with a float32 part, all in float32."""
+    if any(isinstance(p, np.ndarray) for p in parts):
+        return np.concatenate([p if isinstance(p, np.ndarray) else unpack(p) for p in parts])
+    if len({p.fmt for p in parts}) > 1:
+        return Stacked(tuple(parts))
     scales = None if parts[0].scales is None else np.concatenate([p.scales for p in parts])
     codes = np.concatenate([p.codes for p in parts])
     return Packed(parts[0].fmt, (codes.shape[0], parts[0].shape[1]), codes, scales)
 
 
 def load_weights(reader: GGUFReader, config: ModelConfig, held: dict[str, set[str]]) -> tuple[ModelWeights, dict]:
-    """Every linear weight in its native format (`native_format` of its GGUF types) and in each format of
-    `held[group]` ("native" included or not); matrices fused per block (q/k/v, gate/up). float32 weights are
-    [in, out] arrays for BLAS, packed ones [out, in] for their kernel. Also returns the native format of each
-    group: {"attn": [per layer], "mlp": [per layer], "head": format}."""
+    """Every linear weight in its native form (each GGUF tensor in `native_format` of its type) and in each format
+    of `held[group]` ("native" included or not); matrices fused per block (q/k/v, gate/up). float32 weights are
+    [in, out] arrays for BLAS, packed ones [out, in] for their kernel. The native form is stored under the name of
+    its group's formats (q4_1; q5_0+q8_0 where a block's tensors differ), also returned: {"attn": [per layer],
+    "mlp": [per layer], "head": name}."""
     tensors = {t.name: t for t in reader.tensors}
 
     def vector(name: str) -> Any:  # a copy, so that nothing keeps the file's memory map alive
         t = tensors[name]
         return np.array(np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32))
 
-    def native(*names: str) -> str:  # one format per group and layer: the widest its tensors need
-        return native_format([tensors[n].tensor_type.name for n in names])
+    def own(name: str) -> str:
+        return native_format(tensors[name].tensor_type.name)
+
+    def native(*names: str) -> str:  # the name of a group's native form in one block: its tensors' formats
+        return "+".join(sorted({own(n) for n in names}))
 
     def weight(group: str, native: str, *names: str) -> Weight:  # format -> stored form
         stored: Weight = {}
         for fmt in {native, *held.get(group, ())} - {"native"}:
-            rows = stack([packed_rows(tensors[n], fmt) for n in names])  # [out, in]
+            rows = stack([packed_rows(tensors[n], own(n) if fmt == native else fmt) for n in names])  # [out, in]
             # BLAS streams a matrix fastest along its longer side (measured: ~25 vs ~18 GB/s for ffn_down at batch
             # 1 and 8), so keep GGUF's [out, in] rows under the [in, out] view when the input side is the longer one
             stored[fmt] = (np.asarray(rows.T if rows.shape[1] > rows.shape[0] else np.ascontiguousarray(rows.T))
-                           if fmt == "f32" else rows)
+                           if isinstance(rows, np.ndarray) else rows)
         return stored
 
     layers, natives = [], {"attn": [], "mlp": []}

@@ -10,12 +10,13 @@ activations stay float32.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import numpy as np
-from precision_router.formats import Packed, dequantize
+from precision_router.formats import Packed, Stacked, dequantize
 from precision_router.kernels import matmul
 
 
@@ -23,7 +24,9 @@ Array = np.ndarray
 # attend(layer, q [N, H, hd], k [N, Hkv, hd], v [N, Hkv, hd]) -> [N, H hd]: stores the rows' new keys and values in
 # the KV cache and returns each row's attention over its own sequence's positions up to its own
 Attend = Callable[[int, Array, Array, Array], Array]
-Weight = dict[str, Any]  # format -> stored form: "f32" a float32 [in, out] array, any other a Packed [out, in]
+# format -> stored form: "f32" a float32 [in, out] array, any other a Packed [out, in] (or, for a native form whose
+# fused parts differ in type, a Stacked of them)
+Weight = dict[str, Any]
 # which rows of a step read which form of a weight group: (format, row indices, or None for every row) pairs
 Route = tuple[tuple[str, Any], ...]
 
@@ -74,38 +77,42 @@ class ModelWeights:
 @dataclass
 class Routes:
     """The forms a step reads: a Route per block for attention and for the MLP, one for the head; and, filled in
-    as the products run, what they read: (group, format) -> [bytes, product calls]."""
+    as the products run, what they read and took: (group, format) -> [bytes, product calls, seconds]."""
 
     attn: list[Route]
     mlp: list[Route]
     head: Route
-    read: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    read: dict[tuple[str, str], list] = field(default_factory=dict)
 
 
-def stored_format(w: Array | Packed) -> str:
+def stored_format(w: Array | Packed | Stacked) -> str:
     """The format of a stored form."""
-    return w.fmt if isinstance(w, Packed) else "f32"
+    return "f32" if isinstance(w, np.ndarray) else w.fmt
 
 
-def linear(x: Array, w: Array | Packed) -> Array:
+def linear(x: Array, w: Array | Packed | Stacked) -> Array:
     """The product of activations with one stored form of a weight: the one place every weight is read."""
-    return matmul(x, w) if isinstance(w, Packed) else x @ w  # [N, in] @ [in, out] -> [N, out]
+    return x @ w if isinstance(w, np.ndarray) else matmul(x, w)  # [N, in] @ [in, out] -> [N, out]
 
 
 def routed(x: Array, weight: Weight, route: Route, group: str, routes: Routes) -> Array:
-    """x @ W where each set of rows reads its own form of W (one product per form); counts the bytes read."""
+    """x @ W where each set of rows reads its own form of W (one product per form); counts the bytes read and the
+    time taken (two clock reads a product: under a microsecond against tens for the product)."""
     out = None
     for fmt, rows in route:
         w = weight[fmt]
+        began = time.perf_counter()
         part = linear(x if rows is None else x[rows], w)  # [rows, out]
+        took = time.perf_counter() - began
         if rows is None:
             out = part
         else:
             out = np.empty((x.shape[0], part.shape[1]), dtype=part.dtype) if out is None else out  # [N, out]
             out[rows] = part
-        seen = routes.read.setdefault((group, stored_format(w)), [0, 0])
+        seen = routes.read.setdefault((group, stored_format(w)), [0, 0, 0.0])
         seen[0] += w.nbytes
         seen[1] += 1
+        seen[2] += took
     return out
 
 

@@ -11,6 +11,7 @@ which a scalar kernel cannot match at hundreds of rows.
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import numba
@@ -23,7 +24,7 @@ from mimo_engine.step import StepBatch
 KERNEL_MAX_ROWS = 16  # rows of one sequence up to which the kernel is used: a decode token or a drafted block
 
 
-@numba.njit(cache=True, fastmath=True)
+@numba.njit(cache=True, fastmath=True, nogil=True)
 def paged_attention_rows(q, k, v, rows, row_slots, row_slot_start, row_len, out):  # pragma: no cover - compiled
     """For each row r in `rows`: out[r] = softmax(q[r] . k[slots]) . v[slots] over the row's slots, per head.
 
@@ -67,6 +68,7 @@ class PagedAttention:
 
     def __init__(self, batch: StepBatch, pool: KVPool) -> None:
         self.pool = pool
+        self.calls, self.seconds = 0, 0.0  # what the layers' attention took, for a profile
         starts = np.cumsum([0, *(s.num_tokens for s in batch.sequences)])
         self.write_slots = np.concatenate([pool.slots(s.block_table, s.start_position, s.end_position)
                                            for s in batch.sequences])  # [N]
@@ -89,6 +91,13 @@ class PagedAttention:
 
     def __call__(self, layer: int, q: Any, k: Any, v: Any) -> Any:
         """Attention output [N, H hd] of the step's rows in `layer`, after storing their keys and values."""
+        began = time.perf_counter()
+        heads = self.attend(layer, q, k, v)
+        self.calls += 1
+        self.seconds += time.perf_counter() - began
+        return heads
+
+    def attend(self, layer: int, q: Any, k: Any, v: Any) -> Any:
         self.pool.write(layer, self.write_slots, k, v)
         heads = np.empty((q.shape[0], q.shape[1] * q.shape[2]), dtype=q.dtype)  # [N, H hd]
         rows, row_slots, row_start, row_len = self.kernel

@@ -21,6 +21,7 @@ from precision_router.kernels import configure_threads
 from precision_router.policy import GROUPS, POLICIES, Assignment, Policy, entropy_nats
 from tiered_kv_cache import KVCacheManager, KVPool, Prefix, TierConfig
 
+from mimo_core.settings import is_model_path, served_model_name
 from mimo_engine.config import DEFAULT_POLICIES
 from mimo_engine.gguf_model import load_weights, read_config
 from mimo_engine.model import ModelConfig, ModelWeights, Route, Routes, hidden_states, logits
@@ -71,11 +72,12 @@ class LoadedModel:
     @classmethod
     def load(cls, name: str, cache_dir: Path, policies: Sequence[str] | None = None, threads: int | None = None,
              report: Callable[..., None] | None = None) -> LoadedModel:
-        """Load registry model `name` from `cache_dir`, pulling it on first use, with its weights in the formats of
-        `policies` (see `resolve_policies`) and its kernels on `threads` threads. `report(state, done, total)` hears
-        how far it is: ("pulling", bytes done, bytes total) while it is pulled, then ("loading", 0, 0)."""
+        """Load model `name`, a registry model in `cache_dir` (pulled on first use) or a GGUF file's path (read where
+        it is), with its weights in the formats of `policies` (see `resolve_policies`) and its kernels on `threads`
+        threads. `report(state, done, total)` hears how far it is: ("pulling", bytes done, bytes total) while it is
+        pulled, then ("loading", 0, 0)."""
         on_pull = None if report is None else lambda done, total: report("pulling", done, total)
-        path = ensure_model(name, cache_dir, on_pull)
+        path = Path(served_model_name(name)) if is_model_path(name) else ensure_model(name, cache_dir, on_pull)
         if report is not None:
             report("loading", 0, 0)
         return cls.from_gguf(name, path, policies, threads)
@@ -221,20 +223,21 @@ class LoadedModel:
     def forward(self, batch: StepBatch, pool: KVPool, read: dict | None = None) -> np.ndarray:
         """Run one step: store every scheduled token's keys and values in `pool`, and return float32 logits
         [batch.num_logits, V] for the wanted positions, sequence by sequence in batch order. Each sequence reads
-        the weight formats of its plan; `read`, if given, gets what the products read: (group, format) -> [bytes,
-        product calls]."""
+        the weight formats of its plan; `read`, if given, gets what the products read and took: (group, format) ->
+        [bytes, product calls, seconds], and ("attention", "kv") the attention over the cache's calls and seconds."""
         routes = self.routes(batch)
         tokens = np.asarray([t for s in batch.sequences for t in s.token_ids])  # [N]
         positions = np.concatenate([np.arange(s.start_position, s.end_position) for s in batch.sequences])  # [N]
-        h = hidden_states(self.weights, self.config, tokens, positions, PagedAttention(batch, pool), routes)  # [N, d]
+        attend = PagedAttention(batch, pool)
+        h = hidden_states(self.weights, self.config, tokens, positions, attend, routes)  # [N, d]
         starts = np.cumsum([0, *(s.num_tokens for s in batch.sequences)])
         wanted = [first + i for s, first in zip(batch.sequences, starts) for i in s.logit_indices]
         out = logits(h[np.asarray(wanted, dtype=np.int64)], self.weights, routes)  # [num_logits, V]
         if read is not None:
-            for key, (nbytes, calls) in routes.read.items():
-                total = read.setdefault(key, [0, 0])
-                total[0] += nbytes
-                total[1] += calls
+            for key, figures in (*routes.read.items(), (("attention", "kv"), [0, attend.calls, attend.seconds])):
+                total = read.setdefault(key, [0, 0, 0.0])
+                for i, figure in enumerate(figures):
+                    total[i] += figure
         return out
 
 
@@ -399,10 +402,11 @@ class EngineCore:
             rows.append(out)
         return np.concatenate(rows)
 
-    def step(self, work: Sequence[Work]) -> list[np.ndarray]:
-        """Compute `work` in one forward pass; each item's logits ([rows, V], rows as its `logits` asked)."""
+    def step(self, work: Sequence[Work], read: dict | None = None) -> list[np.ndarray]:
+        """Compute `work` in one forward pass; each item's logits ([rows, V], rows as its `logits` asked). `read`:
+        as `LoadedModel.forward` fills it."""
         batch = self.batch(work)
-        out = self.model.forward(batch, self.pool)  # [num_logits, V]
+        out = self.model.forward(batch, self.pool, read)  # [num_logits, V]
         results, row = [], 0
         for s in batch.sequences:
             seq = self.sequences[s.seq_id]

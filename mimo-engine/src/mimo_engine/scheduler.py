@@ -3,7 +3,9 @@
 Each step, in order: every decoding sequence gets its next token (and the block drafted for it, to verify); prompts
 being prefilled get chunks from what is left of the per-step token budget; waiting requests are admitted while the
 batch has room and the KV pool has blocks for their prompt, each starting from its longest cached prefix. So a long
-prompt does not stall running streams: it shares steps with them, a chunk at a time. A request's `n` choices share
+prompt does not stall running streams: it shares steps with them, a chunk at a time, and in a step that decodes,
+the chunks are also cut to what the step's time bound (`PrefillStall`) leaves, by the measured cost of a prompt
+token at its position (`ChunkCost`: the worker measures, the scheduler only reads). A request's `n` choices share
 its prompt's blocks (one prefill, then copy-on-write forks), and a sequence's blocks are released the moment it
 finishes, fails or is cancelled.
 
@@ -26,10 +28,18 @@ import numpy as np
 from tiered_kv_cache import NoFreeBlocks
 
 from mimo_core.extensions import MimoRequest, SpeculationRequest
+from mimo_engine.config import DEFAULTS, PrefillStall
+from mimo_engine.costs import ChunkCost
 from mimo_engine.runtime import BLOCK_SIZE, EngineCore, PrecisionPlan, Work
 from mimo_engine.sampling import SamplingParams, choice_rngs
 from mimo_engine.speculation import Draft, SequenceSpeculation
 from mimo_engine.step import WeightPlan
+
+# The fewest tokens a step gives the oldest prompt being prefilled, whatever its time bound leaves: the prompt always
+# advances, and before any chunk was measured this is the chunk that measures the cost. 32: a step of fewer rows
+# runs numba's batched kernels instead of BLAS products, which cost more per token as soon as another process takes
+# a core (measured on smollm2-135m at load average 4: chunks of 28-30 tokens 12 ms a token, of 70 5.4 ms).
+MIN_CHUNK = 32
 
 
 class QueueFull(RuntimeError):
@@ -119,14 +129,28 @@ class SchedulerOutput:
         return not any(isinstance(o, Prefill) for o in self.owners)
 
 
+def chunk_tokens(pending: int, budget: int, seconds: float | None, cost: ChunkCost | None, position: int,
+                 first: bool) -> int:
+    """Tokens of a prompt's next chunk: its `pending` tokens, within the step's token `budget` and, unless `seconds`
+    is None, within the seconds left to chunks as `cost` measures a chunk from `position` (None: unmeasured, a
+    MIN_CHUNK probe); the `first` chunk of a step is never cut below MIN_CHUNK by time."""
+    most = min(pending, budget)
+    if seconds is None:
+        return most
+    fits = MIN_CHUNK if cost is None else cost.tokens_within(seconds, position)
+    return min(most, max(fits, MIN_CHUNK) if first else fits)
+
+
 class Scheduler:
     """The queues of one model (waiting, prefilling, running) and the choice of each step's work."""
 
-    def __init__(self, core: EngineCore, max_batch_size: int, capacity: int, step_tokens: int) -> None:
+    def __init__(self, core: EngineCore, max_batch_size: int, capacity: int, step_tokens: int,
+                 stall: PrefillStall = DEFAULTS.prefill_stall) -> None:
         self.core = core
         self.max_batch_size = max_batch_size
         self.capacity = capacity  # sequences running plus waiting
         self.step_tokens = step_tokens
+        self.stall = stall
         self.waiting: deque[EngineRequest] = deque()
         self.prefilling: list[Prefill] = []
         self.running: list[Sequence] = []
@@ -162,9 +186,14 @@ class Scheduler:
         """Sequences admitted: decoding choices, and the choices that prompts being prefilled will become."""
         return len(self.running) + sum(p.request.params.n for p in self.prefilling)
 
-    def schedule(self) -> SchedulerOutput:
+    def decode_tokens(self) -> int:
+        """Tokens the next step computes for the decoding sequences: a token each, and the blocks drafted for them."""
+        return sum(1 + (len(s.draft.tokens) if s.draft else 0) for s in self.running)
+
+    def schedule(self, cost: ChunkCost | None = None) -> SchedulerOutput:
         """This step's work: a token for every decoding sequence (and its drafted block), then prompt chunks within
-        what is left of the token budget, admitting waiting requests while there is room."""
+        what is left of the token budget and, in a step that decodes, of its time bound as `cost` measures it (None:
+        nothing measured yet), admitting waiting requests while there is room."""
         work: list[Work] = []
         owners: list[Prefill | Sequence] = []
         for s in self.running:
@@ -172,23 +201,37 @@ class Scheduler:
             work.append(Work(s.seq_id, 1 + drafted, "all" if drafted else "last", s.plan))
             owners.append(s)
         budget = self.step_tokens - sum(w.num_tokens for w in work)
-        for prefill in self.prefilling:
-            if budget <= 0:
+        seconds = self._chunk_seconds(cost) if work else None  # None: no time bound
+        admitted: list[Admission] = []
+        prompts, chunked = iter(list(self.prefilling)), 0
+        while budget > 0 and (seconds is None or seconds > 0 or not chunked):
+            prefill = next(prompts, None)
+            if prefill is None:
+                if not (admission := self._admit()):
+                    break
+                admitted.append(admission)
+                prefill = self.prefilling[-1]
+            position = self.core.sequences[prefill.seq_id].num_computed
+            tokens = chunk_tokens(self.core.pending(prefill.seq_id), budget, seconds, cost, position, not chunked)
+            if not tokens:
                 break
-            work.append(self._chunk(prefill, budget))
+            work.append(self._chunk(prefill, tokens))
             owners.append(prefill)
-            budget -= work[-1].num_tokens
-        admitted = []
-        while budget > 0 and (admission := self._admit()):
-            admitted.append(admission)
-            work.append(self._chunk(self.prefilling[-1], budget))
-            owners.append(self.prefilling[-1])
-            budget -= work[-1].num_tokens
+            budget, chunked = budget - tokens, chunked + 1
+            if seconds is not None:  # an unmeasured cost: the probe chunk takes it all
+                seconds -= cost.seconds(tokens, position) if cost else seconds
         return SchedulerOutput(work, owners, admitted)
 
-    def _chunk(self, prefill: Prefill, budget: int) -> Work:
+    def _chunk_seconds(self, cost: ChunkCost | None) -> float | None:
+        """Seconds a step that decodes leaves its prompt chunks: its time bound less its decode tokens' own (None: no
+        time bound)."""
+        if self.stall.seconds <= 0:
+            return None
+        decode_s = cost.decode_s if cost else 0.0
+        return self.stall.bound(decode_s) - decode_s
+
+    def _chunk(self, prefill: Prefill, n: int) -> Work:
         pending = self.core.pending(prefill.seq_id)
-        n = min(pending, budget)
         scored = prefill.request.prompt_logprobs is not None
         return Work(prefill.seq_id, n, "all" if scored else "last" if n == pending else "none",
                     prefill.request.precision.prompt)

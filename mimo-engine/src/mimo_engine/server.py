@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from mimo_core.contract import ContractError
 from mimo_core.daemon import EngineHealth
 from mimo_core.extensions import MimoReport, MimoRequest
+from mimo_core.settings import is_model_path
 from mimo_engine.config import EngineConfig
 from mimo_engine.engine import Engine, UnknownModel
 from mimo_engine.metrics import prometheus_text
@@ -266,7 +267,11 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(UnknownModel)
     async def _unknown(_: HttpRequest, exc: UnknownModel) -> JSONResponse:
-        hint = "; `mimo-engine serve` serves more with --model, --allow or --allow-pull" if exc.name in MODELS else ""
+        hint = ""
+        if exc.name in MODELS:
+            hint = "; `mimo-engine serve` serves more with --model, --allow or --allow-pull"
+        elif is_model_path(exc.name):  # never opened: a client names only the files the operator named
+            hint = "; `mimo-engine serve` serves a GGUF file named with --model or --allow"
         return error_response(404, f"{exc}{hint}", "model", "model_not_found")
 
     @app.exception_handler(Unavailable)
@@ -401,7 +406,7 @@ class ServerOptions:
     shutdown drain."""
 
     engine: EngineConfig = EngineConfig()
-    allow: tuple[str, ...] = ()  # registry models served too, loaded on their first request
+    allow: tuple[str, ...] = ()  # models served too (registry names, GGUF files' paths), loaded on first request
     allow_pull: bool = False  # serve every registry model, loading (and pulling) it on its first request
     max_body_bytes: int = MAX_BODY_BYTES
     idle_timeout_s: float = 0.0  # 0: never exit when idle
@@ -409,8 +414,9 @@ class ServerOptions:
 
 
 def served_models(models: list[str], options: ServerOptions) -> set[str]:
-    """The models a server started with `models` may serve: those, the allowed ones, or with allow_pull all."""
-    return set(MODELS) if options.allow_pull else {*models, *options.allow}
+    """The models a server started with `models` may serve: those, the allowed ones, and with allow_pull every
+    registry model."""
+    return {*models, *options.allow, *(MODELS if options.allow_pull else ())}
 
 
 def build_engine(models: list[str], options: ServerOptions) -> Engine:
@@ -815,7 +821,8 @@ class EngineServer(uvicorn.Server):
 def start_line(host: str, port: int, engine: Engine, options: ServerOptions) -> str:
     """What the server says once it listens: where, which models, and its limits."""
     loaded, config = engine.loaded(), options.engine
-    lazy = "any registry model" if options.allow_pull else ", ".join(sorted(engine.available - set(loaded)))
+    named = sorted(engine.available - set(loaded) - (set(MODELS) if options.allow_pull else set()))
+    lazy = ", ".join((["any registry model"] if options.allow_pull else []) + named)
     return (f"mimo-engine serving http://{host}:{port}/v1 (pid {os.getpid()}); loaded: {', '.join(loaded) or 'none'}"
             f"; on first request: {lazy or 'none'}; body limit {options.max_body_bytes / (1 << 20):g} MiB, "
             f"batch {config.max_batch_size}, queue {config.max_queue}, drain {options.drain_s:g} s; precision "

@@ -66,10 +66,14 @@ class Sweep(Contract):
     created_at: float = 0.0
 
 
+def token_logprobs(logp: np.ndarray, ids: list[int]) -> np.ndarray:
+    """The log-probability [T-1] of each of ids[1:] given the tokens before it, from log-probabilities logp ([T, V])."""
+    return logp[np.arange(len(ids) - 1), ids[1:]]
+
+
 def perplexity(logp: np.ndarray, ids: list[int]) -> float:
     """exp of the mean negative log-likelihood of ids[1:] given log-probabilities logp[:-1] ([T, V])."""
-    nll = -logp[np.arange(len(ids) - 1), ids[1:]]  # [T-1]
-    return float(np.exp(nll.mean()))
+    return float(np.exp(-token_logprobs(logp, ids).mean()))
 
 
 def mean_kl(reference: np.ndarray, logp: np.ndarray) -> float:
@@ -125,7 +129,7 @@ class _Runner:
             low += assignment != policy.high
             out[t] = self._step((self.ids[first + t],), first + t, (0,), self.model.resolve(assignment), pool, read)[0]
             entropy = float(entropy_nats(out[t]))
-        return out, sum(nbytes for nbytes, _ in read.values()), low
+        return out, sum(figures[0] for figures in read.values()), low
 
     def decode_rate(self, policy: Any) -> float:
         """Tokens/s of SPEED_TOKENS single-token steps after SPEED_CONTEXT tokens of context (not timed)."""

@@ -12,12 +12,14 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 from tiered_kv_cache import KVCacheManager, KVPool, NoFreeBlocks
 
 from mimo_core.extensions import SpeculationRequest
 from mimo_engine.config import EngineConfig
+from mimo_engine.costs import StepCosts, StepTiming
 from mimo_engine.metrics import WorkerGauges, WorkerMetrics
 from mimo_engine.output import OutputProcessor
 from mimo_engine.runtime import BLOCK_SIZE, EngineCore, LoadedModel, PrecisionPlan
@@ -60,12 +62,15 @@ class ModelWorker:
     """Serves one model: a bounded waiting queue and a thread that runs the continuous-batching loop."""
 
     def __init__(self, model: LoadedModel, config: EngineConfig = EngineConfig(),
-                 draft: LoadedModel | None = None) -> None:
+                 draft: LoadedModel | None = None, on_step: Callable[[StepTiming], None] | None = None) -> None:
         self.model = model
         self.config = config
+        self.on_step = on_step  # hears each step's timing, from the worker thread (the benchmark's log)
         self.core = EngineCore(model, kv_blocks(model, config.max_batch_size, config.kv_cache_bytes),
                                config.kv_tiers.in_blocks(block_bytes(model)))
-        self.scheduler = Scheduler(self.core, config.max_batch_size, config.capacity, config.step_tokens)
+        self.scheduler = Scheduler(self.core, config.max_batch_size, config.capacity, config.step_tokens,
+                                   config.prefill_stall)
+        self.costs = StepCosts()  # what decode tokens and prompt tokens cost a step, measured on the steps that ran
         self.metrics = WorkerMetrics()
         self.output = OutputProcessor(model.name, model.tokenizer, self.metrics)
         drafting = DrafterContext(self.core, draft_core(model, draft, config) if draft else None, SuffixCorpus())
@@ -163,11 +168,13 @@ class ModelWorker:
     def _step(self) -> None:
         """Draft, schedule and run one step, and advance every sequence in it."""
         self._draft()
-        decision = self.scheduler.schedule()
+        decision = self.scheduler.schedule(self.costs.chunk_cost(self.scheduler.decode_tokens()))
         for admission in decision.admitted:
             self.output.admitted(admission.request, admission.cached)
         if not decision.work:
             return
+        chunks = tuple((w.num_tokens, self.core.sequences[w.seq_id].num_computed)
+                       for w, owner in zip(decision.work, decision.owners) if isinstance(owner, Prefill))
         started = time.perf_counter()
         try:
             results = self.core.step(decision.work)
@@ -177,8 +184,12 @@ class ModelWorker:
                                                 "finish")
             return
         elapsed = time.perf_counter() - started
+        timing = StepTiming(sum(w.num_tokens for w in decision.work) - sum(n for n, _ in chunks), chunks, elapsed)
+        self.costs.observe(timing)
         if decision.decode_only:  # what drafting is weighed against: decode steps
-            self.speculator.step_cost.observe(sum(w.num_tokens for w in decision.work), elapsed)
+            self.speculator.step_cost.observe(timing.decode_tokens, elapsed)
+        if self.on_step:
+            self.on_step(timing)
         self.output.stepped(decision, elapsed, self.model.plan_reads)
         for owner, logits in zip(decision.owners, results):
             if isinstance(owner, Prefill):

@@ -14,6 +14,9 @@ blocks of 32 that share a scale run along the inputs every output row reads.
 - `q8_0`: GGUF's Q8_0, one float16 scale d = amax / 127 per 32 and int8 codes round(x / d) (halves away from zero,
   as ggml rounds): 8.5 bits. A block holding NaN or inf gets a NaN scale.
 - `f32`: the matrix itself.
+- `q4_0`, `q4_1`, `q5_0`, `q5_1`, `q4_k`, `q6_k`: GGUF's own blocks, read from a model file as they are (each row
+  its ggml blocks, bytes as the file stores them) and never quantized here: a GGUF's weights run at their own
+  precision and their own bytes.
 
 Subnormal inputs are values like any other: they round to the element grid (in MX, after the scale has been
 clamped, most flush to zero, as the spec's clamped scale implies).
@@ -26,6 +29,8 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf.quants import dequantize as gguf_dequantize
 
 from precision_router.bits import bits_to_double, double_bits
 
@@ -70,7 +75,8 @@ class Packed:
 
     fmt: str
     shape: tuple[int, int]
-    codes: np.ndarray  # mxfp4: uint8 [rows, cols/2]; fp8, mxfp8: uint8 [rows, cols]; bf16: uint16; q8_0: int8; f32
+    codes: np.ndarray  # mxfp4: uint8 [rows, cols/2]; fp8, mxfp8: uint8 [rows, cols]; bf16: uint16; q8_0: int8; f32;
+    #                    GGUF blocks: uint8 [rows, bytes per row]
     scales: np.ndarray | None = None  # mx: uint8 E8M0 [rows, cols/32]; q8_0: float16 [rows, cols/32]
 
     @property
@@ -87,6 +93,31 @@ class Packed:
     def bits_per_weight(self) -> float:
         """Stored bits per weight, scales included."""
         return 8 * self.nbytes / self.size
+
+
+@dataclass(frozen=True)
+class Stacked:
+    """Packed matrices of different formats stacked along the rows, as one weight: a fused product (q, k and v)
+    whose parts a GGUF stores in different types, each read in its own."""
+
+    parts: tuple[Packed, ...]
+
+    @property
+    def fmt(self) -> str:
+        """The parts' formats, joined: q5_0+q8_0."""
+        return "+".join(sorted({p.fmt for p in self.parts}))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return sum(p.shape[0] for p in self.parts), self.parts[0].shape[1]
+
+    @property
+    def size(self) -> int:
+        return sum(p.size for p in self.parts)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.nbytes for p in self.parts)
 
 
 # ---------------------------------------------------------------- element casts
@@ -226,8 +257,9 @@ def quantize_bf16(x: np.ndarray) -> Packed:
 
 
 def _quantize_rows(x: np.ndarray, fmt: str) -> Packed:
-    if fmt not in REGISTRY:
-        raise ValueError(f"unknown format {fmt!r}; formats: {', '.join(FORMATS)}")
+    if fmt not in FORMATS:
+        hint = " (GGUF's own blocks are read from a model file, not quantized here)" if fmt in REGISTRY else ""
+        raise ValueError(f"unknown format {fmt!r}{hint}; formats: {', '.join(FORMATS)}")
     return REGISTRY[fmt].quantize_rows(x)
 
 
@@ -269,36 +301,53 @@ def _cast(fmt: str) -> Callable[[np.ndarray], Packed]:
     return lambda x: Packed(fmt, x.shape, encode(x, ELEMENTS[fmt]))
 
 
+def gguf_blocks(fmt: str, blocks: np.ndarray, cols: int) -> Packed:
+    """GGUF tensor rows (uint8 [rows, bytes per row], as the file stores them) as a packed matrix of `fmt`."""
+    return Packed(fmt, (blocks.shape[0], cols), np.ascontiguousarray(blocks, dtype=np.uint8))
+
+
+def _gguf(name: str) -> Format:
+    """The format of GGUF's block type `name` (upper case in the file: Q4_K)."""
+    qtype = GGMLQuantizationType[name.upper()]
+    block, size = GGML_QUANT_SIZES[qtype]
+    return Format(name, 8 * size / block, None,
+                  lambda p: np.asarray(gguf_dequantize(p.codes, qtype), dtype=np.float32).reshape(p.shape),
+                  gguf_type=qtype.name)
+
+
 @dataclass(frozen=True)
 class Format:
-    """A weight format: its bits per weight, how rows are quantized and read back, its rank among the formats a
-    precision policy may read (those the engine's kernels multiply; None: quantize-only), and the names deployments
-    give it."""
+    """A weight format: its bits per weight, how rows are quantized and read back, whether a precision policy may
+    read it (the engine then holds every weight in it when asked), the names deployments give it, and the GGUF
+    tensor type it holds as it is."""
 
     name: str
     bits: float
-    quantize_rows: Callable[[np.ndarray], Packed]
+    quantize_rows: Callable[[np.ndarray], Packed] | None  # None: read from GGUF files only
     dequantize: Callable[[Packed], np.ndarray]
-    policy_rank: int | None = None  # which of two policy formats holds more (native_format takes the widest)
+    policy: bool = False  # whether a precision policy may read every weight in it
     aliases: tuple[str, ...] = ()
+    gguf_type: str | None = None  # the GGUF tensor type held as it is in this format
 
 
-# Every format, once: the quantizer's and the reports' list, the bits the router and the cost model count, the
-# policies (`policy.STATIC`) the engine loads and route chooses from, and the deployment names MIMO_PRECISION_MODELS
-# accepts all derive from it. A new format is one entry here (plus its kernel in kernels.py if a policy reads it).
+# Every format, once: the quantizer's and the reports' list (those with a quantizer), the bits the router and the
+# cost model count, the policies (`policy.STATIC`) the engine loads and route chooses from, and the deployment names
+# MIMO_PRECISION_MODELS accepts all derive from it. A new format is one entry here (plus its kernel: a code loader
+# and a scale reader in integer.py, or a float kernel in kernels.py).
 REGISTRY: dict[str, Format] = {f.name: f for f in (
-    Format("f32", 32.0, lambda x: Packed("f32", x.shape, np.array(x, dtype=np.float32)), lambda p: p.codes, 4),
-    Format("bf16", 16.0, quantize_bf16, lambda p: (p.codes.astype(np.uint32) << 16).view(np.float32), 3),
-    Format("q8_0", 8.5, quantize_q8_0, _dequantize_q8_0, 2),
-    Format("mxfp8", 8.25, lambda x: quantize_mx(x, "mxfp8"), _dequantize_mx, 1),
+    Format("f32", 32.0, lambda x: Packed("f32", x.shape, np.array(x, dtype=np.float32)), lambda p: p.codes, True),
+    Format("bf16", 16.0, quantize_bf16, lambda p: (p.codes.astype(np.uint32) << 16).view(np.float32), True),
+    Format("q8_0", 8.5, quantize_q8_0, _dequantize_q8_0, True, gguf_type="Q8_0"),
+    Format("mxfp8", 8.25, lambda x: quantize_mx(x, "mxfp8"), _dequantize_mx, True),
     Format("fp8_e4m3", 8.0, _cast("fp8_e4m3"), lambda p: decode_table(E4M3)[p.codes], aliases=("fp8",)),
     Format("fp8_e5m2", 8.0, _cast("fp8_e5m2"), lambda p: decode_table(E5M2)[p.codes]),
-    Format("mxfp4", 4.25, lambda x: quantize_mx(x, "mxfp4"), _dequantize_mx, 0, aliases=("fp4",)),
+    Format("mxfp4", 4.25, lambda x: quantize_mx(x, "mxfp4"), _dequantize_mx, True, aliases=("fp4",)),
+    *(_gguf(name) for name in ("q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q6_k")),
 )}
-FORMATS = tuple(REGISTRY)
+FORMATS = tuple(name for name, f in REGISTRY.items() if f.quantize_rows)  # what `quantize` makes
 BITS = {name: f.bits for name, f in REGISTRY.items()}
 ALIASES = {alias: name for name, f in REGISTRY.items() for alias in f.aliases}  # how deployments are usually named
-POLICY_FORMATS = tuple(name for name, f in REGISTRY.items() if f.policy_rank is not None)
+POLICY_FORMATS = tuple(name for name, f in REGISTRY.items() if f.policy)
 
 
 def sqnr_db(x: np.ndarray, y: np.ndarray) -> float:

@@ -1,13 +1,17 @@
-"""y = x @ W computed on the packed W, one numba kernel per weight format (`mxfp4`, `mxfp8`, `bf16`, `q8_0`).
+"""y = x @ W computed on the packed W.
 
-W is a `Packed` [out, in] matrix (blocks along the input axis); x is float32 [N, in]; y is float32 [N, out].
-Every kernel runs in parallel over output rows, decodes each weight block once for all N rows of the batch, and
-accumulates in float32. What made them fast, measured on this project's 2-core CPU:
+W is a `Packed` [out, in] matrix (blocks along the input axis); x is float32 [N, in]; y is float32 [N, out]. Up to
+BLAS_ROWS rows, the formats with integer codes (`q8_0`, `mxfp4` and GGUF's own blocks) multiply int8 activations
+by their codes in integer arithmetic (`precision_router.integer`); `mxfp8` and `bf16` have the float kernels below;
+from BLAS_ROWS rows on (a prefill chunk) every format decodes its rows in tiles to float32 for BLAS.
 
-- FP4 and FP8 codes are decoded by building IEEE half-precision bits (the code's exponent and mantissa placed at the
+The float kernels run in parallel over output rows, decode each weight block once for all N rows of the batch, and
+accumulate in float32. What made them fast, measured on this project's 2-core CPU:
+
+- FP8 codes are decoded by building IEEE half-precision bits (the code's exponent and mantissa placed at the
   half's, which scales every value, subnormals included, by one power of two, multiplied back) and
-  converting them with the CPU's half-to-float instruction: LLVM vectorizes that, where a 16-entry float table
-  becomes gathers. int8 becomes float through the 2^23 magic number; bf16 is a shift.
+  converting them with the CPU's half-to-float instruction: LLVM vectorizes that, where a 256-entry float table
+  becomes gathers; bf16 is a shift.
 - At batch 1 a row's products go to 32 partial sums (one block's lanes), reduced once per block; at larger batches
   a weight row is decoded once into a scratch row and four batch rows are updated per pass over it.
 
@@ -19,39 +23,34 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP workers sleep: spinning ones starve a loaded CPU
+# OpenMP workers spin briefly after a kernel, then sleep: a decode step runs ~120 kernels back to back, and waking a
+# sleeping worker for each one cost more than the small ones take. Measured on smollm2-135m, batch 1, 2 threads:
+# 54 tok/s asleep at once (GOMP_SPINCOUNT=0), 98 spinning 1000 times, 118 at 3000; with a busy loop on the other
+# core 61, 47 and 35 (spinning without bound, 8: it starves a loaded CPU). 1000 keeps most of the gain and little
+# of the loss. ACTIVE, because libgomp under PASSIVE stops spinning altogether once it manages more threads than
+# there are cores, as soon as a second thread runs kernels (a server's worker after its loader): 51 tok/s against
+# 86 there. Either variable set by the user wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
+os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
 import numba  # noqa: E402
 import numpy as np
 from numba import prange
 
-from precision_router.bits import bits_to_float, half_bits_to_float
-from precision_router.formats import BLOCK, Packed, e8m0_values
+from precision_router.bits import bits_to_float, half_bits_to_float, stable
+from precision_router.formats import BLOCK, Packed, Stacked, e8m0_values
+from precision_router.integer import INTEGER, quantize_activations
 
-MXFP4_UNIT = 2.0**14  # E2M1 bits placed in a half's exponent and mantissa read 2^-14 of their value
 MXFP8_UNIT = 2.0**8  # E4M3 bits likewise read 2^-8 of theirs
-MAGIC = 8388608.0 + 128.0  # float with bits 0x4B000000 | (q + 128) is 2^23 + 128 + q
 _ROW_TILE = 16  # output rows per parallel task: scratch is allocated once per tile, not per row
 BLAS_ROWS = 32  # from this many activation rows on, weights are decoded in tiles and multiplied by BLAS
 TILE_ROWS = 2048  # weight rows decoded per BLAS product: a few MB, so the tile stays in cache
 
 
 @numba.njit(inline="always")
-def _e2m1(code):  # pragma: no cover - compiled
-    """The E2M1 value of a 4-bit code, times 2^-14 (its bits read as a half)."""
-    return half_bits_to_float(np.uint16(((code & 8) << 12) | ((code & 7) << 9)))
-
-
-@numba.njit(inline="always")
 def _e4m3(code):  # pragma: no cover - compiled
     """The E4M3 value of a code, times 2^-8 (its bits read as a half)."""
     return half_bits_to_float(np.uint16(((code & 0x80) << 8) | ((code & 0x7F) << 7)))
-
-
-@numba.njit(inline="always")
-def _int8(code):  # pragma: no cover - compiled
-    """The int8 value of a code stored as uint8: bits 0x4B000000 | (q + 128) are the float 2^23 + 128 + q."""
-    return bits_to_float(np.uint32(0x4B000000) | np.uint32(code ^ 0x80)) - np.float32(MAGIC)
 
 
 @numba.njit(inline="always")
@@ -62,21 +61,7 @@ def _bf16(code):  # pragma: no cover - compiled
 # ---------------------------------------------------------------- one activation row: fused decode and dot
 
 
-@numba.njit(parallel=True, cache=True, fastmath=True)
-def mxfp4_matvec(codes, scales, table, x, y):  # pragma: no cover - compiled
-    """y[0] = x[0] @ W.T for MXFP4 codes [out, in/2] and E8M0 scales [out, in/32] (`table`: their values)."""
-    for o in prange(y.shape[1]):
-        total = np.float32(0.0)
-        for b in range(x.shape[1] // BLOCK):
-            lanes = np.float32(0.0)
-            for j in range(BLOCK // 2):
-                byte = codes[o, b * (BLOCK // 2) + j]
-                lanes += _e2m1(byte & 0x0F) * x[0, b * BLOCK + 2 * j] + _e2m1(byte >> 4) * x[0, b * BLOCK + 2 * j + 1]
-            total += (lanes * np.float32(MXFP4_UNIT)) * table[scales[o, b]]
-        y[0, o] = total
-
-
-@numba.njit(parallel=True, cache=True, fastmath=True)
+@numba.njit(parallel=True, cache=True, fastmath=True, nogil=True)
 def mxfp8_matvec(codes, scales, table, x, y):  # pragma: no cover - compiled
     """y[0] = x[0] @ W.T for MXFP8 codes [out, in] and E8M0 scales [out, in/32]."""
     for o in prange(y.shape[1]):
@@ -89,20 +74,7 @@ def mxfp8_matvec(codes, scales, table, x, y):  # pragma: no cover - compiled
         y[0, o] = total
 
 
-@numba.njit(parallel=True, cache=True, fastmath=True)
-def q8_0_matvec(codes, scales, table, x, y):  # pragma: no cover - compiled
-    """y[0] = x[0] @ W.T for Q8_0 codes (int8 bits as uint8) [out, in] and float16 scale bits [out, in/32]."""
-    for o in prange(y.shape[1]):
-        total = np.float32(0.0)
-        for b in range(x.shape[1] // BLOCK):
-            lanes = np.float32(0.0)
-            for j in range(BLOCK):
-                lanes += _int8(codes[o, b * BLOCK + j]) * x[0, b * BLOCK + j]
-            total += lanes * half_bits_to_float(scales[o, b])
-        y[0, o] = total
-
-
-@numba.njit(parallel=True, cache=True, fastmath=True)
+@numba.njit(parallel=True, cache=True, fastmath=True, nogil=True)
 def bf16_matvec(codes, scales, table, x, y):  # pragma: no cover - compiled
     """y[0] = x[0] @ W.T for bfloat16 bits [out, in]."""
     for o in prange(y.shape[1]):
@@ -116,29 +88,11 @@ def bf16_matvec(codes, scales, table, x, y):  # pragma: no cover - compiled
 
 
 @numba.njit(inline="always")
-def _mxfp4_row(codes, scales, table, o, row):  # pragma: no cover - compiled
-    for b in range(row.shape[0] // BLOCK):
-        s = np.float32(MXFP4_UNIT) * table[scales[o, b]]
-        for j in range(BLOCK // 2):
-            byte = codes[o, b * (BLOCK // 2) + j]
-            row[b * BLOCK + 2 * j] = _e2m1(byte & 0x0F) * s
-            row[b * BLOCK + 2 * j + 1] = _e2m1(byte >> 4) * s
-
-
-@numba.njit(inline="always")
 def _mxfp8_row(codes, scales, table, o, row):  # pragma: no cover - compiled
     for b in range(row.shape[0] // BLOCK):
         s = np.float32(MXFP8_UNIT) * table[scales[o, b]]
         for j in range(BLOCK):
             row[b * BLOCK + j] = _e4m3(codes[o, b * BLOCK + j]) * s
-
-
-@numba.njit(inline="always")
-def _q8_0_row(codes, scales, table, o, row):  # pragma: no cover - compiled
-    for b in range(row.shape[0] // BLOCK):
-        s = half_bits_to_float(scales[o, b])
-        for j in range(BLOCK):
-            row[b * BLOCK + j] = _int8(codes[o, b * BLOCK + j]) * s
 
 
 @numba.njit(inline="always")
@@ -150,7 +104,7 @@ def _bf16_row(codes, scales, table, o, row):  # pragma: no cover - compiled
 def _batched(decode_row):
     """The batch kernel of one format: a weight row decoded once into scratch, then four batch rows per pass."""
 
-    @numba.njit(parallel=True, cache=True, fastmath=True)
+    @numba.njit(parallel=True, cache=True, fastmath=True, nogil=True)
     def matmul(codes, scales, table, x, y):  # pragma: no cover - compiled
         n, n_in = x.shape
         n_out = y.shape[1]
@@ -174,7 +128,7 @@ def _batched(decode_row):
                         a0 += row[k] * x[r, k]
                     y[r, o] = a0
 
-    @numba.njit(parallel=True, cache=True)
+    @numba.njit(parallel=True, cache=True, nogil=True)
     def decode_rows(codes, scales, table, start, out):  # pragma: no cover - compiled
         """out[r] = row start + r of W, as float32."""
         for r in prange(out.shape[0]):
@@ -183,27 +137,30 @@ def _batched(decode_row):
     return matmul, decode_rows
 
 
-KERNELS = {  # format -> (batch-1 kernel, batch kernel, row decoder)
-    "mxfp4": (mxfp4_matvec, *_batched(_mxfp4_row)),
+for _name in ("_e4m3", "_bf16", "_mxfp8_row", "_bf16_row"):  # named in the kernels `_batched` makes
+    stable(f"kernels.{_name}", globals()[_name])
+FLOAT = {  # format -> (batch-1 kernel, batch kernel, row decoder)
     "mxfp8": (mxfp8_matvec, *_batched(_mxfp8_row)),
-    "q8_0": (q8_0_matvec, *_batched(_q8_0_row)),
     "bf16": (bf16_matvec, *_batched(_bf16_row)),
 }
+KERNELS = (*INTEGER, *FLOAT)  # every format a product can read packed
 _NO_SCALES = np.zeros((1, 1), dtype=np.uint8)
-
-
-def kernel_arrays(w: Packed) -> tuple[np.ndarray, np.ndarray]:
-    """The codes and scales of `w` as the kernels take them: int8 codes and float16 scales as their bits (numba has
-    no float16 arrays, and reads int8 fastest as uint8), views, not copies."""
-    codes = w.codes.view(np.uint8) if w.codes.dtype == np.int8 else w.codes
-    if w.scales is None:
-        return codes, _NO_SCALES
-    return codes, w.scales.view(np.uint16) if w.scales.dtype == np.float16 else w.scales
 E8M0 = e8m0_values(np.arange(256))  # [256] float32: every scale code's value
 
 
-def matmul(x: np.ndarray, w: Packed) -> np.ndarray:
-    """x [N, in] @ W, W packed [out, in] in one of KERNEL_FORMATS; float32 [N, out]."""
+def kernel_arrays(w: Packed) -> tuple[np.ndarray, np.ndarray]:
+    """The codes and scales of `w` as the kernels take them: float16 scales as their bits (numba has no float16
+    arrays), int8 codes as uint8 for the float kernels (which read them fastest so); views, not copies."""
+    codes = w.codes.view(np.uint8) if w.codes.dtype == np.int8 and w.fmt not in INTEGER else w.codes
+    if w.scales is None:
+        return codes, _NO_SCALES
+    return codes, w.scales.view(np.uint16) if w.scales.dtype == np.float16 else w.scales
+
+
+def matmul(x: np.ndarray, w: Packed | Stacked) -> np.ndarray:
+    """x [N, in] @ W, W packed [out, in] in one of KERNELS (or stacked parts of them); float32 [N, out]."""
+    if isinstance(w, Stacked):
+        return np.concatenate([matmul(x, part) for part in w.parts], axis=1)  # [N, out]
     if w.fmt not in KERNELS:
         raise ValueError(f"no kernel for {w.fmt!r}; kernels: {', '.join(KERNELS)}")
     n_out, n_in = w.shape
@@ -212,17 +169,23 @@ def matmul(x: np.ndarray, w: Packed) -> np.ndarray:
         raise ValueError(f"x of shape {x.shape} does not fit a weight of {n_in} inputs")
     y = np.empty((x.shape[0], n_out), dtype=np.float32)  # [N, out]
     codes, scales = kernel_arrays(w)
-    matvec, batched, decode_rows = KERNELS[w.fmt]
-    if x.shape[0] == 1:
-        matvec(codes, scales, E8M0, x, y)
-    elif x.shape[0] < BLAS_ROWS:
-        batched(codes, scales, E8M0, x, y)
-    else:  # a prefill chunk: compute-bound, where BLAS on decoded tiles beats a fused kernel
+    if x.shape[0] >= BLAS_ROWS:  # a prefill chunk: compute-bound, where BLAS on decoded tiles beats a fused kernel
+        if w.fmt in INTEGER:  # the int8 activations the integer path reads, so that a prompt's logits do not
+            a = quantize_activations(x)  # depend on how it was chunked (float ones moved them by up to 0.3 nats)
+            x = (a.codes.reshape(len(x), -1, BLOCK) * a.scales[..., None]).reshape(x.shape)  # [N, in]
         tile = np.empty((min(TILE_ROWS, n_out), n_in), dtype=np.float32)  # [rows, in]
         for start in range(0, n_out, TILE_ROWS):
             rows = tile[: min(TILE_ROWS, n_out - start)]
-            decode_rows(codes, scales, E8M0, start, rows)
+            if w.fmt in INTEGER:
+                INTEGER[w.fmt].decode_rows(codes, scales, start, rows)
+            else:
+                FLOAT[w.fmt][2](codes, scales, E8M0, start, rows)
             y[:, start : start + len(rows)] = x @ rows.T  # [N, rows]
+    elif w.fmt in INTEGER:
+        INTEGER[w.fmt].product(codes, scales, x, y)
+    else:
+        matvec, batched, _ = FLOAT[w.fmt]
+        (matvec if x.shape[0] == 1 else batched)(codes, scales, E8M0, x, y)
     return y
 
 

@@ -4,10 +4,10 @@ A model's linear weights fall in three layer groups: `attn` (each block's fused 
 `mlp` (each block's fused gate/up and down projections: what a dense model has in place of MoE experts) and
 `head` (the output projection). A policy maps a token to one format per group:
 
-- `native`: each weight at the GGUF's own precision where a kernel exists. GGUF's integer block types (Q8_0 kept
-  as it is; Q4_0, Q4_1, Q5_0, Q5_1 and the K-quants, 4.5 to 6.6 bits) go to `q8_0`, the format of at least their
-  bits that holds an integer grid almost exactly (its step is 1/254 of a block's range; MXFP8's 3-bit mantissa
-  rounds each weight by up to 6%); F32 and F16 stay `f32` and BF16 stays `bf16`.
+- `native`: each weight as the GGUF stores it, where a kernel reads its type: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K
+  and Q6_K as their own blocks (`formats.REGISTRY`'s `gguf_type`), F32 and F16 as `f32`, BF16 as `bf16`. Any other
+  quantized type (Q2_K, Q3_K, Q5_K, the IQ types) goes to `q8_0`, the format of at least its bits that holds an
+  integer grid almost exactly (its step is 1/254 of a block's range).
 - `f32`, `bf16`, `q8_0`, `mxfp8`, `mxfp4`: every group in that format.
 - `experts-mxfp4`: MiMo's split: the MLP in MXFP4, attention and the head native.
 - `entropy` (or `entropy@B` for a target of B bits per weight, default 6): per token, every group reads MXFP4 when
@@ -30,22 +30,23 @@ STATIC = POLICY_FORMATS  # every format a policy may read: from the format regis
 POLICIES = ("native", *STATIC, "experts-mxfp4", "entropy")
 DEFAULT_TARGET_BITS = 6.0
 LOW_FORMAT = "mxfp4"
-NATIVE_FORMATS = {"Q8_0": "q8_0", "Q4_0": "q8_0", "Q4_1": "q8_0", "Q5_0": "q8_0", "Q5_1": "q8_0", "Q2_K": "q8_0",
-                  "Q3_K": "q8_0", "Q4_K": "q8_0", "Q5_K": "q8_0", "Q6_K": "q8_0", "Q8_K": "q8_0", "F32": "f32",
-                  "F16": "f32", "BF16": "bf16"}
-WIDTH = {name: REGISTRY[name].policy_rank for name in STATIC}  # which of two formats holds more
+NATIVE_FORMATS = {"F32": "f32", "F16": "f32", "BF16": "bf16",
+                  **{f.gguf_type: name for name, f in REGISTRY.items() if f.gguf_type}}
+REQUANTIZED = "q8_0"  # what a quantized GGUF type without a kernel of its own is held in
 
 
 class UnknownPolicy(ValueError):
     """A policy name that is not one of POLICIES (or `entropy@B` with B not a number in range)."""
 
 
-def native_format(gguf_types: list[str]) -> str:
-    """The format a weight made of GGUF tensors of `gguf_types` is held in by default: the widest of theirs."""
-    unknown = [t for t in gguf_types if t not in NATIVE_FORMATS]
-    if unknown:
-        raise ValueError(f"no kernel format for GGUF tensor type {unknown[0]}")
-    return max((NATIVE_FORMATS[t] for t in gguf_types), key=WIDTH.__getitem__)
+def native_format(gguf_type: str) -> str:
+    """The format a GGUF tensor of type `gguf_type` (its name: Q4_K) is held in by default: its own where a kernel
+    reads it, else REQUANTIZED for a quantized type; a ValueError for the integer and float64 types."""
+    if gguf_type in NATIVE_FORMATS:
+        return NATIVE_FORMATS[gguf_type]
+    if gguf_type.startswith(("Q", "IQ", "TQ", "MXFP", "NVFP")):
+        return REQUANTIZED
+    raise ValueError(f"no kernel format for GGUF tensor type {gguf_type}")
 
 
 @dataclass(frozen=True)

@@ -99,7 +99,7 @@ class Cost(Contract):
 class CostTable(Contract):
     """The costs measured on one model: policy -> (native's cost, the policy's), measured side by side."""
 
-    SCHEMA = "mimo.precision-costs/1"
+    SCHEMA = "mimo.precision-costs/2"  # /2: native reads a GGUF's own blocks (it read q8_0): /1 costs are stale
 
     model: str
     costs: dict[str, list[Cost]] = field(default_factory=dict)
