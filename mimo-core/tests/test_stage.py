@@ -45,6 +45,15 @@ def test_records_keep_input_order_and_concurrency_is_bounded():
     assert "mimo-core" in provenance["versions"] and provenance["models"] == []
 
 
+def test_what_a_kept_measurement_is_valid_for_names_the_engine_version_or_the_endpoint(monkeypatch):
+    from mimo_core import provenance
+
+    monkeypatch.setattr(provenance, "package_version", lambda name: {"mimo-engine": "9.9"}.get(name))
+    assert provenance.measured_on(SETTINGS) == "embedded mimo-engine 9.9"  # a new engine measures again
+    remote = Settings(base_url="http://10.0.0.1:8000/v1", model="m")
+    assert provenance.measured_on(remote) == "http://10.0.0.1:8000/v1"
+
+
 def test_sync_stage_runs_off_the_event_loop():
     threads = set()
 

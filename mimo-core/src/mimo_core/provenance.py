@@ -52,6 +52,14 @@ def endpoint(settings: Settings) -> str:
     return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
 
 
+def measured_on(settings: Settings) -> str:
+    """What a measurement kept between runs (a cost, a calibration) is valid for: the embedded engine of this
+    installed version (its kernels set its speeds and its numbers), or the remote endpoint's address."""
+    if settings.embedded:
+        return f"embedded mimo-engine {package_version('mimo-engine')}"
+    return str(settings.base_url)
+
+
 def provenance(stage: str, settings: Settings, models: set[str]) -> dict[str, Any]:
     """A trace entry's provenance: backend, endpoint, the models that answered, versions, machine (never a key)."""
     versions = {"mimo-core": package_version("mimo-core"), stage: package_version(stage)}

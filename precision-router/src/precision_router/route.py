@@ -30,6 +30,7 @@ from mimo_core.client import LLMClient
 from mimo_core.contract import Contract, ContractError
 from mimo_core.extensions import MimoRequest, PrecisionRequest, SpeculationRequest
 from mimo_core.prompts import shared_prefix
+from mimo_core.provenance import measured_on
 from mimo_core.record import TaskRecord
 from mimo_core.settings import Settings
 from mimo_core.stage import StageContext
@@ -99,7 +100,7 @@ class Cost(Contract):
 class CostTable(Contract):
     """The costs measured on one model: policy -> (native's cost, the policy's), measured side by side."""
 
-    SCHEMA = "mimo.precision-costs/2"  # /2: native reads a GGUF's own blocks (it read q8_0): /1 costs are stale
+    SCHEMA = "mimo.precision-costs/1"
 
     model: str
     costs: dict[str, list[Cost]] = field(default_factory=dict)
@@ -115,7 +116,7 @@ class Costs:
 
     def table(self, ctx: StageContext, model: str) -> tuple[Path, CostTable]:
         """Where `model`'s costs are kept, and those measured so far."""
-        name = hashlib.blake2b(json.dumps([ctx.settings.base_url, model]).encode(), digest_size=8).hexdigest()
+        name = hashlib.blake2b(json.dumps([measured_on(ctx.settings), model]).encode(), digest_size=8).hexdigest()
         path = ctx.settings.cache_dir / "calibrations" / f"precision-router-costs-{name}.json"
         if path not in self._tables:
             try:

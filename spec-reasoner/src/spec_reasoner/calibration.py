@@ -27,6 +27,7 @@ from mimo_core.client import LLMClient
 from mimo_core.contract import Contract, ContractError
 from mimo_core.extensions import MimoRequest, PrecisionRequest, SpeculationRequest
 from mimo_core.prompts import shared_prefix
+from mimo_core.provenance import measured_on
 from mimo_core.record import TaskRecord
 from mimo_core.settings import Settings
 from mimo_core.stage import StageContext
@@ -247,8 +248,8 @@ async def calibrate(settings: Settings, draft: str, oracle: str, k: int, domains
 
 
 def backend_name(ctx: StageContext) -> str:
-    """What the calibration is valid for: the embedded engine, or the remote endpoint's address."""
-    return "embedded" if ctx.settings.embedded else str(ctx.settings.base_url)
+    """What the calibration is valid for: the embedded engine of this version, or the remote endpoint's address."""
+    return measured_on(ctx.settings)
 
 
 class Calibrations:
