@@ -57,7 +57,9 @@ def test_seed_repeats_and_stop_cuts(client, greedy):
 
 
 def test_streaming_matches_the_plain_reply(client, greedy):
-    plain = greedy.choices[0].message.content
+    # both on the prompt's cached blocks: the greedy fixture computed them in one BLAS pass, and a later request
+    # computes only the rest with the integer kernels, whose int8 activations may round one code otherwise
+    plain = chat(client, max_tokens=8, temperature=0).choices[0].message.content
     chunks = list(chat(client, max_tokens=8, temperature=0, stream=True, stream_options={"include_usage": True}))
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == plain

@@ -73,6 +73,9 @@ def test_the_routed_pass_equals_a_prefill_and_the_command_measures_every_policy(
 
 
 def test_bad_input_is_one_line(tmp_path):
-    result = CliRunner().invoke(app, ["sweep", "--model", "nope", "--text", str(tmp_path / "missing.txt")])
+    missing = str(tmp_path / "missing.txt")
+    result = CliRunner().invoke(app, ["sweep", "--model", "nope", "--text", missing])
+    assert result.exit_code == 2 and "unknown model 'nope'" in result.output  # the model is checked first
+    result = CliRunner().invoke(app, ["sweep", "--model", TEST_MODEL, "--text", missing])
     assert result.exit_code == 2 and "missing.txt" in result.output
 
