@@ -1,24 +1,27 @@
 """y = x @ W on int8 activations: integer dot products over the weights' own integer codes, as llama.cpp computes.
 
 Each activation row is quantized once per product to int8 in blocks of 32 (one float scale per block, as Q8_0 is,
-and each block's sum of codes). A weight row is a sequence of groups of G int8 codes, each with a float scale (and,
-for the formats that store a minimum, a float bias); a group's contribution is
+and each block's sum of codes). A weight row is a sequence of groups of 32 int8 codes, one group per activation
+block, each with a float scale (two for Q6_K, one per 16) and, for the formats with a minimum or an offset code, a
+float bias; a group's contribution is
 
     scale_w * scale_x * sum(q_w * q_x)  +  bias_w * scale_x * sum(q_x)
 
-with the sum of products in int32. Each format says how to load one group's codes as an LLVM vector from its stored
-bytes (`CODE_LOADERS`, written after ggml's reference dequantizers) and how to read its scales (`_scales_*`, numba);
-the product is an LLVM vector loop (`_row_dot`) whose multiply-adds the backend lowers to the CPU's widening
-multiply-add (vpmaddwd on AVX2; `asm_instructions` says which it found), with eight float lanes accumulating the
-scaled group sums (a scalar running sum waits on every group's addition). Measured on this project's 2-core AVX2
-CPU, a 9728x896 Q8_0 product at batch 1 ran at 29 GB/s this way against 3.3 GB/s for numba's scalar int8 loop, which
-numba widens to int64 lanes.
-
-A weight row's codes are decoded in registers inside the loop, once for up to four activation rows.
+with the sum of products in int32. Each format says in a few lines of LLVM IR how one group's codes load as a
+vector from the bytes it stores (`_load_*`, after ggml's reference dequantizers) and where its scale is (`_scale_*`
+in the loop, or `_scales_*`, numba, once per row for the K-quants' packed 6-bit scales). The product is an LLVM
+vector loop (`_row_dot`) with eight float lanes accumulating the scaled group sums (a scalar running sum would wait
+on every group's addition), decoding each weight group once for up to four activation rows. On AVX2 a group's
+products are one `vpmaddubsw` and one `vpmaddwd` (signed codes as magnitudes against sign-carrying activations,
+`vpsignb`, as llama.cpp does); elsewhere LLVM lowers a generic widening multiply-add. `asm_instructions` says which
+instructions a kernel compiled to. Per core, on a 9728x896 product at batch 1 (this project's 2-core Zen 3, a
+scratch measurement): Q8_0 3.3 GB/s with numba's own int8 loop (it widens int8 products to int64 lanes), 19.6 GB/s
+here; Q4_1 9.0; Q6_K 5.3.
 
 Formats: `q8_0`, `mxfp4` (E2M1 times 2 is the integers 0, 1, 2, 3, 4, 6, 8, 12 and their negatives; the E8M0 scale,
-halved, is the group scale, exactly) and GGUF's own blocks `q4_0`, `q4_1`, `q5_0`, `q5_1`, `q4_k` (groups of 32
-with 6-bit scales and minimums in super-blocks of 256) and `q6_k` (groups of 16).
+halved, is the group scale, exactly) and GGUF's own blocks `q4_0`, `q4_1`, `q5_0`, `q5_1`, `q4_k` (6-bit scales and
+minimums in super-blocks of 256) and `q6_k`. Float order is strict inside the loop, so that a row's result never
+depends on how many rows share the call.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from numba.extending import intrinsic
 from precision_router.bits import bits_to_float, half_bits_to_float, stable
 
 BLOCK = 32  # activations per int8 block (Q8_0's)
-_ROW_TILE = 16  # weight rows per parallel task: the scratch rows are allocated once per tile
+_ROW_TILE = 16  # weight rows per parallel task: its scale and bias rows are allocated once per tile
 I8, I32, F32 = ir.IntType(8), ir.IntType(32), ir.FloatType()
 AVX2 = bool(llvm.get_host_cpu_features().get("avx2"))  # numba compiles for the host CPU
 
