@@ -67,7 +67,10 @@ def _quantize_rows(x, xq, xd, xsum):  # pragma: no cover - compiled
             inverse = np.float32(127.0) / amax if finite and amax > 0 else np.float32(0.0)
             total = 0
             for j in range(BLOCK):
-                q = np.int8(np.rint(x[r, b * BLOCK + j] * inverse)) if finite else np.int8(0)
+                # a NaN made 0 before the conversion, which must never see one: LLVM may convert ahead of a
+                # branch, and a NaN converted is undefined (it once let the finiteness check be optimised away)
+                scaled = x[r, b * BLOCK + j] * inverse
+                q = np.int8(np.rint(scaled if scaled == scaled else np.float32(0.0)))
                 xq[r, b * BLOCK + j] = q
                 total += q
             xd[r, b] = d if finite else np.float32(np.nan)  # the block reads NaN, so its row does
