@@ -118,9 +118,6 @@ class Vectors:
         pointer = self.b.bitcast(self.b.gep(self.base, [offset]), ir.VectorType(width, lanes).as_pointer())
         return self.b.load(pointer, align=1)
 
-    def scalar(self, offset: ir.Value, width: ir.IntType) -> ir.Value:
-        return self.b.load(self.b.bitcast(self.b.gep(self.base, [offset]), width.as_pointer()), align=1)
-
     def low(self, v: ir.Value) -> ir.Value:
         return self.b.and_(v, self.const(15, v.type.count))
 
