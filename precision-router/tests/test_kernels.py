@@ -8,29 +8,11 @@ import threading
 
 import numpy as np
 import pytest
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from precision_router.formats import REGISTRY, dequantize, gguf_blocks, quantize
+from precision_router.formats import dequantize, quantize
 from precision_router.integer import INTEGER, asm_instructions, quantize_activations
 from precision_router.kernels import BLAS_ROWS, KERNELS, TILE_ROWS, matmul
-
-# the byte offsets of each GGUF block type's float16 fields: (d, m or None), and how big a block is
-HALVES = {"q4_0": (0, None), "q4_1": (0, 2), "q5_0": (0, None), "q5_1": (0, 2), "q4_k": (0, 2), "q6_k": (208, None)}
-
-
-def packed(fmt: str, rows: int, cols: int, rng: np.random.Generator):
-    """A weight of `fmt`: quantized from random floats, or (GGUF's own blocks, which nothing here quantizes) random
-    bytes with sane float16 scales."""
-    if REGISTRY[fmt].quantize_rows:
-        return quantize(rng.standard_normal((rows, cols)).astype(np.float32) * 0.1, fmt)
-    block, size = GGML_QUANT_SIZES[GGMLQuantizationType[fmt.upper()]]
-    raw = rng.integers(0, 256, (rows, cols // block, size), dtype=np.uint8)
-    for at in HALVES[fmt]:
-        if at is not None:
-            halves = (rng.random((rows, cols // block)) * 0.01 + 0.001).astype(np.float16)
-            raw[..., at : at + 2] = halves.view(np.uint8).reshape(rows, cols // block, 2)
-    return gguf_blocks(fmt, raw.reshape(rows, -1), cols)
-
+from precision_router.testing import random_packed
 
 def reference(x: np.ndarray, w) -> tuple[np.ndarray, np.ndarray]:
     """The float64 product the kernel computes and the sum of magnitudes that bounds its rounding."""
@@ -46,7 +28,7 @@ def reference(x: np.ndarray, w) -> tuple[np.ndarray, np.ndarray]:
 def test_kernel_equals_its_float64_reference(fmt, batch):
     rng = np.random.default_rng(batch)
     out_rows = TILE_ROWS + 40 if batch >= BLAS_ROWS else 100  # more than one BLAS tile; not a multiple of 16 rows
-    w = packed(fmt, out_rows, 512, rng)
+    w = random_packed(fmt, out_rows, 512, rng)
     x = rng.standard_normal((batch, 512)).astype(np.float32)
     expected, scale = reference(x, w)
     got = matmul(x, w)
@@ -68,7 +50,7 @@ def test_the_activation_codes_are_each_block_of_32_over_its_largest_magnitude_ti
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="the x86 mnemonics")
 @pytest.mark.parametrize("fmt", list(INTEGER))
 def test_the_integer_kernels_compile_to_widening_multiply_adds(fmt):
-    matmul(np.ones((1, 256), np.float32), packed(fmt, 16, 256, np.random.default_rng(0)))
+    matmul(np.ones((1, 256), np.float32), random_packed(fmt, 16, 256, np.random.default_rng(0)))
     assert asm_instructions(fmt) & {"vpdpbusd", "vpdpwssd", "vpmaddubsw", "vpmaddwd"}
 
 
@@ -90,7 +72,7 @@ def test_a_nan_activation_poisons_only_its_own_row():
 
 def test_two_threads_multiply_at_once_as_each_alone():
     rng = np.random.default_rng(7)
-    work = [(rng.standard_normal((n, 512)).astype(np.float32), packed(fmt, 300, 512, rng))
+    work = [(rng.standard_normal((n, 512)).astype(np.float32), random_packed(fmt, 300, 512, rng))
             for n, fmt in ((1, "q4_1"), (8, "q5_0"), (3, "q8_0"), (1, "q6_k"))]
     alone = [matmul(x, w) for x, w in work]
     together: dict[int, list] = {0: [], 1: []}

@@ -111,8 +111,8 @@ def weight_bytes_per_token(model: LoadedModel, plan: WeightPlan) -> int:
 @dataclass
 class DecodeFigures(Contract):
     """Decode speed at one batch size: the median step time and tokens per second over all sequences, and where a
-    step's time goes (mean ms a step: each layer group's weight products, the attention over the KV cache, the
-    rest: norms, rope, sampling's argmax, Python)."""
+    step's time goes (mean ms a step: the fused blocks, each layer group's weight products and the attention over
+    the KV cache outside them, the rest: the embedding, the final norm, sampling's argmax, Python)."""
 
     step_ms: float
     tokens_per_s: float
@@ -147,10 +147,13 @@ class BenchResult(Contract):
 
 
 def step_profile(read: dict, times: list[float]) -> dict[str, float]:
-    """Mean ms a step in each part: the weight products of each layer group, the attention, and the rest."""
+    """Mean ms a step in each part: the fused blocks, the weight products and the attention outside them (by layer
+    group), and the rest."""
     parts: dict[str, float] = {}
     for (group, _), (_, _, seconds) in read.items():
-        name = "attention" if group == "attention" else f"{group} products"
+        if not seconds:  # products that ran inside fused blocks (timed as the blocks), or no attention outside them
+            continue
+        name = {"attention": "attention", "fused": "fused blocks"}.get(group, f"{group} products")
         parts[name] = parts.get(name, 0.0) + seconds / len(times)
     parts["other"] = statistics.mean(times) - sum(parts.values())
     return {name: round(seconds * 1e3, 3) for name, seconds in parts.items()}

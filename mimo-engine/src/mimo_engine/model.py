@@ -19,6 +19,8 @@ import numpy as np
 from precision_router.formats import Packed, Stacked, dequantize
 from precision_router.kernels import matmul
 
+from mimo_engine.swiglu import swiglu
+
 
 Array = np.ndarray
 # attend(layer, q [N, H, hd], k [N, Hkv, hd], v [N, Hkv, hd]) -> [N, H hd]: stores the rows' new keys and values in
@@ -142,12 +144,6 @@ def rms_norm(x: Array, g: Array, eps: float) -> Array:
     return x / np.sqrt(ms + eps) * g  # [N, d]
 
 
-def silu(x: Array) -> Array:
-    """x * sigmoid(x). Written with exp, which numpy computes ~2x faster than tanh; below x = -88, exp(-x) overflows
-    to inf and the result is the correct limit, -0."""
-    return x / (1.0 + np.exp(-x))  # [N, ff]
-
-
 @dataclass(frozen=True)
 class Rope:
     """Rotary tables of N positions; rotating x is then x * cos + x[..., rotate] * sin for either pair layout."""
@@ -203,8 +199,7 @@ def attention(q: Array, k: Array, v: Array) -> Array:
 def mlp(x: Array, layer: LayerWeights, route: Route, routes: Routes) -> Array:
     """SwiGLU feed-forward."""
     gate_up = routed(x, layer.w_gate_up, route, "mlp", routes)  # [N, 2 ff]
-    ff = gate_up.shape[-1] // 2
-    return routed(silu(gate_up[:, :ff]) * gate_up[:, ff:], layer.w_down, route, "mlp", routes)  # [N, d]
+    return routed(swiglu(gate_up), layer.w_down, route, "mlp", routes)  # silu(gate) * up: [N, ff] -> [N, d]
 
 
 def block(x: Array, index: int, layer: LayerWeights, config: ModelConfig, rope: Rope, attend: Attend,
@@ -225,12 +220,13 @@ def block(x: Array, index: int, layer: LayerWeights, config: ModelConfig, rope: 
 
 
 def hidden_states(weights: ModelWeights, config: ModelConfig, tokens: Array, positions: Array, attend: Attend,
-                  routes: Routes) -> Array:
-    """Final-normed hidden states of a step's tokens, packed from several sequences, at their `positions`."""
+                  routes: Routes, run_block: Callable[..., Array] = block) -> Array:
+    """Final-normed hidden states of a step's tokens, packed from several sequences, at their `positions`;
+    `run_block` computes each block as `block` does (the fused decode step passes its own)."""
     rope = rope_tables(positions, config)  # [N, 1, hd] tables
     x = embed(weights.token_embd, tokens)  # [N, d]
     for index, layer in enumerate(weights.layers):
-        x = block(x, index, layer, config, rope, attend, routes)  # [N, d]
+        x = run_block(x, index, layer, config, rope, attend, routes)  # [N, d]
     return rms_norm(x, weights.output_norm, config.norm_eps)  # [N, d]
 
 

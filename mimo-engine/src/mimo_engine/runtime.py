@@ -24,7 +24,8 @@ from tiered_kv_cache import KVCacheManager, KVPool, Prefix, TierConfig
 from mimo_core.settings import is_model_path, served_model_name
 from mimo_engine.config import DEFAULT_POLICIES
 from mimo_engine.gguf_model import load_weights, read_config
-from mimo_engine.model import ModelConfig, ModelWeights, Route, Routes, hidden_states, logits
+from mimo_engine.fused import FUSED_MAX_ROWS, FusedBlocks
+from mimo_engine.model import ModelConfig, ModelWeights, Route, Routes, block, hidden_states, logits
 from mimo_engine.paged_attention import PagedAttention
 from mimo_engine.pull import ensure_model
 from mimo_engine.registry import MODELS
@@ -66,6 +67,8 @@ class LoadedModel:
     packed: bool = False  # whether numba's packed-weight kernels do the heavy work (else BLAS on float32)
     threads: int | None = None  # the kernels' threads (MIMO_ENGINE_THREADS); None: every core
     calibration: np.ndarray | None = None  # next-token entropies (nats) of the native model on calibration text
+    # steps of few rows run their blocks fused (`mimo_engine.fused`) where the weights allow; None: `model.block`
+    fused_blocks: FusedBlocks | None = None
     _plans: dict[Any, WeightPlan] = field(default_factory=dict, repr=False)
     _reads: dict[WeightPlan, tuple] = field(default_factory=dict, repr=False)
 
@@ -97,7 +100,8 @@ class LoadedModel:
             held = {g: held[g] | {"native", policy.LOW_FORMAT} for g in GROUPS}
         weights, natives = load_weights(reader, config, held)
         packed = any(f != "f32" for g in GROUPS for f in held[g] | set(np.ravel(natives[g])))
-        model = cls(name, config, Tokenizer.from_gguf(reader), weights, "", natives, packed=packed, threads=threads)
+        model = cls(name, config, Tokenizer.from_gguf(reader), weights, "", natives, packed=packed, threads=threads,
+                    fused_blocks=FusedBlocks(config) if packed else None)
         model.use_threads()  # the calibration pass below runs the kernels in this thread
         for n in names:
             model.policies[n] = statics.get(n) or model.calibrated(n)
@@ -229,7 +233,8 @@ class LoadedModel:
         tokens = np.asarray([t for s in batch.sequences for t in s.token_ids])  # [N]
         positions = np.concatenate([np.arange(s.start_position, s.end_position) for s in batch.sequences])  # [N]
         attend = PagedAttention(batch, pool)
-        h = hidden_states(self.weights, self.config, tokens, positions, attend, routes)  # [N, d]
+        fused = self.fused_blocks if self.fused_blocks is not None and batch.num_tokens <= FUSED_MAX_ROWS else block
+        h = hidden_states(self.weights, self.config, tokens, positions, attend, routes, fused)  # [N, d]
         starts = np.cumsum([0, *(s.num_tokens for s in batch.sequences)])
         wanted = [first + i for s, first in zip(batch.sequences, starts) for i in s.logit_indices]
         out = logits(h[np.asarray(wanted, dtype=np.int64)], self.weights, routes)  # [num_logits, V]

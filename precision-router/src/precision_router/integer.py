@@ -53,7 +53,7 @@ def _stable(name: str, obj):
 
 
 @numba.njit(cache=True)  # no fastmath: it would assume away the NaN check, and a NaN must read NaN, never a number
-def _quantize_rows(x, xq, xd, xsum):  # pragma: no cover - compiled
+def quantize_rows(x, xq, xd, xsum):  # pragma: no cover - compiled
     """xq [N, in] int8, xd [N, in/32] float32 scales and xsum [N, in/32] code sums of the rows of x [N, in]."""
     for r in range(x.shape[0]):
         for b in range(x.shape[1] // BLOCK):
@@ -91,7 +91,7 @@ def quantize_activations(x: np.ndarray) -> Activations:
     n, n_in = x.shape
     out = Activations(np.empty((n, n_in), np.int8), np.empty((n, n_in // BLOCK), np.float32),
                       np.empty((n, n_in // BLOCK), np.int32))
-    _quantize_rows(x, out.codes, out.scales, out.sums)
+    quantize_rows(x, out.codes, out.scales, out.sums)
     return out
 
 
@@ -490,16 +490,12 @@ def _kernels(fmt: str, load: Callable, load_scale: Callable | None, read_scales:
     row_scales = _stable(f"{fmt}:row_scales", row_scales)
 
     @numba.njit(parallel=True, cache=True, fastmath=True, nogil=True)
-    def product(codes, scales, x, y):  # pragma: no cover - compiled
-        """y[N, out] = x @ W.T, x [N, in] float32 quantized here (one call: each Python-side call cost ~3 us)."""
-        n, n_in = x.shape
-        n_out = y.shape[1]
-        xq = np.empty((n, n_in), dtype=np.int8)
-        xd = np.empty((n, n_in // BLOCK), dtype=np.float32)
-        xsum = np.empty((n, n_in // BLOCK), dtype=np.int32)
-        _quantize_rows(x, xq, xd, xsum)
+    def product_into(codes, scales, xq, xd, xsum, y, first):  # pragma: no cover - compiled
+        """y[N, first + o] = row o of W . the quantized rows (xq [N, in], xd and xsum [N, in/32]), every o."""
+        n, n_in = xq.shape
         blocks = n_in // BLOCK
         row_bytes = codes.shape[1] * codes.itemsize
+        n_out = codes.shape[0]
         for tile in prange((n_out + _ROW_TILE - 1) // _ROW_TILE):
             scale = np.empty(n_in // scale_width, dtype=np.float32)
             bias = np.zeros(n_in // scale_width, dtype=np.float32)
@@ -507,13 +503,25 @@ def _kernels(fmt: str, load: Callable, load_scale: Callable | None, read_scales:
                 s, b, si = row_scales(codes, scales, o, scale, bias)
                 r = 0
                 while r + 4 <= n:
-                    y[r, o], y[r + 1, o], y[r + 2, o], y[r + 3, o] = four(
+                    y[r, first + o], y[r + 1, first + o], y[r + 2, first + o], y[r + 3, first + o] = four(
                         codes, o * row_bytes, s, b, si, xq, r * n_in, n_in, xd, xsum, r * blocks, blocks, blocks)
                     r += 4
                 while r < n:
-                    y[r, o] = one(codes, o * row_bytes, s, b, si, xq, r * n_in, n_in, xd, xsum, r * blocks, blocks,
-                                  blocks)
+                    y[r, first + o] = one(codes, o * row_bytes, s, b, si, xq, r * n_in, n_in, xd, xsum, r * blocks,
+                                          blocks, blocks)
                     r += 1
+
+    product_into = _stable(f"{fmt}:product_into", product_into)
+
+    @numba.njit(cache=True, nogil=True)
+    def product(codes, scales, x, y):  # pragma: no cover - compiled
+        """y[N, out] = x @ W.T, x [N, in] float32 quantized here (one call: each Python-side call cost ~3 us)."""
+        n, n_in = x.shape
+        xq = np.empty((n, n_in), dtype=np.int8)
+        xd = np.empty((n, n_in // BLOCK), dtype=np.float32)
+        xsum = np.empty((n, n_in // BLOCK), dtype=np.int32)
+        quantize_rows(x, xq, xd, xsum)
+        product_into(codes, scales, xq, xd, xsum, y, 0)
 
     @numba.njit(parallel=True, cache=True, nogil=True)
     def decode_rows(codes, scales, start, out):  # pragma: no cover - compiled
@@ -529,14 +537,16 @@ def _kernels(fmt: str, load: Callable, load_scale: Callable | None, read_scales:
             for k in range(n_in):
                 out[r, k] = np.float32(q[k]) * scale[k // scale_width] + bias[k // scale_width]
 
-    return product, decode_rows
+    return product, product_into, decode_rows
 
 
 @dataclass(frozen=True)
 class IntegerKernels:
-    """A format's integer product (batches below BLAS's) and its float row decoder (BLAS tiles)."""
+    """A format's integer product (batches below BLAS's), the same on activations already quantized (the fused
+    decode step's), and its float row decoder (BLAS tiles)."""
 
     product: Callable
+    product_into: Callable  # (codes, scales, xq, xd, xsum, y, first column of y)
     decode_rows: Callable
     scale_width: int  # weights per scale
 
@@ -555,12 +565,12 @@ INTEGER = {fmt: IntegerKernels(*_kernels(fmt, load, load_scale, read_scales, wid
 
 def asm_instructions(fmt: str, mnemonics: tuple[str, ...] = ("vpdpbusd", "vpdpwssd", "vpmaddubsw", "vpmaddwd")
                      ) -> set[str]:
-    """Which of the integer multiply-add `mnemonics` the product of `fmt` compiles to for the argument types it was
+    """Which of the integer multiply-add `mnemonics` the product of `fmt` compiles to for the weight types it was
     called with in this process (compiled again, uncached: numba shows no assembly of code it loaded from its cache;
     about 2 s a format)."""
-    product = INTEGER[fmt].product
-    fresh = numba.njit(parallel=True, fastmath=True, nogil=True)(product.py_func)
-    for signature in product.signatures:
-        fresh.compile(signature)
+    kernels = INTEGER[fmt]
+    fresh = numba.njit(parallel=True, fastmath=True, nogil=True)(kernels.product_into.py_func)
+    for codes, scales, _, y in kernels.product.signatures:  # the loop is product_into's, on int8 activations
+        fresh.compile((codes, scales, types.int8[:, ::1], types.float32[:, ::1], types.int32[:, ::1], y, types.int64))
     text = "\n".join(fresh.inspect_asm(signature) for signature in fresh.signatures)
     return {m for m in mnemonics if m in text}
