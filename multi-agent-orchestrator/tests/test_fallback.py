@@ -1,8 +1,12 @@
-"""Control flow against a backend without logprobs (llama.cpp's chat): a fake stream stands in for it."""
+"""Control flow against third-party backends (llama.cpp's chat without logprobs, vLLM's refusal of n > 1 and its
+standard cached-token count): a fake stream stands in for them."""
 
 import asyncio
+import math
 
-from mimo_core.client import Completion, Usage
+import httpx
+import openai
+from mimo_core.client import Completion, TextTokenLogprob, Usage
 from mimo_core.record import TaskRecord
 from mimo_core.settings import load_settings
 from mimo_core.stage import StageContext
@@ -84,3 +88,47 @@ def test_a_first_wave_that_disagrees_starts_the_others(monkeypatch):
 def test_without_early_stop_every_agent_runs(monkeypatch):
     _replies(monkeypatch, ["The answer is 7."] * 5)
     assert len(_vote(Options(agents=5, first_wave=3, branches=0, early_stop=False)).agents) == 5
+
+
+def _vllm_greedy_refusal() -> openai.BadRequestError:
+    """The 400 that vLLM 0.32 answers a chat request for n > 1 at temperature 0 with, as the openai client raises it."""
+    body = {"error": {"message": "n must be 1 when using greedy sampling, got 2.", "type": "BadRequestError",
+                      "param": None, "code": 400}}
+    http = httpx.Client(transport=httpx.MockTransport(lambda request: httpx.Response(400, json=body)))
+    client = openai.OpenAI(api_key="sk-none", base_url="http://vllm.invalid/v1", http_client=http, max_retries=0)
+    try:
+        client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], n=2, temperature=0)
+    except openai.BadRequestError as exc:
+        return exc
+    raise AssertionError("the mock server did not refuse")
+
+
+def test_a_refusal_of_n_above_1_in_vllms_words_samples_each_branch_alone_and_says_so(monkeypatch):
+    refusal = _vllm_greedy_refusal()
+    asked = []
+    uniform = {f" t{i}": math.log(0.2) for i in range(5)}  # top-5 entropy ln 5 > fork_entropy: every token may fork
+
+    async def refusing_n(ctx, params, on_token):
+        asked.append(params["n"])
+        if params["n"] > 1:
+            raise refusal
+        for word in [" so"] * 9 + [" the answer is 7."]:
+            on_token(Chunk(0, word, [TextTokenLogprob(word, math.log(0.2), uniform)]))
+        return Completion(["..."], ["stop"], params["model"], Usage(1, 10, 10), 0.01, logprobs=[[]])
+
+    monkeypatch.setattr(module, "stream_chat", refusing_n)
+    consensus = _vote(Options(agents=1, branches=2, early_stop=False))
+    assert asked == [1, 2, 1, 1]  # the agent, its fork's two branches in one request, then one request each
+    assert "the backend refused n > 1: branches were sampled one request each" in consensus.notes
+    branches = [a for a in consensus.agents if a.forked_from == 0]
+    assert len(branches) == 2 and all(a.status == "done" and a.tokens > 0 for a in branches)
+
+
+def test_an_agents_cached_tokens_are_the_servers_standard_count(monkeypatch):
+    async def caching(ctx, params, on_token):  # vLLM: usage.prompt_tokens_details.cached_tokens, no mimo report
+        on_token(Chunk(0, "The answer is 7."))
+        return Completion(["The answer is 7."], ["stop"], params["model"], Usage(1, 40, 5, cached_tokens=32), 0.01)
+
+    monkeypatch.setattr(module, "stream_chat", caching)
+    consensus = _vote(Options(agents=3, branches=0, early_stop=False))
+    assert [(a.prompt_tokens, a.cached_tokens) for a in consensus.agents] == [(40, 32)] * 3

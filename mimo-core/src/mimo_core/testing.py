@@ -2,12 +2,15 @@
 
 The repository's root conftest registers it (`pytest_plugins`), so every package's tests get its fixtures in the
 one session that pytest.ini runs: `engine_settings` (a private engine per package), `private_engine` (a factory of
-engines of a test's own, stopped after it) and the helper `pipe`."""
+engines of a test's own, stopped after it), `vllm_python` (the interpreter of the tests against vLLM) and the helper
+`pipe`."""
 
 from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,7 @@ from .settings import Settings, load_settings
 TEST_MODEL = "smollm2-135m"  # the model every end-to-end test runs
 TEST_ORACLE = "qwen2.5-coder-0.5b"  # where a test needs a second, larger model
 PRIVATE_IDLE_TIMEOUT_S = 120.0  # a private engine left behind by a killed test exits on its own soon after
+VLLM_PYTHON = "MIMO_TEST_VLLM_PYTHON"  # an interpreter in which vLLM imports (with torch and transformers)
 
 
 def private_engine_settings(folder: Path, **overrides: Any) -> Settings:
@@ -89,3 +93,21 @@ def private_engine(tmp_path: Path) -> Iterator[Callable[..., Settings]]:
     yield make
     for settings in made:
         daemon.stop_engine(settings)
+
+
+@pytest.fixture(scope="session")
+def vllm_python() -> str:
+    """The interpreter that MIMO_TEST_VLLM_PYTHON names, checked to import vLLM and transformers there; the test
+    skips, saying why, where it is not set or they do not import. The tests install nothing: .ci/run sets it up."""
+    python = os.environ.get(VLLM_PYTHON)
+    if not python:
+        pytest.skip(f"{VLLM_PYTHON} is not set (an interpreter in which vLLM imports: .ci/run installs one)")
+    try:
+        done = subprocess.run([python, "-c", "import vllm, transformers"], capture_output=True, text=True,
+                              timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        pytest.skip(f"{VLLM_PYTHON}={python} cannot import vLLM: {exc}")
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        pytest.skip(f"vLLM does not import in {VLLM_PYTHON}={python}: {last}")
+    return python

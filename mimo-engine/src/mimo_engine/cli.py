@@ -216,6 +216,32 @@ def models() -> None:
     print_json(model_status(_cache_dir()))
 
 
+@app.command("export-hf", epilog="Then, for example: python -m vllm.entrypoints.openai.api_server --model OUT "
+             "--served-model-name MODEL --dtype float32 (and MIMO_BASE_URL=http://127.0.0.1:8000/v1 MIMO_MODEL=MODEL "
+             "for the pipeline).")
+def export_hf(
+    model: str = typer.Argument(..., callback=_model, metavar="MODEL",
+                                help="A registry model (pulled on first use), or a GGUF file's path."),
+    out: Path = typer.Argument(..., metavar="OUT",
+                               help="The folder to write: it must not exist or be empty (see --force)."),
+    force: bool = typer.Option(False, "--force", help="Replace OUT when it holds files."),
+) -> None:
+    """Write MODEL as a Hugging Face folder that transformers and vLLM load: config.json, generation_config.json,
+    tokenizer.json and tokenizer_config.json (the GGUF's chat template and special tokens), and model.safetensors
+    in float32: the weights the engine's f32 policy computes with, unfused, in Hugging Face's layout. It is written
+    beside OUT and renamed into place at the end. Prints what it wrote (JSON)."""
+    from mimo_engine.export_hf import ExportError, export_hf as run_export  # the model stack: not for --help
+    from mimo_engine.gguf_model import UnsupportedModelError
+
+    try:
+        result = run_export(model, out, _cache_dir(), force=force)
+    except (ExportError, UnsupportedModelError) as exc:
+        fail(str(exc), prog=PROG)
+    except PullError as exc:
+        fail(str(exc), code=1, prog=PROG)
+    print_json(result.to_dict())
+
+
 @app.command()
 def bench(
     model: str = typer.Option(..., "--model", "-m", callback=_model,

@@ -102,6 +102,10 @@ class Tokenizer:
             chat_template=metadata(reader, "tokenizer.chat_template", None),
         )
 
+    def to_json(self) -> str:
+        """The tokenizer as a Hugging Face tokenizer.json (control tokens special, no token added around a text)."""
+        return self._backend.to_str()
+
     def same_vocabulary(self, other: Tokenizer) -> bool:
         """Whether `other` maps every token id to the same token (a draft model must, to propose the target's ids)."""
         return self._tokens == other._tokens

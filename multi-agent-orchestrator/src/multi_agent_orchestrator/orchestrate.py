@@ -113,7 +113,8 @@ class Orchestration:
         if self.logprobs and completion.logprobs is None and any(completion.texts):
             self.logprobs = False
             self.notes.append("the backend returned no logprobs: the vote is unweighted")
-        cached = ((completion.engine or {}).get("cache") or {}).get("cached_tokens")
+        cached = completion.usage.cached_tokens  # the standard count (vLLM gives it), else the engine's report
+        cached = cached if cached is not None else ((completion.engine or {}).get("cache") or {}).get("cached_tokens")
         for i, trace in enumerate(traces):
             trace.prompt_tokens, trace.cached_tokens = completion.usage.prompt_tokens or None, cached
             if i < len(completion.texts) and completion.finish_reasons[i] is None and trace.status == "running":
