@@ -186,6 +186,27 @@ def ablation_impact(results: dict) -> list[Row]:
             for i in results["impact"]]
 
 
+def benchmark_runs(*results: dict) -> list[Row]:
+    """README.md: single-configuration runs of one benchmark (a backend or a concurrency each, the marker's files in
+    order; the first cell names the run in words): right, D/s, model-work seconds, generated tokens/s, the median
+    record's latency, and the mechanism figures of its calls."""
+    rows = []
+    for run in results:
+        (c,) = run["configurations"]
+        f, mechanism = c["figures"], Configuration.from_dict(c).mechanism()
+        rows.append([None, f["correct"], f["ds"], f["wall_s"], f["tokens_per_s"], f["latency_s"]["p50"],
+                     *("-" if mechanism[m] is None else mechanism[m] for m in MECHANISMS)])
+    return rows
+
+
+def versus_vllm(data: dict) -> list[Row]:
+    """README.md: the engine in float32 against vLLM on the same model: decode tokens/s and time to first token, one
+    stream and 8, one row per server."""
+    speeds, firsts = data["decode_tokens_per_s"], data["ttft_s"]
+    return [[server, speeds[f"{server}, 1 stream"], speeds[f"{server}, 8 streams"], firsts[f"{server}, 1 stream"],
+             firsts[f"{server}, 8 streams"]] for server in ("mimo-engine f32", "vLLM")]
+
+
 def _points(sweep: dict) -> dict[str, dict]:
     return {p["policy"]: p for p in sweep["points"]}
 
@@ -378,6 +399,8 @@ TABLES: dict[str, Callable[..., list[Row]]] = {
     "sweep-summary": sweep_summary,
     "sweep": sweep_table,
     "versus-llamacpp": versus_llamacpp,
+    "versus-vllm": versus_vllm,
+    "benchmark-runs": benchmark_runs,
     "orchestrator-bench": orchestrator_bench,
     "spec-bench": spec_bench,
     "kv-bench": kv_bench,

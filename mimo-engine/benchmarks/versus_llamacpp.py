@@ -18,7 +18,6 @@ kept. Writes the JSON (`mimo.versus-llamacpp/2`) to --out and a bar chart beside
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib.util
 import json
 import os
@@ -28,12 +27,11 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
-import openai
 from mimo_core.console import EXIT_CANNOT_RUN, fail
 from mimo_core.provenance import cpu_model, package_version
+from mimo_core.server_speed import measure
 from mimo_core.settings import load_settings
 from mimo_engine.config import DEFAULT_POLICIES
 from mimo_engine.pull import ensure_model
@@ -58,27 +56,6 @@ def configuration(server: str, streams: int) -> str:
 
 
 CONFIGURATIONS = [configuration(server, n) for n in STREAMS for server in (ENGINE, LLAMA)]
-
-
-@dataclass(frozen=True)
-class Stream:
-    """One streamed reply: when it was asked, when its first and last tokens came (perf_counter), how many."""
-
-    asked: float
-    first: float | None
-    last: float
-    tokens: int
-
-
-def rates(streams: list[Stream]) -> tuple[float, float]:
-    """Decode tokens/s of concurrent streams (their tokens after each one's first over the wall time from the first
-    token of any to the last of all) and their median time to first token, in seconds."""
-    started = [s for s in streams if s.first is not None]
-    if not started:
-        raise RuntimeError("no stream produced a token")
-    start, end = min(s.first for s in started), max(s.last for s in started)
-    return (sum(s.tokens - 1 for s in started) / (end - start),
-            statistics.median(s.first - s.asked for s in started))
 
 
 def summarize(rounds: list[dict]) -> dict:
@@ -133,29 +110,6 @@ def start_servers(model: str, gguf: Path, threads: int) -> dict[str, tuple[str, 
             for (name, command), port in zip(commands.items(), ports)}
 
 
-async def stream(client: openai.AsyncOpenAI, model: str, max_tokens: int) -> Stream:
-    """One greedy streamed reply; every chunk with text is a token (both servers send one per token)."""
-    asked, first, tokens = time.perf_counter(), None, 0
-    response = await client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": PROMPT}], max_tokens=max_tokens,
-        temperature=0.0, stream=True)
-    async for chunk in response:
-        if chunk.choices and chunk.choices[0].delta.content:
-            tokens += 1
-            first = first or time.perf_counter()
-    return Stream(asked, first, time.perf_counter(), tokens)
-
-
-def measure(url: str, model: str, streams: int, max_tokens: int) -> tuple[float, float, int]:
-    """Decode tokens/s, time to first token and tokens of `streams` concurrent replies."""
-    async def run() -> list[Stream]:
-        async with openai.AsyncOpenAI(base_url=url, api_key="not-needed", max_retries=0, timeout=600) as client:
-            return await asyncio.gather(*(stream(client, model, max_tokens) for _ in range(streams)))
-
-    done = asyncio.run(run())
-    return (*rates(done), sum(s.tokens for s in done))
-
-
 def plot(result: dict, path: Path) -> None:
     """Grouped bars per model: each configuration's median tokens/s with the min..max of its rounds, and each goal
     drawn as a line over the bar it is set for."""
@@ -188,17 +142,22 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def parse_rounds(parser: argparse.ArgumentParser, out: str, out_help: str = "") -> argparse.Namespace:
+    """The arguments after `parser`'s own: --rounds, --max-tokens and --out (default `out`, under the repository)."""
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    parser.add_argument("--max-tokens", type=int, default=128, help="tokens per reply (default 128)")
+    parser.add_argument("--out", type=Path, default=ROOT / out, help=f"the JSON (default: {out}){out_help}")
+    args = parser.parse_args()
+    if args.rounds < 1 or args.max_tokens < 2:
+        parser.error("a rate needs --rounds 1 or more and --max-tokens 2 or more")
+    return args
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), choices=sorted(MODELS),
                         metavar="MODEL", help=f"registry models (default: {' '.join(DEFAULT_MODELS)})")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
-    parser.add_argument("--max-tokens", type=int, default=128, help="tokens per reply (default 128)")
-    parser.add_argument("--out", type=Path, default=ROOT / "mimo-engine/results/versus-llamacpp.json",
-                        help="the JSON (default: mimo-engine/results/versus-llamacpp.json); the chart goes beside it")
-    args = parser.parse_args()
-    if args.rounds < 1 or args.max_tokens < 2:
-        parser.error("a rate needs --rounds 1 or more and --max-tokens 2 or more")
+    args = parse_rounds(parser, "mimo-engine/results/versus-llamacpp.json", "; the chart goes beside it")
     if importlib.util.find_spec("llama_cpp") is None:
         fail("llama-cpp-python[server] is not installed (pip install 'llama-cpp-python[server]==0.3.36')",
              EXIT_CANNOT_RUN, prog="versus_llamacpp")
@@ -212,14 +171,14 @@ def main() -> int:
             for url, process in by_name.values():
                 wait_ready(url, process)
                 for n in STREAMS:  # load the model, compile the kernels
-                    measure(url, model, n, WARMUP_TOKENS)
+                    measure(url, model, PROMPT, n, WARMUP_TOKENS)
         for r in range(args.rounds):
             for model, by_name in servers.items():
                 for n in STREAMS:
                     for name in list(by_name)[:: 1 if r % 2 == 0 else -1]:
                         print(f"versus_llamacpp: round {r + 1}/{args.rounds}, {model}, {configuration(name, n)}",
                               file=sys.stderr)
-                        rate, ttft, tokens = measure(by_name[name][0], model, n, args.max_tokens)
+                        rate, ttft, tokens = measure(by_name[name][0], model, PROMPT, n, args.max_tokens)
                         rounds[model].append({"round": r + 1, "configuration": configuration(name, n),
                                               "decode_tokens_per_s": round(rate, 3), "ttft_s": round(ttft, 4),
                                               "tokens": tokens, "load_average_1m": round(os.getloadavg()[0], 2)})

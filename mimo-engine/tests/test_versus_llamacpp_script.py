@@ -8,17 +8,6 @@ def versus(benchmark_script):
     return benchmark_script("versus_llamacpp")
 
 
-def test_rates_count_tokens_after_each_first_over_the_wall_time_from_the_first(versus):
-    streams = [versus.Stream(asked=0.0, first=0.5, last=2.5, tokens=11),
-               versus.Stream(asked=0.0, first=1.0, last=4.5, tokens=21),
-               versus.Stream(asked=0.0, first=2.0, last=3.0, tokens=5)]
-    rate, ttft = versus.rates(streams)
-    assert rate == pytest.approx((10 + 20 + 4) / (4.5 - 0.5))
-    assert ttft == pytest.approx(1.0)  # the median stream's
-    with pytest.raises(RuntimeError):
-        versus.rates([versus.Stream(0.0, None, 1.0, 0)])
-
-
 def _rounds(rates: dict[str, list[float]]) -> list[dict]:
     return [{"round": r + 1, "configuration": name, "decode_tokens_per_s": rate, "ttft_s": 0.1 * (r + 1)}
             for name, values in rates.items() for r, rate in enumerate(values)]

@@ -23,8 +23,7 @@ LOWEST, HIGHEST = np.float32(-87.3), np.float32(88.3)  # exp stays a normal floa
 
 @numba.njit(inline="always")
 def exp32(v):  # pragma: no cover - compiled
-    """e^v in float32 (within 2 ulp of the exact value; NaN stays NaN), for v clamped to [ROUNDER = np.float32(12582912.0)  # 1.5 * 2^23: x + it - it is x rounded to the nearest integer, for |x| < 2^22
-LOWEST, HIGHEST]."""
+    """e^v in float32 (within 2 ulp of the exact value; NaN stays NaN), for v clamped to [LOWEST, HIGHEST]."""
     v = LOWEST if v < LOWEST else (HIGHEST if v > HIGHEST else v)  # a NaN fails both tests and passes through
     k = (v * LOG2E + ROUNDER) - ROUNDER  # (np.rint is a C library call, which LLVM does not vectorize)
     r = (v - k * LN2_HIGH) - k * LN2_LOW  # |r| <= ln 2 / 2
