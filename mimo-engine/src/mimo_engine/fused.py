@@ -132,7 +132,7 @@ def _squares_level(lower, level: int):
 
 
 stable("fused.squares_leaf", _squares_leaf)
-SQUARES_LEVELS = 7  # a norm's rows up to 128 * 2^7 = 16384 wide
+SQUARES_LEVELS = 6  # rows up to 128 * 2^6 = 8192 wide: past numpy's 8192-element buffer its order may differ
 _sum_of_squares = _squares_leaf
 for _level in range(1, SQUARES_LEVELS + 1):
     _sum_of_squares = _squares_level(_sum_of_squares, _level)
@@ -240,6 +240,8 @@ class FusedBlocks:
         return self._blocks[key]
 
     def _prepare(self, layer: LayerWeights, attn: str, mlp: str) -> tuple | None:
+        if self.config.n_embd > 128 * 2**SQUARES_LEVELS:  # a norm the fused block cannot sum in numpy's order
+            return None
         weights = (layer.wqkv[attn], layer.wo[attn], layer.w_gate_up[mlp], layer.w_down[mlp])
         parts = [_parts(w) for w in weights]
         if any(p is None for p in parts):
