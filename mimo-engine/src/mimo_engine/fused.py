@@ -216,7 +216,7 @@ def _parts(weight: Any) -> list[Packed] | None:
 
 
 class FusedBlocks:
-    """`model.block` for the blocks of one model in steps of at most FUSED_MAX_ROWS rows: fused where a block's
+    """`model.block` for the blocks of one model: fused in steps of at most FUSED_MAX_ROWS rows where a block's
     groups each read one integer form for all rows, the reference elsewhere. Use one per model."""
 
     def __init__(self, config: ModelConfig) -> None:
@@ -261,11 +261,12 @@ class FusedBlocks:
 
     def __call__(self, x: Array, index: int, layer: LayerWeights, config: ModelConfig, rope: Rope,
                  attend: PagedAttention, routes: Routes) -> Array:
-        """`model.block`'s result (x may be overwritten)."""
+        """`model.block`'s result (x may be overwritten); a step of more than FUSED_MAX_ROWS rows, or whose rows
+        read different forms, runs `model.block` itself."""
         (attn, attn_rows), *more_attn = routes.attn[index]
         (mlp, mlp_rows), *more_mlp = routes.mlp[index]
-        fused = None if more_attn or more_mlp or attn_rows is not None or mlp_rows is not None else \
-            self.prepared(index, layer, attn, mlp)
+        one_form = not (more_attn or more_mlp) and attn_rows is None and mlp_rows is None
+        fused = self.prepared(index, layer, attn, mlp) if one_form and len(x) <= FUSED_MAX_ROWS else None
         if fused is None:
             return block(x, index, layer, config, rope, attend, routes)
         kernel, arrays, reads = fused
@@ -277,10 +278,6 @@ class FusedBlocks:
                rope.rotate, np.float32(1.0 / math.sqrt(config.head_dim)), attend.pool.k, attend.pool.v, index,
                attend.write_slots, rows, row_slots, row_start, row_len, self.scratch(n))
         for group, fmt, nbytes in reads:  # bytes and calls as `routed` counts them; the time is the block's
-            seen = routes.read.setdefault((group, fmt), [0, 0, 0.0])
-            seen[0] += nbytes
-            seen[1] += 1
-        seen = routes.read.setdefault(("fused", "blocks"), [0, 0, 0.0])
-        seen[1] += 1
-        seen[2] += time.perf_counter() - began
+            routes.count(group, fmt, nbytes, 0.0)
+        routes.count("fused", "blocks", 0, time.perf_counter() - began)
         return x

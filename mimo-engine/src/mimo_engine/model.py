@@ -86,6 +86,13 @@ class Routes:
     head: Route
     read: dict[tuple[str, str], list] = field(default_factory=dict)
 
+    def count(self, group: str, fmt: str, nbytes: int, seconds: float) -> None:
+        """One product (or fused block) more under (group, format): its bytes read and its seconds."""
+        seen = self.read.setdefault((group, fmt), [0, 0, 0.0])
+        seen[0] += nbytes
+        seen[1] += 1
+        seen[2] += seconds
+
 
 def stored_format(w: Array | Packed | Stacked) -> str:
     """The format of a stored form."""
@@ -111,10 +118,7 @@ def routed(x: Array, weight: Weight, route: Route, group: str, routes: Routes) -
         else:
             out = np.empty((x.shape[0], part.shape[1]), dtype=part.dtype) if out is None else out  # [N, out]
             out[rows] = part
-        seen = routes.read.setdefault((group, stored_format(w)), [0, 0, 0.0])
-        seen[0] += w.nbytes
-        seen[1] += 1
-        seen[2] += took
+        routes.count(group, stored_format(w), w.nbytes, took)
     return out
 
 

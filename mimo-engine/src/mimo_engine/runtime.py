@@ -24,7 +24,7 @@ from tiered_kv_cache import KVCacheManager, KVPool, Prefix, TierConfig
 from mimo_core.settings import is_model_path, served_model_name
 from mimo_engine.config import DEFAULT_POLICIES
 from mimo_engine.gguf_model import load_weights, read_config
-from mimo_engine.fused import FUSED_MAX_ROWS, FusedBlocks
+from mimo_engine.fused import FusedBlocks
 from mimo_engine.model import ModelConfig, ModelWeights, Route, Routes, block, hidden_states, logits
 from mimo_engine.paged_attention import PagedAttention
 from mimo_engine.pull import ensure_model
@@ -233,8 +233,8 @@ class LoadedModel:
         tokens = np.asarray([t for s in batch.sequences for t in s.token_ids])  # [N]
         positions = np.concatenate([np.arange(s.start_position, s.end_position) for s in batch.sequences])  # [N]
         attend = PagedAttention(batch, pool)
-        fused = self.fused_blocks if self.fused_blocks is not None and batch.num_tokens <= FUSED_MAX_ROWS else block
-        h = hidden_states(self.weights, self.config, tokens, positions, attend, routes, fused)  # [N, d]
+        h = hidden_states(self.weights, self.config, tokens, positions, attend, routes,
+                          self.fused_blocks or block)  # [N, d]
         starts = np.cumsum([0, *(s.num_tokens for s in batch.sequences)])
         wanted = [first + i for s, first in zip(batch.sequences, starts) for i in s.logit_indices]
         out = logits(h[np.asarray(wanted, dtype=np.int64)], self.weights, routes)  # [num_logits, V]
