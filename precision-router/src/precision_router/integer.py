@@ -40,6 +40,7 @@ from numba.extending import intrinsic
 from precision_router.bits import bits_to_float, half_bits_to_float, stable
 
 BLOCK = 32  # activations per int8 block (Q8_0's)
+SUPER_BLOCK = 256  # weights per K-quant super-block
 _ROW_TILE = 16  # weight rows per parallel task: its scale and bias rows are allocated once per tile
 I8, I32, F32 = ir.IntType(8), ir.IntType(32), ir.FloatType()
 AVX2 = bool(llvm.get_host_cpu_features().get("avx2"))  # numba compiles for the host CPU
@@ -148,10 +149,6 @@ class Vectors:
         return b.select(b.icmp_unsigned("!=", b.and_(spread, bit), self.const(0, 32)), self.const(16, 32),
                         self.const(0, 32))
 
-    def shift_right(self, v: ir.Value, amount: ir.Value) -> ir.Value:
-        """Every lane of v shifted right by the scalar i64 `amount`."""
-        return self.b.lshr(v, self.splat(self.b.trunc(amount, I8), v.type.count))
-
 
 def _i64(v: Vectors, value: int) -> ir.Constant:
     return ir.Constant(ir.IntType(64), value)
@@ -199,27 +196,23 @@ def _load_q5_1(v: Vectors, g: ir.Value) -> ir.Value:  # 24 bytes: d, m, 32 fifth
     return v.b.or_(_nibbles(v, v.b.add(at, _i64(v, 8))), v.fifth_bits(v.b.add(at, _i64(v, 4))))
 
 
-def _load_q4_k(v: Vectors, g: ir.Value) -> ir.Value:
+def _load_q4_k(v: Vectors, s: ir.Value, j: int) -> ir.Value:
     # 144 bytes per 256 weights: d, dmin, 12 of scales, then 32 bytes per 64 weights (low nibbles the first 32)
-    b = v.b
-    j = b.urem(g, _i64(v, 8))
-    at = b.add(b.mul(b.udiv(g, _i64(v, 8)), _i64(v, 144)), b.add(_i64(v, 16), b.mul(b.udiv(j, _i64(v, 2)),
-                                                                                      _i64(v, 32))))
-    return v.low(v.shift_right(v.load(at, 32), b.mul(b.urem(j, _i64(v, 2)), _i64(v, 4))))
+    packed = v.load(v.b.add(v.b.mul(s, _i64(v, 144)), _i64(v, 16 + 32 * (j // 2))), 32)
+    return v.low(v.high(packed) if j % 2 else packed)
 
 
-def _load_q6_k(v: Vectors, g: ir.Value) -> ir.Value:
+def _load_q6_k(v: Vectors, s: ir.Value, j: int) -> ir.Value:
     # 210 bytes per 256 weights: 128 of low nibbles, 64 of 2-bit highs, 16 int8 scales (one per 16 weights), d. Per
     # half of 128 weights, weight l + 32 k (l < 32) is nibble (k >> 1) of ql[l + 32 (k & 1)] and bits 2k of qh[l],
-    # minus 32: group g of 32 is quarter k of its half, whose 32 bytes of ql and of qh are contiguous.
+    # minus 32: group j of 32 is quarter k of its half, whose 32 bytes of ql and of qh are contiguous.
     b = v.b
-    p = b.urem(g, _i64(v, 8))  # the group of 32 within its super-block
-    half, k = b.udiv(p, _i64(v, 4)), b.urem(p, _i64(v, 4))
-    base = b.mul(b.udiv(g, _i64(v, 8)), _i64(v, 210))
-    ql = v.load(b.add(base, b.add(b.mul(half, _i64(v, 64)), b.mul(b.urem(k, _i64(v, 2)), _i64(v, 32)))), 32)
-    qh = v.load(b.add(base, b.add(_i64(v, 128), b.mul(half, _i64(v, 32)))), 32)
-    low = v.low(v.shift_right(ql, b.mul(b.udiv(k, _i64(v, 2)), _i64(v, 4))))
-    high = b.and_(v.shift_right(qh, b.mul(k, _i64(v, 2))), v.const(3, 32))
+    half, k = divmod(j, 4)
+    base = b.mul(s, _i64(v, 210))
+    ql = v.load(b.add(base, _i64(v, 64 * half + 32 * (k % 2))), 32)
+    qh = v.load(b.add(base, _i64(v, 128 + 32 * half)), 32)
+    low = v.low(v.high(ql) if k >= 2 else ql)
+    high = b.and_(b.lshr(qh, v.const(2 * k, 32)) if k else qh, v.const(3, 32))
     return v.minus(b.or_(low, b.shl(high, v.const(4, 32))), 32)
 
 
@@ -282,7 +275,18 @@ def _scale_d(size: int, has_min: bool, offset: int = 0) -> Callable:
 # ---------------------------------------------------------------- the row loop and the unpacking, as intrinsics
 
 
-def _row_dot(load: Callable, load_scale: Callable, rows: int, unsigned: bool = False):
+def _each_group(row: Vectors, load: Callable, groups: int, count: ir.Value, body: Callable) -> None:
+    """body(g, codes) for the groups g < count of a row in order, their codes read by `load`: load(row, g), or for
+    the K-quants (`groups` > 1 a super-block) load(row, super-block, j) with the super-block's groups unrolled, so
+    that their offsets and shifts are constants (variable byte shifts made Q6_K's loop three times as long)."""
+    b = row.b
+    with cgutils.for_range(b, b.udiv(count, _i64(row, groups))) as loop:
+        for j in range(groups):
+            g = b.add(b.mul(loop.index, _i64(row, groups)), _i64(row, j))
+            body(g, load(row, loop.index, j) if groups > 1 else load(row, g))
+
+
+def _row_dot(load: Callable, load_scale: Callable, rows: int, unsigned: bool = False, groups: int = 1):
     """An intrinsic: for each of `rows` activation rows r, the sum over groups g < count of
     scale_g * x_scale[r, g] * sum_j(q_w[g, j] * q_x[r, G g + j]) (plus, where `load_scale` gives a bias,
     bias_g * x_scale[r, g] * sum_j q_x[r, G g + j]): q_w the codes `load` reads from `codes` at flat byte offset i
@@ -328,9 +332,7 @@ def _row_dot(load: Callable, load_scale: Callable, rows: int, unsigned: bool = F
                     builder.module, ir.FunctionType(result, [o.type for o in operands]), name)
                 return builder.call(declared, operands)
 
-            with cgutils.for_range(builder, count) as loop:
-                g = loop.index
-                codes = load(row, g)
+            def accumulate(g, codes):  # group g's products with every activation row, into their sums
                 weights = None if bytewise else builder.sext(codes, wide)
                 magnitudes = codes if unsigned or not bytewise else x86("llvm.abs.v32i8", codes.type, codes,
                                                                         ir.Constant(ir.IntType(1), 0))
@@ -361,6 +363,8 @@ def _row_dot(load: Callable, load_scale: Callable, rows: int, unsigned: bool = F
                     if w_bias is not None:  # the minimum times the block's sum of activation codes
                         x_sum = builder.sitofp(builder.load(builder.gep(xsum_data, [block])), F32)
                         add(offset, builder.fmul(builder.fmul(w_bias, x_scale), x_sum))
+
+            _each_group(row, load, groups, count, accumulate)
             name = "llvm.vector.reduce.fadd.v8f32"
             reduce = builder.module.globals.get(name) or ir.Function(
                 builder.module, ir.FunctionType(F32, [F32, lanes]), name)
@@ -375,7 +379,7 @@ def _row_dot(load: Callable, load_scale: Callable, rows: int, unsigned: bool = F
     return row_dot
 
 
-def _unpack(load: Callable):
+def _unpack(load: Callable, groups: int):
     """An intrinsic: the int8 codes of `count` groups of 32, read by `load` from `codes` at flat byte offset i,
     into `out` (int8, from its start)."""
     group = BLOCK
@@ -389,10 +393,12 @@ def _unpack(load: Callable):
             codes_data = context.make_array(signature.args[0])(context, builder, args[0]).data
             out_data = context.make_array(signature.args[2])(context, builder, args[2]).data
             row = Vectors(builder, builder.gep(builder.bitcast(codes_data, I8.as_pointer()), [args[1]]))
-            with cgutils.for_range(builder, args[3]) as loop:
-                target = builder.gep(out_data, [builder.mul(loop.index, _i64(row, group))])
-                builder.store(load(row, loop.index), builder.bitcast(target, ir.VectorType(I8, group).as_pointer()),
-                              align=1)
+
+            def store(g, codes):
+                target = builder.gep(out_data, [builder.mul(g, _i64(row, group))])
+                builder.store(codes, builder.bitcast(target, ir.VectorType(I8, group).as_pointer()), align=1)
+
+            _each_group(row, load, groups, args[3], store)
             return context.get_dummy_value()
 
         return types.none(codes, i, out, count), codegen
@@ -471,12 +477,14 @@ def _kernels(fmt: str, load: Callable, load_scale: Callable | None, read_scales:
     `load` reads, with a scale per `scale_width` weights (32, or 16 for Q6_K), and whose scales (and biases, when
     `biased`) `load_scale` reads inside the loop or, where it is None (the K-quants' packed 6-bit scales),
     `read_scales` reads once per row."""
-    unpack = _stable(f"{fmt}:unpack", _unpack(load))
+    groups = 1 if load_scale else SUPER_BLOCK // BLOCK  # the K-quants, their scales read per row, in super-blocks
+    unpack = _stable(f"{fmt}:unpack", _unpack(load, groups))
     # one weight row against every activation row: four at a time, then one at a time (the row's codes are decoded
     # once per call, so four rows share each decoding)
     scale_source = load_scale or (_scale_f32_halves if scale_width < BLOCK else
                                   _scale_f32_biased if biased else _scale_f32)
-    one, four = (_stable(f"{fmt}:row_dot:{rows}", _row_dot(load, scale_source, rows, unsigned)) for rows in (1, 4))
+    one, four = (_stable(f"{fmt}:row_dot:{rows}", _row_dot(load, scale_source, rows, unsigned, groups))
+                 for rows in (1, 4))
 
     if load_scale is not None:  # codes and scales read in the loop, straight from the stored row
         @numba.njit(inline="always")
