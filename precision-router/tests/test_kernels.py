@@ -3,8 +3,12 @@ kernels and in BLAS's tiles alike) against the dequantized weights times the deq
 formats against the float activations; exact up to float32 rounding of the sums, for every format, at batch 1, 2-16
 and from BLAS_ROWS on."""
 
+import json
 import platform
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,7 +48,8 @@ def test_the_activation_codes_are_each_block_of_32_over_its_largest_magnitude_ti
     np.testing.assert_allclose(a.scales, amax / 127, rtol=2**-22)  # fastmath: amax times 1/127
     scale = np.repeat(a.scales, 32, axis=1).astype(np.float64)
     assert (np.abs(a.codes * scale - x) <= scale / 2 * (1 + 2**-20)).all()  # each code the nearest
-    assert np.array_equal(a.sums, a.codes.reshape(3, 2, 32).astype(int).sum(-1))
+    sums = a.codes.reshape(3, 2, 32).astype(int).sum(-1)  # [3, 2] each block's codes, exactly; times its scale
+    assert np.array_equal(a.sums, a.scales * sums.astype(np.float32))
 
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="the x86 mnemonics")
@@ -97,3 +102,19 @@ def test_a_weight_of_the_wrong_shape_or_format_is_refused():
         matmul(np.zeros((1, 32), dtype=np.float32), w)
     with pytest.raises(ValueError, match="no kernel"):
         matmul(np.zeros((1, 64), dtype=np.float32), quantize(np.zeros((4, 64), dtype=np.float32), "fp8_e5m2"))
+
+
+def test_the_kernel_benchmark_writes_its_figures_and_refuses_a_bad_shape(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "kernels.py"
+    out = tmp_path / "kernels.json"
+    run = subprocess.run([sys.executable, str(script), "--formats", "q8_0", "q4_k", "--shape", "16x256", "--calls",
+                          "2", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(out.read_text())
+    assert result["schema"] == "mimo.kernels/1" and result["shape"] == [16, 256] and result["threads"] == 1
+    for figures in result["formats"].values():
+        assert list(figures) == ["1", "4", "8"]
+        assert all(f["ms"] > 0 and f["gb_s"] > 0 and np.isfinite(f["checksum"]) for f in figures.values())
+    bad = subprocess.run([sys.executable, str(script), "--shape", "16x100"], capture_output=True, text=True,
+                         timeout=600)
+    assert bad.returncode == 2 and "a multiple of 256" in bad.stderr

@@ -58,19 +58,19 @@ class Scratch(NamedTuple):
     """The arrays a fused block writes besides the residual stream, for one batch size N."""
 
     h: Array  # [N, d] a normed residual
-    xq: Array  # h quantized: [N, d] int8, [N, d/32] block scales and code sums
+    xq: Array  # h quantized: [N, d] int8, [N, d/32] block scales and scaled code sums
     xscales: Array
     xsums: Array
     qkv: Array  # [N, (H + 2 Hkv) hd]
     q: Array  # [N, H, hd] rotated and scaled queries
     heads: Array  # [N, H hd] attention output
-    hq: Array  # heads quantized: [N, H hd] int8, [N, H hd/32] block scales and code sums
+    hq: Array  # heads quantized: [N, H hd] int8, [N, H hd/32] block scales and scaled code sums
     hscales: Array
     hsums: Array
     out: Array  # [N, d] a product's output before the residual add
     gate_up: Array  # [N, 2 ff]
     act: Array  # [N, ff] silu(gate) * up
-    aq: Array  # act quantized: [N, ff] int8, [N, ff/32] block scales and code sums
+    aq: Array  # act quantized: [N, ff] int8, [N, ff/32] block scales and scaled code sums
     ascales: Array
     asums: Array
 
@@ -82,7 +82,7 @@ def scratch(n: int, config: ModelConfig) -> Scratch:
 
     def quantized(width: int) -> tuple[Array, Array, Array]:
         return (np.empty((n, width), np.int8), np.empty((n, width // 32), np.float32),
-                np.empty((n, width // 32), np.int32))
+                np.empty((n, width // 32), np.float32))
 
     f32 = np.float32
     return Scratch(np.empty((n, d), f32), *quantized(d), np.empty((n, heads + 2 * config.n_kv_head * hd), f32),

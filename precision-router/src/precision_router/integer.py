@@ -1,11 +1,12 @@
 """y = x @ W on int8 activations: integer dot products over the weights' own integer codes, as llama.cpp computes.
 
 Each activation row is quantized once per product to int8 in blocks of 32 (one float scale per block, as Q8_0 is,
-and each block's sum of codes). A weight row is a sequence of groups of 32 int8 codes, one group per activation
-block, each with a float scale (two for Q6_K, one per 16) and, for the formats with a minimum or an offset code, a
-float bias; a group's contribution is
+and each block's sum of codes times its scale). A weight row is a sequence of groups of 32 int8 codes, one group per
+activation block, each with a float scale (two for Q6_K, one per 16) and, for the formats with a minimum, a float
+bias (an offset code, Q4_0's code - 8 and Q5_0's code - 16, is loaded already offset, signed); a group's
+contribution is
 
-    scale_w * scale_x * sum(q_w * q_x)  +  bias_w * scale_x * sum(q_x)
+    scale_w * scale_x * sum(q_w * q_x)  +  bias_w * (scale_x * sum(q_x))
 
 with the sum of products in int32. Each format says in a few lines of LLVM IR how one group's codes load as a
 vector from the bytes it stores (`_load_*`, after ggml's reference dequantizers) and where its scale is (`_scale_*`
@@ -14,9 +15,7 @@ vector loop (`_row_dot`) with eight float lanes accumulating the scaled group su
 on every group's addition), decoding each weight group once for up to four activation rows. On AVX2 a group's
 products are one `vpmaddubsw` and one `vpmaddwd` (signed codes as magnitudes against sign-carrying activations,
 `vpsignb`, as llama.cpp does); elsewhere LLVM lowers a generic widening multiply-add. `asm_instructions` says which
-instructions a kernel compiled to. Per core, on a 9728x896 product at batch 1 (this project's 2-core Zen 3, a
-scratch measurement): Q8_0 3.3 GB/s with numba's own int8 loop (it widens int8 products to int64 lanes), 19.6 GB/s
-here; Q4_1 9.0; Q6_K 5.3.
+instructions a kernel compiled to; `precision-router/benchmarks/kernels.py` how fast each format runs.
 
 Formats: `q8_0`, `mxfp4` (E2M1 times 2 is the integers 0, 1, 2, 3, 4, 6, 8, 12 and their negatives; the E8M0 scale,
 halved, is the group scale, exactly) and GGUF's own blocks `q4_0`, `q4_1`, `q5_0`, `q5_1`, `q4_k` (6-bit scales and
@@ -55,7 +54,8 @@ def _stable(name: str, obj):
 
 @numba.njit(cache=True)  # no fastmath: it would assume away the NaN check, and a NaN must read NaN, never a number
 def quantize_rows(x, xq, xd, xsum):  # pragma: no cover - compiled
-    """xq [N, in] int8, xd [N, in/32] float32 scales and xsum [N, in/32] code sums of the rows of x [N, in]."""
+    """xq [N, in] int8, xd [N, in/32] float32 scales and xsum [N, in/32] float32 sums (codes times scale) of the
+    rows of x [N, in]."""
     for r in range(x.shape[0]):
         for b in range(x.shape[1] // BLOCK):
             amax = np.float32(0.0)
@@ -75,7 +75,7 @@ def quantize_rows(x, xq, xd, xsum):  # pragma: no cover - compiled
                 xq[r, b * BLOCK + j] = q
                 total += q
             xd[r, b] = d if finite else np.float32(np.nan)  # the block reads NaN, so its row does
-            xsum[r, b] = total
+            xsum[r, b] = xd[r, b] * np.float32(total)  # once here, not once per weight row
 
 
 @dataclass(frozen=True)
@@ -84,14 +84,14 @@ class Activations:
 
     codes: np.ndarray  # [N, in] int8
     scales: np.ndarray  # [N, in/32] float32
-    sums: np.ndarray  # [N, in/32] int32: each block's sum of codes, for the weights' minimums
+    sums: np.ndarray  # [N, in/32] float32: each block's sum of codes times its scale, for the weights' minimums
 
 
 def quantize_activations(x: np.ndarray) -> Activations:
     """x [N, in] float32 (in a multiple of 32) as int8 blocks of 32."""
     n, n_in = x.shape
     out = Activations(np.empty((n, n_in), np.int8), np.empty((n, n_in // BLOCK), np.float32),
-                      np.empty((n, n_in // BLOCK), np.int32))
+                      np.empty((n, n_in // BLOCK), np.float32))
     quantize_rows(x, out.codes, out.scales, out.sums)
     return out
 
@@ -138,16 +138,16 @@ class Vectors:
     def minus(self, v: ir.Value, value: int) -> ir.Value:
         return self.b.sub(v, self.const(value, v.type.count))
 
-    def fifth_bits(self, offset: ir.Value) -> ir.Value:
-        """The 32 bits at `offset` as lane j's 0x10 bit (Q5's high bit of weight j): byte j // 8 spread over its 8
-        lanes and tested against bit j % 8 (byte shuffles and compares, where per-lane shifts of 32-bit lanes would
-        take four times the registers)."""
+    def fifth_bits(self, offset: ir.Value, set_to: int, clear_to: int) -> ir.Value:
+        """The 32 bits at `offset` as lanes: lane j `set_to` where bit j is set (Q5's high bit of weight j), else
+        `clear_to`. Byte j // 8 spread over its 8 lanes and tested against bit j % 8 (byte shuffles and compares,
+        where per-lane shifts of 32-bit lanes would take four times the registers)."""
         b = self.b
         spread = b.shuffle_vector(self.load(offset, 4), ir.Constant(ir.VectorType(I8, 4), None),
                                   ir.Constant(ir.VectorType(I32, 32), [j // 8 for j in range(32)]))
         bit = ir.Constant(ir.VectorType(I8, 32), [1 << (j % 8) for j in range(32)])
-        return b.select(b.icmp_unsigned("!=", b.and_(spread, bit), self.const(0, 32)), self.const(16, 32),
-                        self.const(0, 32))
+        return b.select(b.icmp_unsigned("!=", b.and_(spread, bit), self.const(0, 32)), self.const(set_to, 32),
+                        self.const(clear_to, 32))
 
 
 def _i64(v: Vectors, value: int) -> ir.Constant:
@@ -178,22 +178,22 @@ def _nibbles(v: Vectors, offset: ir.Value) -> ir.Value:
     return v.join(v.low(packed), v.high(packed))
 
 
-def _load_q4_0(v: Vectors, g: ir.Value) -> ir.Value:  # 18 bytes: d, 16 of nibbles; a weight is d * code - 8 d
-    return _nibbles(v, v.b.add(v.b.mul(g, _i64(v, 18)), _i64(v, 2)))
+def _load_q4_0(v: Vectors, g: ir.Value) -> ir.Value:  # 18 bytes: d, 16 of nibbles; a weight is d * (code - 8)
+    return v.minus(_nibbles(v, v.b.add(v.b.mul(g, _i64(v, 18)), _i64(v, 2))), 8)
 
 
 def _load_q4_1(v: Vectors, g: ir.Value) -> ir.Value:  # 20 bytes: d, m, 16 of nibbles; a weight is d * code + m
     return _nibbles(v, v.b.add(v.b.mul(g, _i64(v, 20)), _i64(v, 4)))
 
 
-def _load_q5_0(v: Vectors, g: ir.Value) -> ir.Value:  # 22 bytes: d, 32 fifth bits, 16 of nibbles; d * code - 16 d
-    at = v.b.mul(g, _i64(v, 22))
-    return v.b.or_(_nibbles(v, v.b.add(at, _i64(v, 6))), v.fifth_bits(v.b.add(at, _i64(v, 2))))
+def _load_q5_0(v: Vectors, g: ir.Value) -> ir.Value:  # 22 bytes: d, 32 fifth bits, 16 of nibbles; d * (code - 16)
+    at = v.b.mul(g, _i64(v, 22))  # code - 16 is the nibble where the fifth bit is set, else the nibble - 16 (0xF0 |)
+    return v.b.or_(_nibbles(v, v.b.add(at, _i64(v, 6))), v.fifth_bits(v.b.add(at, _i64(v, 2)), 0, -16))
 
 
 def _load_q5_1(v: Vectors, g: ir.Value) -> ir.Value:  # 24 bytes: d, m, 32 fifth bits, 16 of nibbles
     at = v.b.mul(g, _i64(v, 24))
-    return v.b.or_(_nibbles(v, v.b.add(at, _i64(v, 8))), v.fifth_bits(v.b.add(at, _i64(v, 4))))
+    return v.b.or_(_nibbles(v, v.b.add(at, _i64(v, 8))), v.fifth_bits(v.b.add(at, _i64(v, 4)), 16, 0))
 
 
 def _load_q4_k(v: Vectors, s: ir.Value, j: int) -> ir.Value:
@@ -257,16 +257,16 @@ def _scale_mxfp4(row: Vectors, sources: tuple, g: ir.Value) -> tuple:  # E8M0 by
     return b.fmul(power, ir.Constant(F32, 0.5)), None  # halved: the codes are E2M1 doubled
 
 
-def _scale_d(size: int, has_min: bool, offset: int = 0) -> Callable:
-    """The scale d at the start of each GGUF block of `size` bytes, and the bias: the minimum m stored after it,
-    or -offset * d for the types whose weights are d * (code - offset), their codes read unsigned."""
+def _scale_d(size: int, has_min: bool) -> Callable:
+    """The scale d at the start of each GGUF block of `size` bytes, and the bias: the minimum m stored after it
+    (the types without one load their codes minus their offset, signed)."""
 
     def load_scale(row: Vectors, sources: tuple, g: ir.Value) -> tuple:
         b = row.b
         at = b.mul(g, _i64(row, size))
         d = _half_at(b, b.bitcast(b.gep(row.base, [at]), ir.IntType(16).as_pointer()))
         if not has_min:
-            return d, b.fmul(d, ir.Constant(F32, -float(offset)))
+            return d, None
         return d, _half_at(b, b.bitcast(b.gep(row.base, [b.add(at, _i64(row, 2))]), ir.IntType(16).as_pointer()))
 
     return load_scale
@@ -289,10 +289,10 @@ def _each_group(row: Vectors, load: Callable, groups: int, count: ir.Value, body
 def _row_dot(load: Callable, load_scale: Callable, rows: int, unsigned: bool = False, groups: int = 1):
     """An intrinsic: for each of `rows` activation rows r, the sum over groups g < count of
     scale_g * x_scale[r, g] * sum_j(q_w[g, j] * q_x[r, G g + j]) (plus, where `load_scale` gives a bias,
-    bias_g * x_scale[r, g] * sum_j q_x[r, G g + j]): q_w the codes `load` reads from `codes` at flat byte offset i
-    (one weight row, decoded once per group for all the rows), scale_g and bias_g what `load_scale` reads (from the
-    row, or from `scale` / `bias` at element offset si); activation row r's codes from element offset
-    k + r * stride, its scales and block sums from kb + r * blocks. Returns a float32, or a tuple of `rows`.
+    bias_g * x_sum[r, g], the block's scaled sum of codes): q_w the codes `load` reads from `codes` at flat byte
+    offset i (one weight row, decoded once per group for all the rows), scale_g and bias_g what `load_scale` reads
+    (from the row, or from `scale` / `bias` at element offset si); activation row r's codes from element offset
+    k + r * stride, its scales and scaled sums from kb + r * blocks. Returns a float32, or a tuple of `rows`.
     On AVX2, groups of 32 take one unsigned-by-signed byte multiply-add (vpmaddubsw) and one vpmaddwd for the
     group's 8 lanes, where sign-extending both sides to 16 bits takes five instructions: `unsigned` codes (0-127)
     as they are, signed ones as their magnitudes against the activations carrying their signs (vpsignb), as
@@ -361,8 +361,7 @@ def _row_dot(load: Callable, load_scale: Callable, rows: int, unsigned: bool = F
                         weight = row.splat(builder.fmul(w_scale, x_scale), 8)
                     add(acc, builder.fmul(builder.sitofp(sums, lanes), weight))
                     if w_bias is not None:  # the minimum times the block's sum of activation codes
-                        x_sum = builder.sitofp(builder.load(builder.gep(xsum_data, [block])), F32)
-                        add(offset, builder.fmul(builder.fmul(w_bias, x_scale), x_sum))
+                        add(offset, builder.fmul(w_bias, builder.load(builder.gep(xsum_data, [block]))))
 
             _each_group(row, load, groups, count, accumulate)
             name = "llvm.vector.reduce.fadd.v8f32"
@@ -429,16 +428,17 @@ def _scales_mxfp4(codes, scales, o, scale, bias):  # pragma: no cover - compiled
             bits_to_float(np.uint32(code) << np.uint32(23)) * np.float32(0.5) if code > 0 else np.float32(2.0**-128))
 
 
-def _scales_d(size: int, has_min: bool, offset: int = 0):
+def _scales_d(size: int, has_min: bool):
     """The scales and biases of a GGUF block type of `size` bytes per 32 that starts with d (and m): `_scale_d`'s."""
 
     @numba.njit(inline="always")
     def scales_d(codes, scales, o, scale, bias):  # pragma: no cover - compiled
         for g in range(scale.shape[0]):
             scale[g] = _half(codes, o, size * g)
-            bias[g] = _half(codes, o, size * g + 2) if has_min else -offset * scale[g]
+            if has_min:
+                bias[g] = _half(codes, o, size * g + 2)
 
-    return _stable(f"scales_d:{size}:{has_min}:{offset}", scales_d)
+    return _stable(f"scales_d:{size}:{has_min}", scales_d)
 
 
 @numba.njit(inline="always")
@@ -527,7 +527,7 @@ def _kernels(fmt: str, load: Callable, load_scale: Callable | None, read_scales:
         n, n_in = x.shape
         xq = np.empty((n, n_in), dtype=np.int8)
         xd = np.empty((n, n_in // BLOCK), dtype=np.float32)
-        xsum = np.empty((n, n_in // BLOCK), dtype=np.int32)
+        xsum = np.empty((n, n_in // BLOCK), dtype=np.float32)
         quantize_rows(x, xq, xd, xsum)
         product_into(codes, scales, xq, xd, xsum, y, 0)
 
@@ -563,9 +563,9 @@ INTEGER = {fmt: IntegerKernels(*_kernels(fmt, load, load_scale, read_scales, wid
            for fmt, load, load_scale, read_scales, width, biased, unsigned in (
                ("q8_0", _load_q8_0, _scale_q8_0, _scales_q8_0, 32, False, False),
                ("mxfp4", _load_mxfp4, _scale_mxfp4, _scales_mxfp4, 32, False, False),
-               ("q4_0", _load_q4_0, _scale_d(18, False, 8), _scales_d(18, False, 8), 32, True, True),
+               ("q4_0", _load_q4_0, _scale_d(18, False), _scales_d(18, False), 32, False, False),
                ("q4_1", _load_q4_1, _scale_d(20, True), _scales_d(20, True), 32, True, True),
-               ("q5_0", _load_q5_0, _scale_d(22, False, 16), _scales_d(22, False, 16), 32, True, True),
+               ("q5_0", _load_q5_0, _scale_d(22, False), _scales_d(22, False), 32, False, False),
                ("q5_1", _load_q5_1, _scale_d(24, True), _scales_d(24, True), 32, True, True),
                ("q4_k", _load_q4_k, None, _scales_q4_k, 32, True, True),
                ("q6_k", _load_q6_k, None, _scales_q6_k, 16, False, False))}
@@ -579,6 +579,6 @@ def asm_instructions(fmt: str, mnemonics: tuple[str, ...] = ("vpdpbusd", "vpdpws
     kernels = INTEGER[fmt]
     fresh = numba.njit(parallel=True, fastmath=True, nogil=True)(kernels.product_into.py_func)
     for codes, scales, _, y in kernels.product.signatures:  # the loop is product_into's, on int8 activations
-        fresh.compile((codes, scales, types.int8[:, ::1], types.float32[:, ::1], types.int32[:, ::1], y, types.int64))
+        fresh.compile((codes, scales, types.int8[:, ::1], types.float32[:, ::1], types.float32[:, ::1], y, types.int64))
     text = "\n".join(fresh.inspect_asm(signature) for signature in fresh.signatures)
     return {m for m in mnemonics if m in text}
