@@ -6,6 +6,7 @@ import pytest
 from precision_router.formats import BITS
 from precision_router.policy import static_policy
 
+from mimo_core.provenance import package_version
 from mimo_core.settings import load_settings
 from mimo_engine.runtime import EngineCore, LoadedModel, Work
 from mimo_engine.step import WeightPlan
@@ -41,6 +42,7 @@ def test_f32_greedy_output_is_unchanged_from_before(model):
     f32 = LoadedModel.load(MODEL, load_settings().cache_dir, policies=("f32",))
     # KV computed under other default formats is another model's as far as the cache (and its disk tier) knows
     assert f32.fingerprint != model.fingerprint and "q4_1" in model.fingerprint  # the GGUF's own Q4_1 layers
+    assert f":engine={package_version('mimo-engine')}:" in model.fingerprint  # another engine rounds otherwise
     core = EngineCore(f32, num_blocks=16)
     plan = f32.plan(f32.policy("f32"))
     for i, (text, expected) in enumerate(BEFORE.items()):

@@ -21,6 +21,7 @@ from precision_router.kernels import configure_threads
 from precision_router.policy import GROUPS, POLICIES, Assignment, Policy, entropy_nats
 from tiered_kv_cache import KVCacheManager, KVPool, Prefix, TierConfig
 
+from mimo_core.provenance import package_version
 from mimo_core.settings import is_model_path, served_model_name
 from mimo_engine.config import DEFAULT_POLICIES
 from mimo_engine.gguf_model import load_weights, read_config
@@ -106,10 +107,12 @@ class LoadedModel:
         for n in names:
             model.policies[n] = statics.get(n) or model.calibrated(n)
         # Cached KV blocks, on disk too, are reused only under this exact identity: the weights (the tokenizer is in
-        # the same GGUF), the formats the default plan really reads (not the policy's name: what "native" reads has
-        # changed before), the KV dtype and the block size.
+        # the same GGUF), the engine's version (its kernels' rounding is in every key and value: blocks of an older
+        # engine turned a greedy answer here), the formats the default plan really reads (not the policy's name:
+        # what "native" reads has changed before), the KV dtype and the block size.
         default = model.resolve(model.plan(model.policy(None)))
-        model.fingerprint = f"{weights_id}:plan={default}:kv=float32:block={BLOCK_SIZE}"
+        model.fingerprint = (f"{weights_id}:engine={package_version('mimo-engine')}:plan={default}:kv=float32:"
+                             f"block={BLOCK_SIZE}")
         return model
 
     def use_threads(self) -> None:
