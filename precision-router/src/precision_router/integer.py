@@ -37,12 +37,14 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from precision_router.bits import bits_to_float, half_bits_to_float, stable
+from precision_router.formats import E2M1, decode_table
 
 BLOCK = 32  # activations per int8 block (Q8_0's)
 SUPER_BLOCK = 256  # weights per K-quant super-block
 _ROW_TILE = 16  # weight rows per parallel task: its scale and bias rows are allocated once per tile
 I8, I32, F32 = ir.IntType(8), ir.IntType(32), ir.FloatType()
 AVX2 = bool(llvm.get_host_cpu_features().get("avx2"))  # numba compiles for the host CPU
+MXFP4_DOUBLED = [int(2 * value) for value in decode_table(E2M1)]  # 0, 1, 2, 3, 4, 6, 8, 12, then negated
 
 
 def _stable(name: str, obj):
@@ -105,6 +107,13 @@ class Vectors:
     def __init__(self, builder: ir.IRBuilder, base: ir.Value) -> None:
         self.b, self.base = builder, base  # base: an i8* to the row's first stored byte
 
+    def intrinsic(self, name: str, result: ir.Type, *operands: ir.Value) -> ir.Value:
+        """A call of the LLVM intrinsic `name` (declared in the module on first use)."""
+        module = self.b.module
+        declared = module.globals.get(name) or ir.Function(module, ir.FunctionType(result, [o.type for o in operands]),
+                                                           name)
+        return self.b.call(declared, operands)
+
     def const(self, value: int, lanes: int, width: ir.IntType = I8) -> ir.Constant:
         return ir.Constant(ir.VectorType(width, lanes), [value] * lanes)
 
@@ -161,6 +170,8 @@ def _load_q8_0(v: Vectors, g: ir.Value) -> ir.Value:
 def _load_mxfp4(v: Vectors, g: ir.Value) -> ir.Value:
     pairs = v.load(v.b.mul(g, _i64(v, 16)), 16)  # byte j: weight 2j in the low nibble, 2j + 1 in the high
     codes = v.interleave(v.low(pairs), v.high(pairs))
+    if AVX2:  # one byte shuffle looks the 32 codes up in the 16 values (within each 128-bit half, so twice over)
+        return v.intrinsic("llvm.x86.avx2.pshuf.b", codes.type, ir.Constant(codes.type, MXFP4_DOUBLED * 2), codes)
     b = v.b
     e = b.lshr(b.and_(codes, v.const(7, 32)), v.const(1, 32))
     m = b.and_(codes, v.const(1, 32))
@@ -327,23 +338,18 @@ def _row_dot(load: Callable, load_scale: Callable, rows: int, unsigned: bool = F
             def add(slot, value):
                 builder.store(builder.fadd(builder.load(slot), value), slot)
 
-            def x86(name, result, *operands):
-                declared = builder.module.globals.get(name) or ir.Function(
-                    builder.module, ir.FunctionType(result, [o.type for o in operands]), name)
-                return builder.call(declared, operands)
-
             def accumulate(g, codes):  # group g's products with every activation row, into their sums
                 weights = None if bytewise else builder.sext(codes, wide)
-                magnitudes = codes if unsigned or not bytewise else x86("llvm.abs.v32i8", codes.type, codes,
+                magnitudes = codes if unsigned or not bytewise else row.intrinsic("llvm.abs.v32i8", codes.type, codes,
                                                                         ir.Constant(ir.IntType(1), 0))
                 w_scale, w_bias = load_scale(row, sources, g)
                 for activation, start, acc, offset in zip(activations, block_starts, accs, offsets):
                     x = activation.load(builder.mul(g, _i64(row, group)), group)
                     if bytewise:
                         if not unsigned:  # |w| times x with w's sign: the same products, the weight side unsigned
-                            x = x86("llvm.x86.avx2.psign.b", codes.type, x, codes)
-                        pairs = x86("llvm.x86.avx2.pmadd.ub.sw", ir.VectorType(ir.IntType(16), 16), magnitudes, x)
-                        sums = x86("llvm.x86.avx2.pmadd.wd", ir.VectorType(I32, 8), pairs,
+                            x = row.intrinsic("llvm.x86.avx2.psign.b", codes.type, x, codes)
+                        pairs = row.intrinsic("llvm.x86.avx2.pmadd.ub.sw", ir.VectorType(ir.IntType(16), 16), magnitudes, x)
+                        sums = row.intrinsic("llvm.x86.avx2.pmadd.wd", ir.VectorType(I32, 8), pairs,
                                    ir.Constant(ir.VectorType(ir.IntType(16), 16), [1] * 16))
                     else:
                         products = builder.mul(weights, builder.sext(x, wide))
