@@ -61,6 +61,9 @@ class Bandwidth(Contract):
     method: str
 
 
+BLAS_SETTLE_S = 0.5  # after a bandwidth sample: longer than OpenBLAS's workers spin (2^28 cycles, ~0.1 s) by default
+
+
 class BandwidthSampler:
     """Samples of the memory bandwidth taken between decode timings, and the best of them."""
 
@@ -76,6 +79,10 @@ class BandwidthSampler:
         measure a single core's share), then the copy."""
         self.reads.append(measure_read_bandwidth(self.buffer_bytes, self.threads))
         self.copies.append(measure_memory_bandwidth(self.buffer_bytes))
+        # OpenBLAS's workers spin on after the read, and decode steps timed while they do run slower (qwen2.5-coder-0.5b
+        # batch 1: 36 and 38 ms a step in two runs without this pause, 33 with it; 26-28 ms in a process that never
+        # ran BLAS on two threads)
+        time.sleep(BLAS_SETTLE_S)
 
     def result(self) -> Bandwidth:
         """The best samples (a pass can only be slowed down by other work, never sped up)."""
