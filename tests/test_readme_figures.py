@@ -385,7 +385,13 @@ def accuracy(data: dict) -> list[Row]:
     return rows
 
 
+def kernels(data: dict) -> list[Row]:
+    """precision-router/README.md: `benchmarks/kernels.py`, per integer format: GB/s of weights at batch 1, 4, 8."""
+    return [[f"`{fmt}`", *(figures[str(n)]["gb_s"] for n in (1, 4, 8))] for fmt, figures in data["formats"].items()]
+
+
 TABLES: dict[str, Callable[..., list[Row]]] = {
+    "kernels": kernels,
     "engine-bench": engine_bench,
     "accuracy": accuracy,
     "interference": interference,
