@@ -348,7 +348,8 @@ def _row_dot(load: Callable, load_scale: Callable, rows: int, unsigned: bool = F
                     if bytewise:
                         if not unsigned:  # |w| times x with w's sign: the same products, the weight side unsigned
                             x = row.intrinsic("llvm.x86.avx2.psign.b", codes.type, x, codes)
-                        pairs = row.intrinsic("llvm.x86.avx2.pmadd.ub.sw", ir.VectorType(ir.IntType(16), 16), magnitudes, x)
+                        pairs = row.intrinsic("llvm.x86.avx2.pmadd.ub.sw", ir.VectorType(ir.IntType(16), 16),
+                                              magnitudes, x)
                         sums = row.intrinsic("llvm.x86.avx2.pmadd.wd", ir.VectorType(I32, 8), pairs,
                                    ir.Constant(ir.VectorType(ir.IntType(16), 16), [1] * 16))
                     else:
