@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 import numba
 import numpy as np
-from precision_router.bits import stable
+from precision_router.bits import own_cache_files, stable
 from precision_router.formats import Packed, Stacked
 from precision_router.integer import INTEGER, quantize_rows
 from precision_router.kernels import kernel_arrays
@@ -122,6 +122,7 @@ def _squares_level(lower, level: int):
     8) above 128 values. Unrolled by level: numba's cache cannot load a recursive function (it crashed)."""
 
     @numba.njit(cache=True, nogil=True)
+    @own_cache_files(f"fused.squares:{level}")
     def squares(x, r, start, n):  # pragma: no cover - compiled
         if n <= 128:
             return _squares_leaf(x, r, start, n)
@@ -164,6 +165,7 @@ def block_kernel(formats: tuple[str, ...]):
     # goes the other way moved a logit by up to 1 nat: layer 0's inputs, embedding rows of 8-bit codes, sit on
     # rounding ties), and a NaN must stay a NaN
     @numba.njit(cache=True, nogil=True)
+    @own_cache_files(f"fused.block:{':'.join(formats)}")
     def fused_block(x, w, eps, cos, sin, rotate, scale, k_pool, v_pool, layer, write_slots, rows, row_slots,
                     row_start, row_len, s):  # pragma: no cover - compiled
         """x [N, d] (updated in place) through one block; the rows' keys and values go to the pool's `layer`."""

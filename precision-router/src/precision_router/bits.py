@@ -3,6 +3,8 @@ the fixed identities that let kernels made in factories be found in numba's disk
 
 from __future__ import annotations
 
+import re
+
 from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
@@ -42,6 +44,19 @@ def bits_to_double(typingctx, bits):  # pragma: no cover - compiled
         return builder.bitcast(args[0], ir.DoubleType())
 
     return types.float64(types.uint64), codegen
+
+
+def own_cache_files(name: str):
+    """A decorator to put under `numba.njit(cache=True)` for a kernel made in a factory: its cache files become its
+    own. Kernels of one factory share a qualified name, hence one cache index, and numba adds an entry to an index
+    by reading it, numbering its data file, and writing both back: two processes compiling two of them at once can
+    number theirs alike and leave the index naming the other's code, which then runs silently where the argument
+    types agree (CI ran a fused block whose kernels were another format's: all NaN, and never here)."""
+    def rename(function):
+        function.__qualname__ = f"{function.__qualname__}_{re.sub(r'[^0-9A-Za-z]', '_', name)}"
+        return function
+
+    return rename
 
 
 def stable(name: str, obj):

@@ -36,7 +36,7 @@ from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from precision_router.bits import bits_to_float, half_bits_to_float, stable
+from precision_router.bits import bits_to_float, half_bits_to_float, own_cache_files, stable
 
 BLOCK = 32  # activations per int8 block (Q8_0's)
 SUPER_BLOCK = 256  # weights per K-quant super-block
@@ -501,6 +501,7 @@ def _kernels(fmt: str, load: Callable, load_scale: Callable | None, read_scales:
     row_scales = _stable(f"{fmt}:row_scales", row_scales)
 
     @numba.njit(parallel=True, cache=True, fastmath=True, nogil=True)
+    @own_cache_files(f"{fmt}:product_into")
     def product_into(codes, scales, xq, xd, xsum, y, first):  # pragma: no cover - compiled
         """y[N, first + o] = row o of W . the quantized rows (xq [N, in], xd and xsum [N, in/32]), every o."""
         n, n_in = xq.shape
@@ -525,6 +526,7 @@ def _kernels(fmt: str, load: Callable, load_scale: Callable | None, read_scales:
     product_into = _stable(f"{fmt}:product_into", product_into)
 
     @numba.njit(cache=True, nogil=True)
+    @own_cache_files(f"{fmt}:product")
     def product(codes, scales, x, y):  # pragma: no cover - compiled
         """y[N, out] = x @ W.T, x [N, in] float32 quantized here (one call: each Python-side call cost ~3 us)."""
         n, n_in = x.shape
@@ -535,6 +537,7 @@ def _kernels(fmt: str, load: Callable, load_scale: Callable | None, read_scales:
         product_into(codes, scales, xq, xd, xsum, y, 0)
 
     @numba.njit(parallel=True, cache=True, nogil=True)
+    @own_cache_files(f"{fmt}:decode_rows")
     def decode_rows(codes, scales, start, out):  # pragma: no cover - compiled
         """out[r] = row start + r of W, as float32."""
         n_in = out.shape[1]
