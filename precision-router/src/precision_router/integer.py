@@ -37,12 +37,14 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from precision_router.bits import bits_to_float, half_bits_to_float, own_cache_files, stable
+from precision_router.formats import E2M1, decode_table
 
 BLOCK = 32  # activations per int8 block (Q8_0's)
 SUPER_BLOCK = 256  # weights per K-quant super-block
 _ROW_TILE = 16  # weight rows per parallel task: its scale and bias rows are allocated once per tile
 I8, I32, F32 = ir.IntType(8), ir.IntType(32), ir.FloatType()
 AVX2 = bool(llvm.get_host_cpu_features().get("avx2"))  # numba compiles for the host CPU
+MXFP4_DOUBLED = [int(2 * value) for value in decode_table(E2M1)]  # 0, 1, 2, 3, 4, 6, 8, 12, then negated
 
 
 def _stable(name: str, obj):
@@ -168,6 +170,8 @@ def _load_q8_0(v: Vectors, g: ir.Value) -> ir.Value:
 def _load_mxfp4(v: Vectors, g: ir.Value) -> ir.Value:
     pairs = v.load(v.b.mul(g, _i64(v, 16)), 16)  # byte j: weight 2j in the low nibble, 2j + 1 in the high
     codes = v.interleave(v.low(pairs), v.high(pairs))
+    if AVX2:  # one byte shuffle looks the 32 codes up in the 16 values (within each 128-bit half, so twice over)
+        return v.intrinsic("llvm.x86.avx2.pshuf.b", codes.type, ir.Constant(codes.type, MXFP4_DOUBLED * 2), codes)
     b = v.b
     e = b.lshr(b.and_(codes, v.const(7, 32)), v.const(1, 32))
     m = b.and_(codes, v.const(1, 32))
