@@ -164,8 +164,8 @@ def draft() -> LoadedModel:
 
 
 def generate(worker: ModelWorker, prompt: list[int], params: SamplingParams, speculation: dict | None) -> Done:
-    # the prompt computed afresh every time: a prompt whose blocks were cached computes its tail through the integer
-    # kernels instead of BLAS's tiles, which round differently, and may break a near-tie the other way
+    # the prompt computed afresh every time: a prompt whose blocks were cached computes only its tail, whose attention
+    # sums in another order (the paged kernel, not BLAS on gathered keys) and may break a near-tie the other way
     mimo = MimoRequest.from_dict({"cache": {"enabled": False}, **({"speculation": speculation} if speculation else {})})
 
     async def main() -> Done:

@@ -1,7 +1,7 @@
 """Each kernel against a float64 reference of the same operands: the integer formats (int8 activations, in their
 kernels and in BLAS's tiles alike) against the dequantized weights times the dequantized int8 activations, the float
 formats against the float activations; exact up to float32 rounding of the sums, for every format, at batch 1, 2-16
-and from BLAS_ROWS on."""
+and from BLAS_ROWS (INTEGER_BLAS_ROWS) on."""
 
 import json
 import platform
@@ -15,7 +15,7 @@ import pytest
 
 from precision_router.formats import dequantize, quantize
 from precision_router.integer import INTEGER, asm_instructions, quantize_activations
-from precision_router.kernels import BLAS_ROWS, KERNELS, TILE_ROWS, matmul
+from precision_router.kernels import BLAS_ROWS, INTEGER_BLAS_ROWS, KERNELS, TILE_ROWS, matmul
 from precision_router.testing import random_packed
 
 def reference(x: np.ndarray, w) -> tuple[np.ndarray, np.ndarray]:
@@ -28,10 +28,11 @@ def reference(x: np.ndarray, w) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.parametrize("fmt", list(KERNELS))
-@pytest.mark.parametrize("batch", [1, 2, 5, 16, BLAS_ROWS, 40])
+@pytest.mark.parametrize("batch", [1, 2, 5, 16, BLAS_ROWS, 40, INTEGER_BLAS_ROWS])
 def test_kernel_equals_its_float64_reference(fmt, batch):
     rng = np.random.default_rng(batch)
-    out_rows = TILE_ROWS + 40 if batch >= BLAS_ROWS else 100  # more than one BLAS tile; not a multiple of 16 rows
+    tiles = batch >= (INTEGER_BLAS_ROWS if fmt in INTEGER else BLAS_ROWS)
+    out_rows = TILE_ROWS + 40 if tiles else 100  # more than one BLAS tile; not a multiple of 16 rows
     w = random_packed(fmt, out_rows, 512, rng)
     x = rng.standard_normal((batch, 512)).astype(np.float32)
     expected, scale = reference(x, w)

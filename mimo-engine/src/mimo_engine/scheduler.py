@@ -36,9 +36,9 @@ from mimo_engine.speculation import Draft, SequenceSpeculation
 from mimo_engine.step import WeightPlan
 
 # The fewest tokens a step gives the oldest prompt being prefilled, whatever its time bound leaves: the prompt always
-# advances, and before any chunk was measured this is the chunk that measures the cost. 32: a step of fewer rows
-# runs numba's batched kernels instead of BLAS products, which cost more per token as soon as another process takes
-# a core (measured on smollm2-135m at load average 4: chunks of 28-30 tokens 12 ms a token, of 70 5.4 ms).
+# advances, and before any chunk was measured this is the chunk that measures the cost. 32: smaller chunks cost more
+# a token (a 1,536-token prompt prefilled alone on smollm2-135m, 2 threads: 4.2 ms a token in chunks of 32, 4.4 in
+# chunks of 16), and one of 32 costs ~190 ms even at position 1,500, within the default time bound.
 MIN_CHUNK = 32
 
 

@@ -1,9 +1,10 @@
 """y = x @ W computed on the packed W.
 
-W is a `Packed` [out, in] matrix (blocks along the input axis); x is float32 [N, in]; y is float32 [N, out]. Up to
-BLAS_ROWS rows, the formats with integer codes (`q8_0`, `mxfp4` and GGUF's own blocks) multiply int8 activations
-by their codes in integer arithmetic (`precision_router.integer`); `mxfp8` and `bf16` have the float kernels below;
-from BLAS_ROWS rows on (a prefill chunk) every format decodes its rows in tiles to float32 for BLAS.
+W is a `Packed` [out, in] matrix (blocks along the input axis); x is float32 [N, in]; y is float32 [N, out]. The
+formats with integer codes (`q8_0`, `mxfp4` and GGUF's own blocks) multiply int8 activations by their codes in
+integer arithmetic (`precision_router.integer`) up to INTEGER_BLAS_ROWS rows, a prefill chunk included; `mxfp8` and
+`bf16` have the float kernels below up to BLAS_ROWS rows. From there on a format decodes its rows in tiles to float32
+for BLAS.
 
 The float kernels run in parallel over output rows, decode each weight block once for all N rows of the batch, and
 accumulate in float32. What made them fast, measured on this project's 2-core CPU:
@@ -43,7 +44,13 @@ from precision_router.integer import INTEGER, quantize_activations
 
 MXFP8_UNIT = 2.0**8  # E4M3 bits likewise read 2^-8 of theirs
 _ROW_TILE = 16  # output rows per parallel task: scratch is allocated once per tile, not per row
-BLAS_ROWS = 32  # from this many activation rows on, weights are decoded in tiles and multiplied by BLAS
+BLAS_ROWS = 32  # from this many activation rows on, a float format's weights are decoded in tiles for BLAS
+# Likewise an integer format's, from many more: its kernels beat BLAS on decoded tiles at every prefill chunk measured
+# (a 1,536-token prompt prefilled alone, 2 threads: smollm2-135m, chunks of 32 / 128 / 256 tokens 6.5 / 7.0 / 7.0 s
+# against 10.5 / 7.4 / 8.1 s through BLAS, 512: 7.9 against 7.7; qwen2.5-coder-0.5b, chunks of 32 / 128 / 512 15.6 /
+# 15.0 / 15.7 s against 26.4 / 18.2 / 16.9). BLAS pays for decoding every weight once per chunk (~80 ms a step on
+# smollm2-135m), which a small chunk beside decode rows cannot amortize.
+INTEGER_BLAS_ROWS = 512
 TILE_ROWS = 2048  # weight rows decoded per BLAS product: a few MB, so the tile stays in cache
 
 
@@ -169,7 +176,7 @@ def matmul(x: np.ndarray, w: Packed | Stacked) -> np.ndarray:
         raise ValueError(f"x of shape {x.shape} does not fit a weight of {n_in} inputs")
     y = np.empty((x.shape[0], n_out), dtype=np.float32)  # [N, out]
     codes, scales = kernel_arrays(w)
-    if x.shape[0] >= BLAS_ROWS:  # a prefill chunk: compute-bound, where BLAS on decoded tiles beats a fused kernel
+    if x.shape[0] >= (INTEGER_BLAS_ROWS if w.fmt in INTEGER else BLAS_ROWS):  # BLAS on decoded tiles beats a kernel
         if w.fmt in INTEGER:  # the int8 activations the integer path reads, so that a prompt's logits do not
             a = quantize_activations(x)  # depend on how it was chunked (float ones moved them by up to 0.3 nats)
             x = (a.codes.reshape(len(x), -1, BLOCK) * a.scales[..., None]).reshape(x.shape)  # [N, in]
