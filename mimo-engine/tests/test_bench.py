@@ -1,10 +1,14 @@
 """`mimo-engine bench`'s roofline arithmetic on plain numbers: the cache size that sizes the bandwidth buffer, and a
-fraction of the roofline that is never published above 1 (no timing here: the bench's figures are measured)."""
+fraction of the roofline that is never published above 1 (no timing here: the bench's figures are measured); and the
+instructions it names for each integer format."""
+
+import platform
 
 import pytest
 
 from mimo_core.profiles import FALLBACK_BUFFER_BYTES, MIN_BUFFER_BYTES, bandwidth_buffer_bytes, last_level_cache_bytes
-from mimo_engine.bench import Bandwidth, BandwidthSampler, BenchResult, DecodeFigures, roofline_fraction
+from mimo_engine.bench import (Bandwidth, BandwidthSampler, BenchResult, DecodeFigures, integer_instructions,
+                               roofline_fraction)
 
 
 def test_a_decode_within_the_roofline_is_its_fraction():
@@ -55,3 +59,11 @@ def test_the_best_sample_counts_and_the_json_says_how(tmp_path):
     assert data["decode_fraction_of_roofline"] is None and data["roofline_note"]
     assert data["bandwidth"]["method"] == measured.method
     assert BenchResult.from_dict(data) == result and isinstance(result.bandwidth, Bandwidth)
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="the x86 mnemonics")
+def test_every_integer_format_of_a_plan_names_its_instructions_whether_or_not_it_ran_here():
+    # the GGUF block formats run only inside the fused decode step, never through `matmul` in this process
+    found = integer_instructions({"q4_k", "q5_0", "q6_k", "q8_0", "f32"})
+    assert sorted(found) == ["q4_k", "q5_0", "q6_k", "q8_0"]  # f32 has no integer kernel
+    assert all({"vpmaddubsw", "vpmaddwd"} <= set(names) or "vpdpbusd" in names for names in found.values())

@@ -15,7 +15,7 @@ import pytest
 
 from precision_router.formats import dequantize, quantize
 from precision_router.integer import INTEGER, asm_instructions, quantize_activations
-from precision_router.kernels import BLAS_ROWS, INTEGER_BLAS_ROWS, KERNELS, TILE_ROWS, matmul
+from precision_router.kernels import BLAS_ROWS, INTEGER_BLAS_ROWS, KERNELS, TILE_ROWS, kernel_arrays, matmul
 from precision_router.testing import random_packed
 
 def reference(x: np.ndarray, w) -> tuple[np.ndarray, np.ndarray]:
@@ -56,8 +56,8 @@ def test_the_activation_codes_are_each_block_of_32_over_its_largest_magnitude_ti
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="the x86 mnemonics")
 @pytest.mark.parametrize("fmt", list(INTEGER))
 def test_the_integer_kernels_compile_to_widening_multiply_adds(fmt):
-    matmul(np.ones((1, 256), np.float32), random_packed(fmt, 16, 256, np.random.default_rng(0)))
-    assert asm_instructions(fmt) & {"vpdpbusd", "vpdpwssd", "vpmaddubsw", "vpmaddwd"}
+    weight = kernel_arrays(random_packed(fmt, 16, 256, np.random.default_rng(0)))
+    assert asm_instructions(fmt, *weight) & {"vpdpbusd", "vpdpwssd", "vpmaddubsw", "vpmaddwd"}
 
 
 def test_a_nan_block_poisons_only_its_own_output_row():

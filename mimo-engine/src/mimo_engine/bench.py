@@ -25,6 +25,8 @@ from pathlib import Path
 import numba
 import numpy as np
 from precision_router.integer import INTEGER, asm_instructions
+from precision_router.kernels import kernel_arrays
+from precision_router.testing import random_packed
 
 from mimo_core.contract import Contract
 from mimo_core.extensions import MimoRequest
@@ -166,6 +168,13 @@ def step_profile(read: dict, times: list[float]) -> dict[str, float]:
     return {name: round(seconds * 1e3, 3) for name, seconds in parts.items()}
 
 
+def integer_instructions(formats: set[str]) -> dict[str, list[str]]:
+    """For each of `formats` that has integer kernels: the multiply-add instructions its product compiles to."""
+    rng = np.random.default_rng(0)
+    return {fmt: sorted(asm_instructions(fmt, *kernel_arrays(random_packed(fmt, 16, 256, rng))))
+            for fmt in sorted(formats & set(INTEGER))}
+
+
 def run_bench(
     name: str, cache_dir: Path, prompt_tokens: int = 128, decode_steps: int = 16, repeats: int = 5,
     policy: str = "native", threads: int | None = None,
@@ -234,9 +243,8 @@ def run_bench(
         decode_fraction_of_roofline=fraction,
         roofline_note=note,
         batch8_over_batch1=round(decode["8"].tokens_per_s / single, 2),
-        integer_instructions={fmt: sorted(asm_instructions(fmt)) for fmt in sorted(
-            {part for formats in model.plan_reads(plan)[0].values() for label in formats for part in label.split("+")}
-            & set(INTEGER))},
+        integer_instructions=integer_instructions(
+            {part for formats in model.plan_reads(plan)[0].values() for label in formats for part in label.split("+")}),
         targets={"decode_fraction_of_roofline": TARGET_FRACTION_OF_ROOFLINE,
                  "batch8_over_batch1": TARGET_BATCH8_SPEEDUP},
     )

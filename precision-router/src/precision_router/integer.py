@@ -581,14 +581,13 @@ INTEGER = {fmt: IntegerKernels(*_kernels(fmt, load, load_scale, read_scales, wid
                ("q6_k", _load_q6_k, None, _scales_q6_k, 16, False, False))}
 
 
-def asm_instructions(fmt: str, mnemonics: tuple[str, ...] = ("vpdpbusd", "vpdpwssd", "vpmaddubsw", "vpmaddwd")
-                     ) -> set[str]:
-    """Which of the integer multiply-add `mnemonics` the product of `fmt` compiles to for the weight types it was
-    called with in this process (compiled again, uncached: numba shows no assembly of code it loaded from its cache;
-    about 2 s a format)."""
-    kernels = INTEGER[fmt]
-    fresh = numba.njit(parallel=True, fastmath=True, nogil=True)(kernels.product_into.py_func)
-    for codes, scales, _, y in kernels.product.signatures:  # the loop is product_into's, on int8 activations
-        fresh.compile((codes, scales, types.int8[:, ::1], types.float32[:, ::1], types.float32[:, ::1], y, types.int64))
-    text = "\n".join(fresh.inspect_asm(signature) for signature in fresh.signatures)
-    return {m for m in mnemonics if m in text}
+def asm_instructions(fmt: str, codes: np.ndarray, scales: np.ndarray,
+                     mnemonics: tuple[str, ...] = ("vpdpbusd", "vpdpwssd", "vpmaddubsw", "vpmaddwd")) -> set[str]:
+    """Which of the integer multiply-add `mnemonics` the product of `fmt` compiles to for weight arrays of the types of
+    `codes` and `scales` (`kernels.kernel_arrays` of a weight; compiled again, uncached: numba shows no assembly of
+    code it loaded from its cache; about 2 s a format)."""
+    fresh = numba.njit(parallel=True, fastmath=True, nogil=True)(INTEGER[fmt].product_into.py_func)
+    f32 = types.float32[:, ::1]
+    fresh.compile((numba.typeof(codes), numba.typeof(scales), types.int8[:, ::1], f32, f32, f32,
+                   types.int64))  # the loop is product_into's, on int8 activations
+    return {m for m in mnemonics if m in fresh.inspect_asm(fresh.signatures[0])}
