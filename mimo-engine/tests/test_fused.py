@@ -1,6 +1,7 @@
 """The fused decode step against the reference `model.block`: the same logits to the bit, on a random model that
 has every feature a block can have (q/k/v biases, q/k/v stacked from parts of different formats, K-quants, MXFP4, a
-float block that falls back) and on the real smollm2-135m; its scratch arrays under two threads at once.
+float block that falls back) and on the real smollm2-135m; its scratch arrays under two threads at once; and a step
+with a prompt chunk, whose attention is on gathered keys, runs the reference.
 
 The tolerance is zero on purpose: the fused block rounds every value that is quantized to int8 next as the
 reference does (numpy's summation order in the norm, one compiled SwiGLU for both), because a single int8 code
@@ -84,6 +85,22 @@ def test_a_fused_step_equals_the_reference_on_every_kind_of_block():
     for key in (("attn", "q5_0+q8_0"), ("mlp", "q4_k"), ("attn", "f32")):  # bytes read, counted as the reference does
         assert fused_read[key][:2] == ref_read[key][:2]
 
+
+
+def test_a_prompt_chunk_of_few_rows_is_gathered_and_its_step_runs_the_reference():
+    # a prompt's tail after a cached prefix must be computed as the whole prompt was: attention on gathered keys
+    plan = WeightPlan.every(3, "w", "w", "w")
+    sequences = (ScheduledSequence("decode", (7,), 37, (0, 1, 2), (0,), plan),
+                 ScheduledSequence("prompt", (1, 2, 3), 16, (3, 4), (2,), plan, prompt=True))
+    pool = KVPool(CONFIG.n_layer, CONFIG.n_kv_head, CONFIG.head_dim, 5, 16)
+    attend = PagedAttention(StepBatch(sequences), pool)
+    rows, *_ = attend.kernel
+    assert rows.tolist() == [0] and [(r, end) for r, _, end in attend.gathered] == [(slice(1, 4), 19)]
+    weights = random_weights(np.random.default_rng(0))
+    routes = Routes([(("w", None),)] * 3, [(("w", None),)] * 3, (("w", None),))
+    hidden_states(weights, CONFIG, np.asarray([7, 1, 2, 3]), np.asarray([37, 16, 17, 18]), attend, routes,
+                  FusedBlocks(CONFIG))
+    assert ("fused", "blocks") not in routes.read
 
 @pytest.fixture(scope="module")
 def model() -> LoadedModel:

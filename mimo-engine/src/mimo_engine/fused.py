@@ -263,12 +263,13 @@ class FusedBlocks:
 
     def __call__(self, x: Array, index: int, layer: LayerWeights, config: ModelConfig, rope: Rope,
                  attend: PagedAttention, routes: Routes) -> Array:
-        """`model.block`'s result (x may be overwritten); a step of more than FUSED_MAX_ROWS rows, or whose rows
-        read different forms, runs `model.block` itself."""
+        """`model.block`'s result (x may be overwritten); a step of more than FUSED_MAX_ROWS rows, whose rows read
+        different forms, or with a prompt chunk (its attention on gathered keys), runs `model.block` itself."""
         (attn, attn_rows), *more_attn = routes.attn[index]
         (mlp, mlp_rows), *more_mlp = routes.mlp[index]
         one_form = not (more_attn or more_mlp) and attn_rows is None and mlp_rows is None
-        fused = self.prepared(index, layer, attn, mlp) if one_form and len(x) <= FUSED_MAX_ROWS else None
+        fusable = one_form and len(x) <= FUSED_MAX_ROWS and not attend.gathered  # every row on the paged kernel
+        fused = self.prepared(index, layer, attn, mlp) if fusable else None
         if fused is None:
             return block(x, index, layer, config, rope, attend, routes)
         kernel, arrays, reads = fused

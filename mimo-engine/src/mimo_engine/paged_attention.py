@@ -1,12 +1,15 @@
 """Attention over KV blocks: a step's query rows read their sequences' keys and values where they lie in the pool.
 
-Two paths, chosen per sequence. A sequence with few new rows this step (a decode token, a drafted block) goes
-through `paged_attention_rows`, a numba kernel that walks its slots in the pool directly, with an online softmax, so
-nothing is gathered, its (row, kv head) tasks spread over the kernels' threads (in a fused decode step it would
-otherwise leave the other core idle between two products). Measured on smollm2's shapes (9 heads, 3 kv heads,
-head_dim 64) with 8 sequences of 150 positions, on one thread: 77 us a layer against 128 us for numpy's
-per-sequence products on contiguous caches and 274 us when the keys must first be gathered. A prefill chunk (many
-rows) gathers its sequence's keys once and uses BLAS products, which a scalar kernel cannot match at hundreds of rows.
+Two paths, chosen per sequence. A sequence with few new rows this step that are not its prompt's (a decode token, a
+drafted block) goes through `paged_attention_rows`, a numba kernel that walks its slots in the pool directly, with
+an online softmax, so nothing is gathered, its (row, kv head) tasks spread over the kernels' threads (in a fused
+decode step it would otherwise leave the other core idle between two products). Measured on smollm2's shapes (9
+heads, 3 kv heads, head_dim 64) with 8 sequences of 150 positions, on one thread: 77 us a layer against 128 us for
+numpy's per-sequence products on contiguous caches and 274 us when the keys must first be gathered. A prompt's
+chunk, of any size, gathers its sequence's keys once and uses BLAS products, which a scalar kernel cannot match at
+hundreds of rows; and a prompt's tail after a cached prefix is then computed as the whole prompt is (the kernel sums
+in another order than BLAS, and on smollm2-135m that last-bit difference moved a greedy token of a prompt served
+from the cache).
 """
 
 from __future__ import annotations
@@ -77,7 +80,7 @@ class PagedAttention:
         kernel_rows, row_slots, row_len, row_start = [], [], [], []
         offset = 0  # where the current sequence's slots start in the concatenated row_slots
         for s, first in zip(batch.sequences, starts):
-            if s.num_tokens > KERNEL_MAX_ROWS:
+            if s.prompt or s.num_tokens > KERNEL_MAX_ROWS:
                 self.gathered.append((slice(first, first + s.num_tokens), s.block_table, s.end_position))
                 continue
             row_slots.append(pool.slots(s.block_table, 0, s.end_position))  # this sequence's slots, all rows share them

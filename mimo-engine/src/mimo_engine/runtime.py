@@ -290,6 +290,7 @@ class SequenceTokens:
     num_computed: int = 0
     plan_until: int | None = None
     plan: WeightPlan | None = None  # None: the engine's default plan
+    num_prompt: int = 0  # the first tokens, its prompt's (the rest were generated or drafted)
 
 
 @dataclass(frozen=True)
@@ -333,7 +334,8 @@ class EngineCore:
         namespace = self.namespace(plan)
         prefix = self.blocks.lookup(prompt, namespace) if reuse else Prefix([], [])
         self.blocks.allocate(seq_id, len(prefix.blocks) * BLOCK_SIZE, prefix=prefix.blocks, namespace=namespace)
-        self.sequences[seq_id] = SequenceTokens(list(prompt), len(prefix.blocks) * BLOCK_SIZE, plan=plan or self.plan)
+        self.sequences[seq_id] = SequenceTokens(list(prompt), len(prefix.blocks) * BLOCK_SIZE, plan=plan or self.plan,
+                                                num_prompt=len(prompt))
         return prefix.tokens_by_tier(BLOCK_SIZE)
 
     def append(self, seq_id: Hashable, token_ids: Sequence[int]) -> None:
@@ -347,7 +349,8 @@ class EngineCore:
         """A new sequence sharing every token and KV block of `seq_id` (blocks are copied only when written)."""
         self.blocks.fork(seq_id, child_id)
         seq = self.sequences[seq_id]
-        self.sequences[child_id] = SequenceTokens(list(seq.token_ids), seq.num_computed, seq.plan_until, seq.plan)
+        self.sequences[child_id] = SequenceTokens(list(seq.token_ids), seq.num_computed, seq.plan_until, seq.plan,
+                                                  seq.num_prompt)
 
     def truncate(self, seq_id: Hashable, num_tokens: int) -> None:
         """Keep only the first `num_tokens` tokens (rejected speculative tokens are rolled back)."""
@@ -390,7 +393,7 @@ class EngineCore:
                 done.append(w.seq_id)
                 wanted = {"last": (w.num_tokens - 1,), "all": tuple(range(w.num_tokens)), "none": ()}[w.logits]
                 scheduled.append(ScheduledSequence(w.seq_id, tuple(seq.token_ids[start:end]), start, tuple(table),
-                                                   wanted, w.plan or self.plan))
+                                                   wanted, w.plan or self.plan, prompt=start < seq.num_prompt))
         except BaseException:
             for seq_id in done:  # give back what this batch allocated beyond the computed tokens
                 self.blocks.truncate(seq_id, self.sequences[seq_id].num_computed)

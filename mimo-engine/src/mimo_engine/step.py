@@ -47,6 +47,7 @@ class ScheduledSequence:
     block_table: tuple[int, ...]  # the sequence's KV blocks, covering start_position + len(token_ids) positions
     logit_indices: tuple[int, ...]  # which of this step's tokens (0-based) need next-token logits
     weight_plan: WeightPlan
+    prompt: bool = False  # whether they are (a chunk of) its prompt, not decoded or drafted tokens
 
     @property
     def num_tokens(self) -> int:
