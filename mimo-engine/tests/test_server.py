@@ -301,8 +301,8 @@ def test_a_repeated_prompt_reuses_its_blocks_with_identical_greedy_output(client
     assert off.usage.prompt_tokens_details.cached_tokens == 0 and off.model_extra["mimo"]["cache"]["enabled"] is False
     texts = {r.choices[0].message.content for r in (first, reused, off)}
     assert len(texts) == 1  # token-identical greedy output with reuse on and off
-    # without reuse the whole prompt is one BLAS prefill; with it, the rest is rows of the integer kernels, whose
-    # int8 activations round apart from BLAS's by a code here and there: measured 0.08 nats on the first token
+    # without reuse the whole prompt is one prefill; with it, the rest is a chunk of its own, whose attention BLAS sums
+    # in an order that follows its shape, so an int8 code rounds apart here and there: 0.08 nats on the first token
     for a, b in zip(reused.choices[0].logprobs.content, off.choices[0].logprobs.content):
         assert a.token == b.token and abs(a.logprob - b.logprob) < 0.3
 

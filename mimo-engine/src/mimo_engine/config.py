@@ -21,8 +21,8 @@ STEP_TOKENS = 128
 # by their measured cost): STALL_S, or STALL_DECODE_STEPS of the streams' own decode steps, whichever is longer; set
 # under the goal of 0.3 s or 10 usual gaps, with room for a step's ~30% variance on a 2-core machine. Measured on
 # smollm2-135m with a 1,500-token prompt (results/interference-smollm2-135m-1500-*.jsonl, medians of 2): the worst
-# gap of 1 stream (9 ms usual) 768 ms at 128 tokens a step, 291 ms with this bound; of 4 streams (21 ms usual) 870 and
-# 298 ms; the prompt's time to first token 6.36 -> 7.40 s and 7.21 -> 8.93 s. At 250 ms the worst gaps were 327 ms.
+# gap of 1 stream (9 ms usual) 794 ms at 128 tokens a step, 292 ms with this bound; of 4 streams (16 ms usual) 660 and
+# 281 ms; the prompt's time to first token 7.04 -> 8.39 s and 6.26 -> 9.10 s. At 250 ms the worst gaps were 327 ms.
 STALL_S = 0.2
 STALL_DECODE_STEPS = 8.0
 DEFAULT_BLOCK = 8  # MiMo's speculation block size: its table is measured with blocks of up to 8
