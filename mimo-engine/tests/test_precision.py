@@ -54,8 +54,9 @@ def test_a_per_layer_plan_reads_the_formats_it_reports(model):
     plan = WeightPlan(attn=tuple("mxfp4" if i % 2 else "q4_1" for i in range(n)), mlp=("mxfp4",) * n, head="f32")
     core = EngineCore(model, num_blocks=16)
     ids = model.tokenizer.encode("Every layer group reads the form its plan names.")
-    core.add("s", ids, reuse=False)
-    batch = core.batch([Work("s", len(ids), "last", plan)])
+    core.prefill("s", ids, reuse=False)
+    core.append("s", [ids[-1]])  # a decode step (a prompt's chunk would take attention on gathered keys, unfused)
+    batch = core.batch([Work("s", 1, "last", plan)])
     read: dict = {}
     model.forward(batch, core.pool, read)
     expected = model.plan_bytes(plan)
