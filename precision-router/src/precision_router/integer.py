@@ -9,12 +9,13 @@ with a bias of -8 d or -16 d: a third faster than signed codes, measured); a gro
     scale_w * scale_x * sum(q_w * q_x)  +  bias_w * (scale_x * sum(q_x))
 
 with the sum of products in int32. Each format says in a few lines of LLVM IR how one group's codes load as a
-vector from the bytes it stores (`_load_*`, after ggml's reference dequantizers) and where its scale is (`_scale_*`
-in the loop, or `_scales_*`, numba, once per row for the K-quants' packed 6-bit scales). The product is an LLVM
-vector loop (`_row_dot`) with eight float lanes accumulating the scaled group sums (a scalar running sum would wait
-on every group's addition), decoding each weight group once for up to four activation rows. On AVX2 a group's
-products are one `vpmaddubsw` and one `vpmaddwd` (signed codes as magnitudes against sign-carrying activations,
-`vpsignb`, as llama.cpp does); elsewhere LLVM lowers a generic widening multiply-add. `asm_instructions` says which
+vector from the bytes it stores (`_load_*`, after ggml's reference dequantizers) and where its scale is (`_scale_*`,
+read in the loop beside the group's codes; `_scales_*`, numba, decode a whole row's for the float decoder). The
+product is an LLVM vector loop (`_row_dot`) with eight float lanes accumulating the scaled group sums (a scalar
+running sum would wait on every group's addition), decoding each weight group once for up to four activation rows.
+On AVX2 a group's products are one `vpmaddubsw` and one `vpmaddwd`, with AVX512-VNNI one `vpdpbusd` (signed codes
+as magnitudes against sign-carrying activations, `vpsignb`, as llama.cpp does); elsewhere LLVM lowers a generic
+widening multiply-add. `asm_instructions` says which
 instructions a kernel compiled to; `precision-router/benchmarks/kernels.py` how fast each format runs.
 
 Formats: `q8_0`, `mxfp4` (E2M1 times 2 is the integers 0, 1, 2, 3, 4, 6, 8, 12 and their negatives; the E8M0 scale,
@@ -230,8 +231,8 @@ def _load_q6_k(v: Vectors, s: ir.Value, j: int) -> ir.Value:
 
 
 # ---------------------------------------------------------------- a group's scale (and bias) as LLVM scalars
-# load_scale(row, sources, g) -> (scale, bias or None): `row` the row's stored bytes, `sources` the i8* / i16* /
-# float* pointers of the row's separate scale and bias arrays (where the format has them).
+# load_scale(row, scales, *at) -> (scale, bias or None): `row` the row's stored bytes, `scales` an i8* / i16* to the
+# row's separate scales (where the format has them), `at` what the format's code loader takes (`_each_group`).
 
 
 def _half_at(b: ir.IRBuilder, pointer: ir.Value) -> ir.Value:
@@ -239,31 +240,13 @@ def _half_at(b: ir.IRBuilder, pointer: ir.Value) -> ir.Value:
     return b.fpext(b.bitcast(b.load(pointer, align=1), ir.HalfType()), F32)
 
 
-def _scale_f32(row: Vectors, sources: tuple, g: ir.Value) -> tuple:  # a per-row float32 array, read by numba
-    return row.b.load(row.b.gep(sources[0], [g])), None
+def _scale_q8_0(row: Vectors, scales: ir.Value, g: ir.Value) -> tuple:  # a float16 array beside the codes
+    return _half_at(row.b, row.b.gep(scales, [g])), None
 
 
-def _scale_f32_halves(row: Vectors, sources: tuple, g: ir.Value) -> tuple:  # one per 16: the halves' scales
+def _scale_mxfp4(row: Vectors, scales: ir.Value, g: ir.Value) -> tuple:  # E8M0 bytes beside the codes
     b = row.b
-    first = b.mul(g, _i64(row, 2))
-    pair = [b.load(b.gep(sources[0], [index])) for index in (first, b.add(first, _i64(row, 1)))]
-    vector = b.insert_element(b.insert_element(ir.Constant(ir.VectorType(F32, 2), None), pair[0],
-                                               ir.Constant(I32, 0)), pair[1], ir.Constant(I32, 1))
-    lanes = ir.Constant(ir.VectorType(I32, 8), [0, 0, 0, 0, 1, 1, 1, 1])  # the 8 lanes: 4 per half of the group
-    return b.shuffle_vector(vector, ir.Constant(ir.VectorType(F32, 2), None), lanes), None
-
-
-def _scale_f32_biased(row: Vectors, sources: tuple, g: ir.Value) -> tuple:  # and its biases
-    return row.b.load(row.b.gep(sources[0], [g])), row.b.load(row.b.gep(sources[1], [g]))
-
-
-def _scale_q8_0(row: Vectors, sources: tuple, g: ir.Value) -> tuple:  # a float16 array beside the codes
-    return _half_at(row.b, row.b.gep(sources[0], [g])), None
-
-
-def _scale_mxfp4(row: Vectors, sources: tuple, g: ir.Value) -> tuple:  # E8M0 bytes beside the codes
-    b = row.b
-    code = b.zext(b.load(b.gep(sources[0], [g])), I32)
+    code = b.zext(b.load(b.gep(scales, [g])), I32)
     power = b.bitcast(b.shl(code, ir.Constant(I32, 23)), F32)  # 2^(code - 127) for codes 1-254
     power = b.select(b.icmp_unsigned("==", code, ir.Constant(I32, 0)), ir.Constant(F32, 2.0**-127), power)
     power = b.select(b.icmp_unsigned("==", code, ir.Constant(I32, 0xFF)), ir.Constant(F32, float("nan")), power)
@@ -274,7 +257,7 @@ def _scale_d(size: int, offset: int | None) -> Callable:
     """The scale d at the start of each GGUF block of `size` bytes, and the bias: the minimum m stored after it, or
     for the types whose codes are stored plus `offset`, -offset * d (exact: a power of two)."""
 
-    def load_scale(row: Vectors, sources: tuple, g: ir.Value) -> tuple:
+    def load_scale(row: Vectors, scales: ir.Value, g: ir.Value) -> tuple:
         b = row.b
         at = b.mul(g, _i64(row, size))
         d = _half_at(b, b.bitcast(b.gep(row.base, [at]), ir.IntType(16).as_pointer()))
@@ -285,18 +268,60 @@ def _scale_d(size: int, offset: int | None) -> Callable:
     return load_scale
 
 
+def _byte_at(row: Vectors, at: ir.Value) -> ir.Value:
+    """The row's byte at `at`, zero-extended to i32."""
+    return row.b.zext(row.b.load(row.b.gep(row.base, [at])), I32)
+
+
+def _scale_q4_k(row: Vectors, scales: ir.Value, s: ir.Value, j: int) -> tuple:
+    # super-block s's d, dmin and the 6-bit scale and minimum of its group j, packed in 12 bytes from byte 4; read
+    # here, beside the group's codes (a pass over a row's scales before its codes, strided by 144 bytes, made a
+    # product from memory 1.7x slower than from cache, measured)
+    b = row.b
+    at = b.mul(s, _i64(row, 144))
+
+    def byte(k: int) -> ir.Value:
+        return _byte_at(row, b.add(at, _i64(row, k)))
+
+    def bits(value: ir.Value, shift: int, mask: int) -> ir.Value:
+        return b.and_(b.lshr(value, ir.Constant(I32, shift)) if shift else value, ir.Constant(I32, mask))
+
+    if j < 4:
+        sc, m = bits(byte(4 + j), 0, 63), bits(byte(8 + j), 0, 63)
+    else:
+        sc = b.or_(bits(byte(8 + j), 0, 15), b.shl(bits(byte(j), 6, 3), ir.Constant(I32, 4)))
+        m = b.or_(bits(byte(8 + j), 4, 15), b.shl(bits(byte(4 + j), 6, 3), ir.Constant(I32, 4)))
+    d, dmin = (_half_at(b, b.bitcast(b.gep(row.base, [b.add(at, _i64(row, k))]), ir.IntType(16).as_pointer()))
+               for k in (0, 2))
+    return b.fmul(d, b.uitofp(sc, F32)), b.fmul(b.fneg(dmin), b.uitofp(m, F32))
+
+
+def _scale_q6_k(row: Vectors, scales: ir.Value, s: ir.Value, j: int) -> tuple:
+    # super-block s's d times the int8 scales of the halves of its group j (bytes 192 + 2j and 193 + 2j), as the
+    # group's 8 lanes take them: 4 per half
+    b = row.b
+    at = b.mul(s, _i64(row, 210))
+    d = _half_at(b, b.bitcast(b.gep(row.base, [b.add(at, _i64(row, 208))]), ir.IntType(16).as_pointer()))
+    pair = [b.fmul(d, b.sitofp(b.load(b.gep(row.base, [b.add(at, _i64(row, 192 + 2 * j + half))])), F32))
+            for half in (0, 1)]
+    vector = b.insert_element(b.insert_element(ir.Constant(ir.VectorType(F32, 2), None), pair[0],
+                                               ir.Constant(I32, 0)), pair[1], ir.Constant(I32, 1))
+    lanes = ir.Constant(ir.VectorType(I32, 8), [0, 0, 0, 0, 1, 1, 1, 1])
+    return b.shuffle_vector(vector, ir.Constant(ir.VectorType(F32, 2), None), lanes), None
+
+
 # ---------------------------------------------------------------- the row loop and the unpacking, as intrinsics
 
 
-def _each_group(row: Vectors, load: Callable, groups: int, count: ir.Value, body: Callable) -> None:
-    """body(g, codes) for the groups g < count of a row in order, their codes read by `load`: load(row, g), or for
-    the K-quants (`groups` > 1 a super-block) load(row, super-block, j) with the super-block's groups unrolled, so
-    that their offsets and shifts are constants (variable byte shifts made Q6_K's loop three times as long)."""
+def _each_group(row: Vectors, groups: int, count: ir.Value, body: Callable) -> None:
+    """body(g, at) for the groups g < count of a row in order, `at` where a format's loaders find the group: (g,),
+    or for the K-quants (`groups` > 1 a super-block) (super-block, j), the super-block's groups unrolled so that
+    their offsets and shifts are constants (variable byte shifts made Q6_K's loop three times as long)."""
     b = row.b
     with cgutils.for_range(b, b.udiv(count, _i64(row, groups))) as loop:
         for j in range(groups):
             g = b.add(b.mul(loop.index, _i64(row, groups)), _i64(row, j))
-            body(g, load(row, loop.index, j) if groups > 1 else load(row, g))
+            body(g, (loop.index, j) if groups > 1 else (g,))
 
 
 def _row_dot(load: Callable, load_scale: Callable, rows: int, unsigned: bool = False, groups: int = 1):
@@ -304,17 +329,17 @@ def _row_dot(load: Callable, load_scale: Callable, rows: int, unsigned: bool = F
     scale_g * x_scale[r, g] * sum_j(q_w[g, j] * q_x[r, G g + j]) (plus, where `load_scale` gives a bias,
     bias_g * x_sum[r, g], the block's scaled sum of codes): q_w the codes `load` reads from `codes` at flat byte
     offset i (one weight row, decoded once per group for all the rows), scale_g and bias_g what `load_scale` reads
-    (from the row, or from `scale` / `bias` at element offset si); activation row r's codes from element offset
+    (from the row, or from `scales` at element offset si); activation row r's codes from element offset
     k + r * stride, its scales and scaled sums from kb + r * blocks. Returns a float32, or a tuple of `rows`.
     On AVX2, groups of 32 take one unsigned-by-signed byte multiply-add (vpmaddubsw) and one vpmaddwd for the
-    group's 8 lanes, where sign-extending both sides to 16 bits takes five instructions: `unsigned` codes (0-127)
-    as they are, signed ones as their magnitudes against the activations carrying their signs (vpsignb), as
-    llama.cpp does."""
+    group's 8 lanes, where sign-extending both sides to 16 bits takes five instructions (with AVX512-VNNI, one
+    vpdpbusd): `unsigned` codes (0-127) as they are, signed ones as their magnitudes against the activations
+    carrying their signs (vpsignb), as llama.cpp does."""
     group = BLOCK  # codes a loop iteration loads: one activation block's
     bytewise = AVX2
 
     @intrinsic
-    def row_dot(typingctx, codes, i, scale, bias, si, xq, k, stride, xd, xsum, kb, blocks, count):  # pragma: no cover
+    def row_dot(typingctx, codes, i, scales, si, xq, k, stride, xd, xsum, kb, blocks, count):  # pragma: no cover
         if not (isinstance(xq, types.Array) and xq.dtype == types.int8 and xd.dtype == types.float32):
             return None
         result = types.float32 if rows == 1 else types.UniTuple(types.float32, rows)
@@ -322,14 +347,14 @@ def _row_dot(load: Callable, load_scale: Callable, rows: int, unsigned: bool = F
         def codegen(context, builder, signature, args):
             data = [context.make_array(t)(context, builder, value).data if isinstance(t, types.Array) else value
                     for t, value in zip(signature.args, args)]
-            codes_data, i, scale_data, bias_data, si, xq_data, k, stride, xd_data, xsum_data, kb, blocks, count = data
+            codes_data, i, scales_data, si, xq_data, k, stride, xd_data, xsum_data, kb, blocks, count = data
             lanes = ir.VectorType(F32, 8)
             wide = ir.VectorType(I32, group)
             row = Vectors(builder, builder.gep(builder.bitcast(codes_data, I8.as_pointer()), [i]))
             activations = [Vectors(builder, builder.gep(xq_data, [builder.add(k, builder.mul(stride, _i64(row, r)))]))
                            for r in range(rows)]
             block_starts = [builder.add(kb, builder.mul(blocks, _i64(row, r))) for r in range(rows)]
-            sources = (builder.gep(scale_data, [si]), builder.gep(bias_data, [si]))
+            row_scales = builder.gep(scales_data, [si])
             accs = [cgutils.alloca_once_value(builder, ir.Constant(lanes, None)) for _ in range(rows)]
             offsets = [cgutils.alloca_once_value(builder, ir.Constant(F32, 0.0)) for _ in range(rows)]
 
@@ -340,11 +365,12 @@ def _row_dot(load: Callable, load_scale: Callable, rows: int, unsigned: bool = F
             def add(slot, value):
                 builder.store(builder.fadd(builder.load(slot), value), slot)
 
-            def accumulate(g, codes):  # group g's products with every activation row, into their sums
+            def accumulate(g, at):  # group g's products with every activation row, into their sums
+                codes = load(row, *at)
                 weights = None if bytewise else builder.sext(codes, wide)
                 magnitudes = codes if unsigned or not bytewise else row.intrinsic("llvm.abs.v32i8", codes.type, codes,
                                                                         ir.Constant(ir.IntType(1), 0))
-                w_scale, w_bias = load_scale(row, sources, g)
+                w_scale, w_bias = load_scale(row, row_scales, *at)
                 for activation, start, acc, offset in zip(activations, block_starts, accs, offsets):
                     x = activation.load(builder.mul(g, _i64(row, group)), group)
                     if bytewise:
@@ -376,7 +402,7 @@ def _row_dot(load: Callable, load_scale: Callable, rows: int, unsigned: bool = F
                     if w_bias is not None:  # the minimum times the block's sum of activation codes
                         add(offset, builder.fmul(w_bias, builder.load(builder.gep(xsum_data, [block]))))
 
-            _each_group(row, load, groups, count, accumulate)
+            _each_group(row, groups, count, accumulate)
             name = "llvm.vector.reduce.fadd.v8f32"
             reduce = builder.module.globals.get(name) or ir.Function(
                 builder.module, ir.FunctionType(F32, [F32, lanes]), name)
@@ -386,7 +412,7 @@ def _row_dot(load: Callable, load_scale: Callable, rows: int, unsigned: bool = F
                       for acc, offset in zip(accs, offsets)]
             return totals[0] if rows == 1 else context.make_tuple(builder, signature.return_type, totals)
 
-        return result(codes, i, scale, bias, si, xq, k, stride, xd, xsum, kb, blocks, count), codegen
+        return result(codes, i, scales, si, xq, k, stride, xd, xsum, kb, blocks, count), codegen
 
     return row_dot
 
@@ -406,11 +432,11 @@ def _unpack(load: Callable, groups: int):
             out_data = context.make_array(signature.args[2])(context, builder, args[2]).data
             row = Vectors(builder, builder.gep(builder.bitcast(codes_data, I8.as_pointer()), [args[1]]))
 
-            def store(g, codes):
+            def store(g, at):
                 target = builder.gep(out_data, [builder.mul(g, _i64(row, group))])
-                builder.store(codes, builder.bitcast(target, ir.VectorType(I8, group).as_pointer()), align=1)
+                builder.store(load(row, *at), builder.bitcast(target, ir.VectorType(I8, group).as_pointer()), align=1)
 
-            _each_group(row, load, groups, args[3], store)
+            _each_group(row, groups, args[3], store)
             return context.get_dummy_value()
 
         return types.none(codes, i, out, count), codegen
@@ -485,31 +511,17 @@ for _name in ("_half", "_scales_q8_0", "_scales_mxfp4", "_scales_q4_k", "_scales
 # ---------------------------------------------------------------- the kernels of one format
 
 
-def _kernels(fmt: str, load: Callable, load_scale: Callable | None, read_scales: Callable, scale_width: int,
-             biased: bool, unsigned: bool):
+def _kernels(fmt: str, load: Callable, load_scale: Callable, read_scales: Callable, scale_width: int,
+             unsigned: bool, groups: int):
     """The integer product and the float row decoder of a format whose groups of 32 codes (`unsigned`: 0-127)
-    `load` reads, with a scale per `scale_width` weights (32, or 16 for Q6_K), and whose scales (and biases, when
-    `biased`) `load_scale` reads inside the loop or, where it is None (the K-quants' packed 6-bit scales),
-    `read_scales` reads once per row."""
-    groups = 1 if load_scale else SUPER_BLOCK // BLOCK  # the K-quants, their scales read per row, in super-blocks
+    `load` reads, `groups` at a time (8 for the K-quants' super-blocks of 256, else 1), with scales (and biases)
+    that `load_scale` reads beside them, one per `scale_width` weights (32, or 16 for Q6_K), or `read_scales`
+    reads for a whole row (the float decoder's)."""
     unpack = _stable(f"{fmt}:unpack", _unpack(load, groups))
     # one weight row against every activation row: four at a time, then one at a time (the row's codes are decoded
     # once per call, so four rows share each decoding)
-    scale_source = load_scale or (_scale_f32_halves if scale_width < BLOCK else
-                                  _scale_f32_biased if biased else _scale_f32)
-    one, four = (_stable(f"{fmt}:row_dot:{rows}", _row_dot(load, scale_source, rows, unsigned, groups))
+    one, four = (_stable(f"{fmt}:row_dot:{rows}", _row_dot(load, load_scale, rows, unsigned, groups))
                  for rows in (1, 4))
-
-    if load_scale is not None:  # codes and scales read in the loop, straight from the stored row
-        @numba.njit(inline="always")
-        def row_scales(codes, scales, o, scale, bias):  # pragma: no cover - compiled
-            return scales, scales, o * scales.shape[1]
-    else:
-        @numba.njit(inline="always")
-        def row_scales(codes, scales, o, scale, bias):  # pragma: no cover - compiled
-            read_scales(codes, scales, o, scale, bias)
-            return scale, bias, 0
-    row_scales = _stable(f"{fmt}:row_scales", row_scales)
 
     @numba.njit(parallel=True, cache=True, fastmath=True, nogil=True)
     @own_cache_files(f"{fmt}:product_into")
@@ -520,18 +532,16 @@ def _kernels(fmt: str, load: Callable, load_scale: Callable | None, read_scales:
         row_bytes = codes.shape[1] * codes.itemsize
         n_out = codes.shape[0]
         for tile in prange((n_out + _ROW_TILE - 1) // _ROW_TILE):
-            scale = np.empty(n_in // scale_width, dtype=np.float32)
-            bias = np.zeros(n_in // scale_width, dtype=np.float32)
             for o in range(tile * _ROW_TILE, min(n_out, (tile + 1) * _ROW_TILE)):
-                s, b, si = row_scales(codes, scales, o, scale, bias)
+                si = o * scales.shape[1]  # the row's separate scales, where the format has them
                 r = 0
                 while r + 4 <= n:
                     y[r, first + o], y[r + 1, first + o], y[r + 2, first + o], y[r + 3, first + o] = four(
-                        codes, o * row_bytes, s, b, si, xq, r * n_in, n_in, xd, xsum, r * blocks, blocks, blocks)
+                        codes, o * row_bytes, scales, si, xq, r * n_in, n_in, xd, xsum, r * blocks, blocks, blocks)
                     r += 4
                 while r < n:
-                    y[r, first + o] = one(codes, o * row_bytes, s, b, si, xq, r * n_in, n_in, xd, xsum, r * blocks,
-                                          blocks, blocks)
+                    y[r, first + o] = one(codes, o * row_bytes, scales, si, xq, r * n_in, n_in, xd, xsum,
+                                          r * blocks, blocks, blocks)
                     r += 1
 
     product_into = _stable(f"{fmt}:product_into", product_into)
@@ -576,16 +586,16 @@ class IntegerKernels:
     scale_width: int  # weights per scale
 
 
-INTEGER = {fmt: IntegerKernels(*_kernels(fmt, load, load_scale, read_scales, width, biased, unsigned), width)
-           for fmt, load, load_scale, read_scales, width, biased, unsigned in (
-               ("q8_0", _load_q8_0, _scale_q8_0, _scales_q8_0, 32, False, False),
-               ("mxfp4", _load_mxfp4, _scale_mxfp4, _scales_mxfp4, 32, False, False),
-               ("q4_0", _load_q4_0, _scale_d(18, 8), _scales_d(18, 8), 32, True, True),
-               ("q4_1", _load_q4_1, _scale_d(20, None), _scales_d(20, None), 32, True, True),
-               ("q5_0", _load_q5_0, _scale_d(22, 16), _scales_d(22, 16), 32, True, True),
-               ("q5_1", _load_q5_1, _scale_d(24, None), _scales_d(24, None), 32, True, True),
-               ("q4_k", _load_q4_k, None, _scales_q4_k, 32, True, True),
-               ("q6_k", _load_q6_k, None, _scales_q6_k, 16, False, False))}
+INTEGER = {fmt: IntegerKernels(*_kernels(fmt, load, load_scale, read_scales, width, unsigned, groups), width)
+           for fmt, load, load_scale, read_scales, width, unsigned, groups in (
+               ("q8_0", _load_q8_0, _scale_q8_0, _scales_q8_0, 32, False, 1),
+               ("mxfp4", _load_mxfp4, _scale_mxfp4, _scales_mxfp4, 32, False, 1),
+               ("q4_0", _load_q4_0, _scale_d(18, 8), _scales_d(18, 8), 32, True, 1),
+               ("q4_1", _load_q4_1, _scale_d(20, None), _scales_d(20, None), 32, True, 1),
+               ("q5_0", _load_q5_0, _scale_d(22, 16), _scales_d(22, 16), 32, True, 1),
+               ("q5_1", _load_q5_1, _scale_d(24, None), _scales_d(24, None), 32, True, 1),
+               ("q4_k", _load_q4_k, _scale_q4_k, _scales_q4_k, 32, True, SUPER_BLOCK // BLOCK),
+               ("q6_k", _load_q6_k, _scale_q6_k, _scales_q6_k, 16, False, SUPER_BLOCK // BLOCK))}
 
 
 def asm_instructions(fmt: str, codes: np.ndarray, scales: np.ndarray,
