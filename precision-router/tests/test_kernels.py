@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from precision_router.formats import dequantize, quantize
-from precision_router.integer import INTEGER, asm_instructions, quantize_activations
+from precision_router.integer import INTEGER, VNNI, asm_instructions, quantize_activations
 from precision_router.kernels import BLAS_ROWS, INTEGER_BLAS_ROWS, KERNELS, TILE_ROWS, kernel_arrays, matmul
 from precision_router.testing import random_packed
 
@@ -58,6 +58,13 @@ def test_the_activation_codes_are_each_block_of_32_over_its_largest_magnitude_ti
 def test_the_integer_kernels_compile_to_widening_multiply_adds(fmt):
     weight = kernel_arrays(random_packed(fmt, 16, 256, np.random.default_rng(0)))
     assert asm_instructions(fmt, *weight) & {"vpdpbusd", "vpdpwssd", "vpmaddubsw", "vpmaddwd"}
+
+
+@pytest.mark.skipif(not VNNI, reason="this CPU has no AVX512-VNNI (avx512vnni with avx512vl)")
+@pytest.mark.parametrize("fmt", ["q8_0", "q5_0", "q4_k", "q6_k"])
+def test_with_vnni_a_group_takes_one_vpdpbusd_and_no_byte_and_word_multiply_adds(fmt):
+    found = asm_instructions(fmt, *kernel_arrays(random_packed(fmt, 16, 256, np.random.default_rng(0))))
+    assert found == {"vpdpbusd"}
 
 
 def test_a_nan_block_poisons_only_its_own_output_row():
