@@ -15,8 +15,8 @@ product is an LLVM vector loop (`_row_dot`) with eight float lanes accumulating 
 running sum would wait on every group's addition), decoding each weight group once for up to four activation rows.
 On AVX2 a group's products are one `vpmaddubsw` and one `vpmaddwd`, with AVX512-VNNI one `vpdpbusd` (signed codes
 as magnitudes against sign-carrying activations, `vpsignb`, as llama.cpp does); elsewhere LLVM lowers a generic
-widening multiply-add. `asm_instructions` says which
-instructions a kernel compiled to; `precision-router/benchmarks/kernels.py` how fast each format runs.
+widening multiply-add. `asm_instructions` says which instructions a kernel compiled to;
+`precision-router/benchmarks/kernels.py` how fast each format runs.
 
 Formats: `q8_0`, `mxfp4` (E2M1 times 2 is the integers 0, 1, 2, 3, 4, 6, 8, 12 and their negatives; the E8M0 scale,
 halved, is the group scale, exactly) and GGUF's own blocks `q4_0`, `q4_1`, `q5_0`, `q5_1`, `q4_k` (6-bit scales and
@@ -42,7 +42,7 @@ from precision_router.formats import E2M1, decode_table
 
 BLOCK = 32  # activations per int8 block (Q8_0's)
 SUPER_BLOCK = 256  # weights per K-quant super-block
-_ROW_TILE = 16  # weight rows per parallel task: its scale and bias rows are allocated once per tile
+_ROW_TILE = 16  # weight rows per parallel task
 I8, I32, F32 = ir.IntType(8), ir.IntType(32), ir.FloatType()
 _FEATURES = llvm.get_host_cpu_features()  # numba compiles for the host CPU
 AVX2 = bool(_FEATURES.get("avx2"))
