@@ -362,8 +362,13 @@ def _row_dot(load: Callable, load_scale: Callable, rows: int, unsigned: bool = F
                 chosen = list(chosen)
                 return builder.shuffle_vector(vector, vector, ir.Constant(ir.VectorType(I32, len(chosen)), chosen))
 
-            def add(slot, value):
-                builder.store(builder.fadd(builder.load(slot), value), slot)
+            def multiply_add(slot, a, b):
+                # slot += a * b as one fused multiply-add, rounded once: left to LLVM, whether a multiply and an add
+                # fuse follows the fast-math of the function this loop is inlined into, which differs between a
+                # product called alone and inside a fused block (their logits differed in the last bit)
+                value = builder.load(slot)
+                builder.store(row.intrinsic(f"llvm.fma.{'v8f32' if isinstance(value.type, ir.VectorType) else 'f32'}",
+                                            value.type, a, b, value), slot)
 
             def accumulate(g, at):  # group g's products with every activation row, into their sums
                 codes = load(row, *at)
@@ -398,9 +403,9 @@ def _row_dot(load: Callable, load_scale: Callable, rows: int, unsigned: bool = F
                         weight = builder.fmul(w_scale, row.splat(x_scale, 8))
                     else:
                         weight = row.splat(builder.fmul(w_scale, x_scale), 8)
-                    add(acc, builder.fmul(builder.sitofp(sums, lanes), weight))
+                    multiply_add(acc, builder.sitofp(sums, lanes), weight)
                     if w_bias is not None:  # the minimum times the block's sum of activation codes
-                        add(offset, builder.fmul(w_bias, builder.load(builder.gep(xsum_data, [block]))))
+                        multiply_add(offset, w_bias, builder.load(builder.gep(xsum_data, [block])))
 
             _each_group(row, groups, count, accumulate)
             name = "llvm.vector.reduce.fadd.v8f32"
