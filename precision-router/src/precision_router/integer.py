@@ -240,6 +240,11 @@ def _half_at(b: ir.IRBuilder, pointer: ir.Value) -> ir.Value:
     return b.fpext(b.bitcast(b.load(pointer, align=1), ir.HalfType()), F32)
 
 
+def _row_half(row: Vectors, at: ir.Value) -> ir.Value:
+    """The IEEE half at byte `at` of the row, as float."""
+    return _half_at(row.b, row.b.bitcast(row.b.gep(row.base, [at]), ir.IntType(16).as_pointer()))
+
+
 def _scale_q8_0(row: Vectors, scales: ir.Value, g: ir.Value) -> tuple:  # a float16 array beside the codes
     return _half_at(row.b, row.b.gep(scales, [g])), None
 
@@ -260,10 +265,10 @@ def _scale_d(size: int, offset: int | None) -> Callable:
     def load_scale(row: Vectors, scales: ir.Value, g: ir.Value) -> tuple:
         b = row.b
         at = b.mul(g, _i64(row, size))
-        d = _half_at(b, b.bitcast(b.gep(row.base, [at]), ir.IntType(16).as_pointer()))
+        d = _row_half(row, at)
         if offset is not None:
             return d, b.fmul(d, ir.Constant(F32, -float(offset)))
-        return d, _half_at(b, b.bitcast(b.gep(row.base, [b.add(at, _i64(row, 2))]), ir.IntType(16).as_pointer()))
+        return d, _row_half(row, b.add(at, _i64(row, 2)))
 
     return load_scale
 
@@ -291,8 +296,7 @@ def _scale_q4_k(row: Vectors, scales: ir.Value, s: ir.Value, j: int) -> tuple:
     else:
         sc = b.or_(bits(byte(8 + j), 0, 15), b.shl(bits(byte(j), 6, 3), ir.Constant(I32, 4)))
         m = b.or_(bits(byte(8 + j), 4, 15), b.shl(bits(byte(4 + j), 6, 3), ir.Constant(I32, 4)))
-    d, dmin = (_half_at(b, b.bitcast(b.gep(row.base, [b.add(at, _i64(row, k))]), ir.IntType(16).as_pointer()))
-               for k in (0, 2))
+    d, dmin = (_row_half(row, b.add(at, _i64(row, k))) for k in (0, 2))
     return b.fmul(d, b.uitofp(sc, F32)), b.fmul(b.fneg(dmin), b.uitofp(m, F32))
 
 
@@ -301,7 +305,7 @@ def _scale_q6_k(row: Vectors, scales: ir.Value, s: ir.Value, j: int) -> tuple:
     # group's 8 lanes take them: 4 per half
     b = row.b
     at = b.mul(s, _i64(row, 210))
-    d = _half_at(b, b.bitcast(b.gep(row.base, [b.add(at, _i64(row, 208))]), ir.IntType(16).as_pointer()))
+    d = _row_half(row, b.add(at, _i64(row, 208)))
     pair = [b.fmul(d, b.sitofp(b.load(b.gep(row.base, [b.add(at, _i64(row, 192 + 2 * j + half))])), F32))
             for half in (0, 1)]
     vector = b.insert_element(b.insert_element(ir.Constant(ir.VectorType(F32, 2), None), pair[0],
