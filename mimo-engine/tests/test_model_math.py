@@ -1,10 +1,10 @@
-"""The model functions on small random arrays, and the GGUF loader's refusal of unsupported architectures."""
+"""The model functions on small random arrays; the GGUF loader: its reader, its refusal of other architectures."""
 
 import numpy as np
 import pytest
 from gguf import GGUFReader, GGUFWriter
 
-from mimo_engine.gguf_model import UnsupportedModelError, read_config
+from mimo_engine.gguf_model import GGUFFile, UnsupportedModelError, read_config
 from mimo_engine.model import ModelConfig, apply_rope, attention, rope_tables
 
 rng = np.random.default_rng(0)
@@ -69,3 +69,13 @@ def test_unsupported_architecture_is_a_clear_error(tmp_path):
     writer.close()
     with pytest.raises(UnsupportedModelError, match="'gpt2' is not supported"):
         read_config(GGUFReader(path))
+
+
+def test_the_fast_reader_reads_what_gguf_reader_reads(user_gguf):
+    ours, theirs = GGUFFile(user_gguf), GGUFReader(user_gguf)
+    assert type(ours.data) is np.ndarray  # a plain view: no memmap per metadata value
+    assert [(f.name, f.contents()) for f in ours.fields.values()] == [(f.name, f.contents())
+                                                                     for f in theirs.fields.values()]
+    assert [(t.name, t.tensor_type, list(t.shape)) for t in ours.tensors] == [
+        (t.name, t.tensor_type, list(t.shape)) for t in theirs.tensors]
+    assert all(np.array_equal(a.data, b.data) for a, b in zip(ours.tensors, theirs.tensors))

@@ -24,7 +24,7 @@ from safetensors.numpy import save_file
 
 from mimo_core.contract import Contract
 from mimo_core.settings import is_model_path, served_model_name
-from mimo_engine.gguf_model import UnsupportedModelError, metadata
+from mimo_engine.gguf_model import GGUFFile, UnsupportedModelError, metadata
 from mimo_engine.model import embed
 from mimo_engine.pull import ensure_model
 from mimo_engine.runtime import LoadedModel
@@ -164,7 +164,7 @@ def export_hf(reference: str, out: Path, cache_dir: Path, force: bool = False) -
     out = Path(out).absolute()
     _check_destination(out, force)  # before the load: a refusal should not take seconds
     path = Path(served_model_name(reference)) if is_model_path(reference) else ensure_model(reference, cache_dir)
-    reader = GGUFReader(path)
+    reader = GGUFFile(path)
     model = LoadedModel.from_gguf(reference, path, policies=("f32",))
     tied = "output.weight" not in {t.name for t in reader.tensors}
     tensors = hf_tensors(model, tied)

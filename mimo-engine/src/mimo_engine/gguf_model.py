@@ -22,6 +22,20 @@ class UnsupportedModelError(ValueError):
     """The GGUF holds an architecture or feature the engine does not implement."""
 
 
+class GGUFFile(GGUFReader):
+    """`GGUFReader` over a plain array view of its memory map. The reader makes a numpy view per metadata value (a
+    vocabulary of 151,936 tokens is some 450,000 of them), and each view of an `np.memmap` runs memmap's Python
+    `__array_finalize__`: reading qwen2.5-coder-0.5b's file took 7.4 s that way, 2.3 s this way."""
+
+    @property
+    def data(self) -> np.ndarray:
+        return self._data
+
+    @data.setter
+    def data(self, memmap: np.ndarray) -> None:  # GGUFReader.__init__ assigns its np.memmap here
+        self._data = memmap.view(np.ndarray)  # the view keeps the map open
+
+
 def metadata(reader: GGUFReader, key: str, default: Any = _MISSING) -> Any:
     """The value of GGUF metadata `key`, or `default` when absent."""
     field = reader.fields.get(key)

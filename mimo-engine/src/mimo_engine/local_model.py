@@ -34,9 +34,7 @@ def resolve_model(reference: str) -> str:
 def check_gguf(path: Path) -> None:
     """ModelFileError unless `path` is a GGUF file whose architecture and tokenizer the engine implements: what
     loading it reads before the weights, read the same way."""
-    from gguf import GGUFReader  # the model stack: not for --help
-
-    from mimo_engine.gguf_model import UnsupportedModelError, read_config
+    from mimo_engine.gguf_model import GGUFFile, UnsupportedModelError, read_config  # the model stack: not for --help
     from mimo_engine.tokenizer import Tokenizer
 
     try:
@@ -47,7 +45,7 @@ def check_gguf(path: Path) -> None:
     if magic != b"GGUF":
         raise ModelFileError(f"{path}: not a GGUF file")
     try:
-        reader = GGUFReader(path)
+        reader = GGUFFile(path)
         read_config(reader)
         Tokenizer.from_gguf(reader)
     except UnsupportedModelError as exc:

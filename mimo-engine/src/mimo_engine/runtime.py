@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGUFReader
 from precision_router import policy
 from precision_router.kernels import configure_threads
 from precision_router.policy import GROUPS, POLICIES, Assignment, Policy, entropy_nats
@@ -24,7 +23,7 @@ from tiered_kv_cache import KVCacheManager, KVPool, Prefix, TierConfig
 from mimo_core.provenance import package_version
 from mimo_core.settings import is_model_path, served_model_name
 from mimo_engine.config import DEFAULT_POLICIES
-from mimo_engine.gguf_model import load_weights, read_config
+from mimo_engine.gguf_model import GGUFFile, load_weights, read_config
 from mimo_engine.fused import FusedBlocks
 from mimo_engine.model import ModelConfig, ModelWeights, Route, Routes, block, hidden_states, logits
 from mimo_engine.paged_attention import PagedAttention
@@ -91,7 +90,7 @@ class LoadedModel:
                   threads: int | None = None) -> LoadedModel:
         """Load the GGUF file at `path` under the name `name` (`policies` and `threads` as for `load`)."""
         names = resolve_policies(policies)
-        reader = GGUFReader(path)
+        reader = GGUFFile(path)
         config = read_config(reader)
         spec = MODELS.get(name)
         weights_id = spec.sha256 if spec else f"{path.resolve()}:{path.stat().st_size}:{path.stat().st_mtime_ns}"
