@@ -2,6 +2,8 @@
 standard cached-token count): a fake stream stands in for them."""
 
 import asyncio
+import io
+import json
 import math
 
 import httpx
@@ -132,3 +134,37 @@ def test_an_agents_cached_tokens_are_the_servers_standard_count(monkeypatch):
     monkeypatch.setattr(module, "stream_chat", caching)
     consensus = _vote(Options(agents=3, branches=0, early_stop=False))
     assert [(a.prompt_tokens, a.cached_tokens) for a in consensus.agents] == [(40, 32)] * 3
+
+
+def test_a_second_record_takes_the_request_slots_the_first_leaves_idle(monkeypatch):
+    # 4 requests in flight, 5 agents: one record's agents fill the limit, and while its last agent runs alone the
+    # next record's agents take the idle slots (they would wait for it, were records voted on one at a time).
+    from multi_agent_orchestrator import stage
+
+    started: list[str] = []
+    second_started = asyncio.Event()
+    waited_alone: list[str] = []
+
+    async def answer(ctx, params, on_token):
+        task = params["messages"][-1]["content"]
+        started.append(task)
+        if "3 + 4" in task and len(started) == 1:  # the first record's long agent: waits for the next record
+            try:
+                await asyncio.wait_for(second_started.wait(), timeout=5)
+            except asyncio.TimeoutError:
+                waited_alone.append(task)
+        if "5 + 1" in task:
+            second_started.set()
+        text = "The answer is 7." if "3 + 4" in task else "The answer is 6."
+        on_token(Chunk(0, text))
+        return Completion([text], ["stop"], params["model"], Usage(1, 10, 5), 0.01, logprobs=None)
+
+    monkeypatch.setattr(module, "stream_chat", answer)
+    settings = load_settings(overrides={"model": "m", "base_url": "http://127.0.0.1:9", "concurrency": 4}, env={},
+                             dotenv_path=None)
+    records = [json.dumps({"id": i, "domain": "math", "task": t}) + "\n"
+               for i, t in enumerate(["3 + 4?", "5 + 1?"])]
+    out = io.StringIO()
+    code = stage.run(Options(agents=5, first_wave=0, branches=0, early_stop=False), settings, source=records, sink=out)
+    answers = [json.loads(line)["consensus"]["answer"] for line in out.getvalue().splitlines()]
+    assert code == 0 and answers == ["7", "6"] and not waited_alone
