@@ -3,8 +3,11 @@
 import numpy as np
 import pytest
 from gguf import GGUFReader, GGUFWriter
+from gguf.quants import dequantize
+from precision_router.formats import GGUF_FORMATS
+from precision_router.kernels import decoded
 
-from mimo_engine.gguf_model import GGUFFile, UnsupportedModelError, read_config
+from mimo_engine.gguf_model import GGUFFile, UnsupportedModelError, packed_rows, read_config
 from mimo_engine.model import ModelConfig, apply_rope, attention, rope_tables
 
 rng = np.random.default_rng(0)
@@ -79,3 +82,11 @@ def test_the_fast_reader_reads_what_gguf_reader_reads(user_gguf):
     assert [(t.name, t.tensor_type, list(t.shape)) for t in ours.tensors] == [
         (t.name, t.tensor_type, list(t.shape)) for t in theirs.tensors]
     assert all(np.array_equal(a.data, b.data) for a, b in zip(ours.tensors, theirs.tensors))
+
+
+def test_a_gguf_tensor_decodes_by_its_kernel_to_the_values_gguf_dequantizes(user_gguf):
+    # what the engine requantizes (the entropy policy's MXFP4 copy) starts from these: compiled, not gguf's numpy
+    tensors = [t for t in GGUFFile(user_gguf).tensors if t.name.startswith(("blk.0.", "token_embd"))]
+    for t in (t for t in tensors if len(t.shape) == 2):
+        ours = decoded(packed_rows(t, GGUF_FORMATS[t.tensor_type.name]))
+        assert np.array_equal(ours, np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32)), t.name

@@ -8,7 +8,9 @@ from typing import Any
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFReader
 from gguf.quants import dequantize
-from precision_router.formats import BLOCK, REGISTRY, Packed, Stacked, dequantize as unpack, gguf_blocks, quantize
+from precision_router.formats import (BLOCK, GGUF_FORMATS, REGISTRY, Packed, Stacked, dequantize as unpack, gguf_blocks,
+                                      quantize)
+from precision_router.kernels import decoded
 from precision_router.policy import native_format
 
 from mimo_engine.model import LayerWeights, ModelConfig, ModelWeights, Weight
@@ -50,7 +52,8 @@ def read_config(reader: GGUFReader) -> ModelConfig:
     """The architecture hyper-parameters; an UnsupportedModelError for anything but llama and qwen2."""
     arch = metadata(reader, "general.architecture")
     if arch not in ROPE_STYLES:
-        raise UnsupportedModelError(f"GGUF architecture {arch!r} is not supported (supported: {', '.join(ROPE_STYLES)})")
+        raise UnsupportedModelError(f"GGUF architecture {arch!r} is not supported "
+                                    f"(supported: {', '.join(ROPE_STYLES)})")
     scaling = metadata(reader, f"{arch}.rope.scaling.type", "none")
     if scaling != "none":
         raise UnsupportedModelError(f"rope scaling {scaling!r} is not supported")
@@ -86,8 +89,9 @@ def packed_rows(t: Any, fmt: str) -> Any:
         codes = np.ascontiguousarray(raw[..., 2:]).view(np.int8).reshape(raw.shape[0], -1)  # [out, in]
         scales = np.ascontiguousarray(raw[..., :2]).view(np.float16)[..., 0]  # [out, in/32]
         return Packed("q8_0", codes.shape, codes, scales)
-    values = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32)  # [out, in]
-    return values if fmt == "f32" else quantize(values, fmt)
+    own = GGUF_FORMATS.get(t.tensor_type.name)  # a type a kernel reads as it is decodes by that kernel's decoder
+    values = (decoded(packed_rows(t, own)) if own else np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32))
+    return values if fmt == "f32" else quantize(values, fmt)  # [out, in]
 
 
 @dataclass(frozen=True)

@@ -147,16 +147,16 @@ def _code(x, exp_bits, man_bits, max_value, has_inf, nan_code):  # pragma: no co
     if a == np.inf:
         a = np.inf if has_inf else max_value
     if a < np.inf:
-        quantum = _pow2(max(_exponent(a) if a > 0 else emin, emin) - man_bits)  # subnormals: emin's quantum
-        a = np.rint(a / quantum) * quantum  # halves to even; a / quantum is exact (a power of two)
+        e = max(_exponent(a) if a > 0 else emin, emin) - man_bits  # the quantum's exponent (subnormals: emin's)
+        a = np.rint(a * _pow2(-e)) * _pow2(e)  # halves to even; both products are exact (powers of two)
         if a > max_value:
             a = np.inf if has_inf else max_value
     if a == np.inf:
         return sign | (((1 << exp_bits) - 1) << man_bits)
     if a < _pow2(emin):
-        return sign | np.int64(a / _pow2(emin - man_bits))
+        return sign | np.int64(a * _pow2(man_bits - emin))
     e = _exponent(a)
-    return sign | ((e + bias) << man_bits) | np.int64(a / _pow2(e - man_bits) - (1 << man_bits))
+    return sign | ((e + bias) << man_bits) | np.int64(a * _pow2(man_bits - e) - (1 << man_bits))
 
 
 @numba.njit(parallel=True, cache=True)
@@ -345,6 +345,7 @@ REGISTRY: dict[str, Format] = {f.name: f for f in (
     *(_gguf(name) for name in ("q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q6_k")),
 )}
 FORMATS = tuple(name for name, f in REGISTRY.items() if f.quantize_rows)  # what `quantize` makes
+GGUF_FORMATS = {f.gguf_type: name for name, f in REGISTRY.items() if f.gguf_type}  # GGUF type -> the format it is
 BITS = {name: f.bits for name, f in REGISTRY.items()}
 ALIASES = {alias: name for name, f in REGISTRY.items() for alias in f.aliases}  # how deployments are usually named
 POLICY_FORMATS = tuple(name for name, f in REGISTRY.items() if f.policy)

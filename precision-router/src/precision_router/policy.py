@@ -23,15 +23,14 @@ from importlib import resources
 
 import numpy as np
 
-from precision_router.formats import BITS, POLICY_FORMATS, REGISTRY
+from precision_router.formats import BITS, GGUF_FORMATS, POLICY_FORMATS
 
 GROUPS = ("attn", "mlp", "head")
 STATIC = POLICY_FORMATS  # every format a policy may read: from the format registry
 POLICIES = ("native", *STATIC, "experts-mxfp4", "entropy")
 DEFAULT_TARGET_BITS = 6.0
 LOW_FORMAT = "mxfp4"
-NATIVE_FORMATS = {"F32": "f32", "F16": "f32", "BF16": "bf16",
-                  **{f.gguf_type: name for name, f in REGISTRY.items() if f.gguf_type}}
+NATIVE_FORMATS = {"F32": "f32", "F16": "f32", "BF16": "bf16", **GGUF_FORMATS}
 REQUANTIZED = "q8_0"  # what a quantized GGUF type without a kernel of its own is held in
 
 
