@@ -28,7 +28,7 @@ def reference(x: np.ndarray, w) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.parametrize("fmt", list(KERNELS))
-@pytest.mark.parametrize("batch", [1, 2, 5, 16, BLAS_ROWS, 40, INTEGER_BLAS_ROWS])
+@pytest.mark.parametrize("batch", [1, 2, 5, 13, 16, BLAS_ROWS, 40, INTEGER_BLAS_ROWS])
 def test_kernel_equals_its_float64_reference(fmt, batch):
     rng = np.random.default_rng(batch)
     tiles = batch >= (INTEGER_BLAS_ROWS if fmt in INTEGER else BLAS_ROWS)
@@ -39,6 +39,15 @@ def test_kernel_equals_its_float64_reference(fmt, batch):
     got = matmul(x, w)
     assert got.shape == (batch, out_rows) and got.dtype == np.float32
     assert (np.abs(got - expected) <= 64 * 2**-23 * scale + 1e-30).all()
+
+
+@pytest.mark.parametrize("fmt", list(INTEGER))
+def test_a_row_gets_the_same_bits_however_many_rows_share_the_call(fmt):
+    # rows go eight (WIDE), four or one at a time: a sequence's logits must not depend on its batch
+    rng = np.random.default_rng(1)
+    w, x = random_packed(fmt, 48, 512, rng), rng.standard_normal((13, 512)).astype(np.float32)
+    together = matmul(x, w)
+    assert all(np.array_equal(together[r : r + 1], matmul(x[r : r + 1], w)) for r in range(len(x)))
 
 
 def test_the_activation_codes_are_each_block_of_32_over_its_largest_magnitude_times_127():
