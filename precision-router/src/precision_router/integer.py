@@ -49,8 +49,8 @@ _FEATURES = llvm.get_host_cpu_features()  # numba compiles for the host CPU
 AVX2 = bool(_FEATURES.get("avx2"))
 VNNI = AVX2 and bool(_FEATURES.get("avx512vnni") and _FEATURES.get("avx512vl"))  # vpdpbusd on 256-bit vectors
 # Eight activation rows per decoded weight group where AVX-512's 32 vector registers hold their sums (AVX2's 16 hold
-# four): at batch 8, 11-16% faster than four for every format but Q8_0 (2-3%) and Q4_K (23-58% slower: its
-# super-block's scales and minimums want the registers). Two threads, 896x4864, the two alternated in one process.
+# four): at batch 8, 9-27% faster than four for every format but Q4_K (23-58% slower: its super-block's scales and
+# minimums want the registers). Two threads, 896x4864, the two alternated in one process, the same bits.
 WIDE = AVX2 and bool(_FEATURES.get("avx512f") and _FEATURES.get("avx512vl"))
 MXFP4_DOUBLED = [int(2 * value) for value in decode_table(E2M1)]  # 0, 1, 2, 3, 4, 6, 8, 12, then negated
 
