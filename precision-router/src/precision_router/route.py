@@ -45,7 +45,10 @@ UNCERTAIN_NATS = 2.0  # a probe this uncertain on average gets one more bit per 
 NATIVE = "native"
 SAVING = 0.95  # a policy must read under 95% of native's bytes: a few percent fewer bytes is not worth its quality
 COST_TOKENS = 16  # tokens generated per timing call
-COST_ROUNDS = 2  # interleaved native / policy rounds, medians
+# Interleaved native / policy rounds, medians, after an untimed call of each: a policy's first call can compile its
+# kernels (the quickstart's costs once read native at 229.8 ms a token against 22.4 warm, the median of two rounds
+# one of which compiled, and the router took entropy@6 for its triage records on that)
+COST_ROUNDS = 3
 COST_PROMPT = [{"role": "user", "content": "Count from one to twenty in words, separated by commas."}]
 NO_MAPPING = ("the server offers one precision: MIMO_PRECISION_MODELS maps formats to the served models of other "
               "precisions")
@@ -130,6 +133,8 @@ class Costs:
         async with self._lock:
             path, table = self.table(ctx, model)
             if policy not in table.costs:
+                for name in (NATIVE, policy):
+                    await _cost(ctx, model, name)  # warm: untimed
                 rounds = [[await _cost(ctx, model, name) for name in (NATIVE, policy)] for _ in range(COST_ROUNDS)]
                 table.costs[policy] = [_median([r[i] for r in rounds]) for i in (0, 1)]
                 path.parent.mkdir(parents=True, exist_ok=True)
