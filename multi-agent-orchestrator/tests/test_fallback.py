@@ -13,6 +13,7 @@ from mimo_core.record import TaskRecord
 from mimo_core.settings import load_settings
 from mimo_core.stage import StageContext
 from multi_agent_orchestrator import orchestrate as module
+from multi_agent_orchestrator import stage
 from multi_agent_orchestrator.options import Options
 from multi_agent_orchestrator.stream import Chunk
 
@@ -139,8 +140,6 @@ def test_an_agents_cached_tokens_are_the_servers_standard_count(monkeypatch):
 def test_a_second_record_takes_the_request_slots_the_first_leaves_idle(monkeypatch):
     # 4 requests in flight, 5 agents: one record's agents fill the limit, and while its last agent runs alone the
     # next record's agents take the idle slots (they would wait for it, were records voted on one at a time).
-    from multi_agent_orchestrator import stage
-
     started: list[str] = []
     second_started = asyncio.Event()
     waited_alone: list[str] = []
